@@ -1,0 +1,265 @@
+//! The denoiser trait: what a sampler needs from a video diffusion model.
+//!
+//! A model implements [`Denoiser`]; samplers, classifier-free guidance and every long-video
+//! algorithm in `vdm-longvideo` talk to models only through it.
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::temporal::{AllFrames, TemporalHook};
+use crate::{Error, PredictionType, Result, VideoShape};
+
+/// Diffusion timesteps for one model call.
+///
+/// Values are `f64` training-timestep indices (`0..num_train_timesteps`), fractional for
+/// sigma-based schedulers such as Euler with Karras sigmas.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Timesteps {
+    /// One timestep for the whole batch.
+    Shared(f64),
+    /// One timestep per batch item (length `B`).
+    PerItem(Vec<f64>),
+    /// One timestep per frame of every batch item, row-major `[B, F]` (length `B·F`), as
+    /// FIFO-Diffusion's diagonal denoising needs.
+    PerFrame {
+        /// Number of frames `F`.
+        frames: usize,
+        /// `B·F` values, index `b·F + f`.
+        values: Vec<f64>,
+    },
+}
+
+impl Timesteps {
+    /// One value per `(batch item, frame)`, index `b·F + f`, checking the lengths against the
+    /// latent shape.
+    pub fn per_frame(&self, batch: usize, frames: usize) -> Result<Vec<f64>> {
+        let values = match self {
+            Timesteps::Shared(t) => vec![*t; batch * frames],
+            Timesteps::PerItem(ts) => {
+                if ts.len() != batch {
+                    return Err(Error::shape(
+                        "timesteps",
+                        format!("one timestep per batch item (B = {batch})"),
+                        &[ts.len()],
+                    ));
+                }
+                ts.iter()
+                    .flat_map(|&t| std::iter::repeat_n(t, frames))
+                    .collect()
+            }
+            Timesteps::PerFrame { frames: f, values } => {
+                if *f != frames || values.len() != batch * frames {
+                    return Err(Error::shape(
+                        "timesteps",
+                        format!("[B, F] = [{batch}, {frames}] per-frame timesteps"),
+                        &[values.len() / (*f).max(1), *f],
+                    ));
+                }
+                values.clone()
+            }
+        };
+        if let Some(bad) = values.iter().find(|t| !t.is_finite()) {
+            return Err(Error::invalid(
+                "timesteps",
+                format!("must be finite, got {bad}"),
+            ));
+        }
+        Ok(values)
+    }
+
+    /// One value per batch item; errors for per-frame timesteps that differ within an item.
+    pub fn per_item(&self, batch: usize) -> Result<Vec<f64>> {
+        match self {
+            Timesteps::PerFrame { frames, values } => {
+                let per = self.per_frame(batch, *frames)?;
+                let mut out = Vec::with_capacity(batch);
+                for b in 0..batch {
+                    let row = &values[b * frames..(b + 1) * frames];
+                    if row.iter().any(|&t| t != row[0]) {
+                        return Err(Error::Unsupported(
+                            "this model needs one timestep per batch item, got different \
+                             timesteps per frame"
+                                .into(),
+                        ));
+                    }
+                    out.push(per[b * frames]);
+                }
+                Ok(out)
+            }
+            other => other.per_frame(batch, 1),
+        }
+    }
+}
+
+/// Text (or other sequence) conditioning for the cross-attention of a denoiser.
+#[derive(Debug, Clone)]
+pub enum Conditioning {
+    /// No conditioning (unconditional models).
+    None,
+    /// One context per batch item, shared by all frames: `[B, S, D]`.
+    Shared(Tensor<3>),
+    /// One context per frame: `[B, F, S, D]` (prompt travel, multi-prompt FreeNoise).
+    PerFrame(Tensor<4>),
+}
+
+impl Conditioning {
+    /// The context for every `(batch item, frame)` pair, `[B·F, S, D]` with index `b·F + f`,
+    /// or `None` for unconditional input.
+    pub fn per_frame(&self, batch: usize, frames: usize) -> Result<Option<Tensor<3>>> {
+        match self {
+            Conditioning::None => Ok(None),
+            Conditioning::Shared(ctx) => {
+                let [b, s, d] = ctx.dims();
+                if b != batch {
+                    return Err(Error::shape(
+                        "encoder_hidden_states",
+                        format!("[B, S, D] with B = {batch}"),
+                        &ctx.dims(),
+                    ));
+                }
+                Ok(Some(
+                    ctx.clone()
+                        .unsqueeze_dim::<4>(1)
+                        .expand([b, frames, s, d])
+                        .reshape([b * frames, s, d]),
+                ))
+            }
+            Conditioning::PerFrame(ctx) => {
+                let [b, f, s, d] = ctx.dims();
+                if b != batch || f != frames {
+                    return Err(Error::shape(
+                        "encoder_hidden_states",
+                        format!("[B, F, S, D] with B = {batch}, F = {frames}"),
+                        &ctx.dims(),
+                    ));
+                }
+                Ok(Some(ctx.clone().reshape([b * f, s, d])))
+            }
+        }
+    }
+
+    /// The frames `start..end` of this conditioning (per-frame conditioning is sliced,
+    /// shared conditioning is returned as is).
+    pub fn frames(&self, start: usize, end: usize) -> Conditioning {
+        match self {
+            Conditioning::PerFrame(ctx) => Conditioning::PerFrame(ctx.clone().narrow(1, start, end - start)),
+            other => other.clone(),
+        }
+    }
+
+    /// Concatenates conditionings along the batch (e.g. `[uncond; cond]` for CFG).
+    pub fn cat(parts: Vec<Conditioning>) -> Result<Conditioning> {
+        if parts.iter().all(|p| matches!(p, Conditioning::None)) {
+            return Ok(Conditioning::None);
+        }
+        if parts.iter().all(|p| matches!(p, Conditioning::Shared(_))) {
+            let ts = parts
+                .into_iter()
+                .map(|p| match p {
+                    Conditioning::Shared(t) => t,
+                    _ => unreachable!(),
+                })
+                .collect();
+            return Ok(Conditioning::Shared(Tensor::cat(ts, 0)));
+        }
+        Err(Error::Unsupported(
+            "concatenating mixed conditioning kinds; convert them to per-frame first".into(),
+        ))
+    }
+}
+
+/// The inputs of one denoiser call.
+///
+/// Built with [`DenoiserInput::new`] and the `with_*` methods; new optional inputs may be
+/// added in later versions without breaking callers.
+#[non_exhaustive]
+pub struct DenoiserInput<'a> {
+    /// Noisy latents `[B, C, F, H, W]`, already scaled by the scheduler's
+    /// `scale_model_input`.
+    pub latents: Tensor<5>,
+    /// The timesteps of this call.
+    pub timesteps: Timesteps,
+    /// Cross-attention conditioning.
+    pub conditioning: Conditioning,
+    /// How temporal layers group and fuse frames ([`AllFrames`] by default).
+    pub temporal: &'a dyn TemporalHook,
+}
+
+impl<'a> DenoiserInput<'a> {
+    /// An input with the default temporal behaviour (all frames at once).
+    pub fn new(latents: Tensor<5>, timesteps: Timesteps, conditioning: Conditioning) -> Self {
+        Self {
+            latents,
+            timesteps,
+            conditioning,
+            temporal: &AllFrames,
+        }
+    }
+
+    /// Hands a temporal strategy (e.g. FreeNoise windows) to the model's temporal layers.
+    pub fn with_temporal(mut self, hook: &'a dyn TemporalHook) -> Self {
+        self.temporal = hook;
+        self
+    }
+
+    /// The latent shape, validated.
+    pub fn shape(&self) -> Result<VideoShape> {
+        VideoShape::of("latents", &self.latents)
+    }
+}
+
+/// A video diffusion model seen from a sampler.
+///
+/// Implement this for your model and every sampler, classifier-free guidance and long-video
+/// algorithm in vdm works with it. Models with temporal layers should route them through
+/// `input.temporal` (see [`crate::temporal`]) so that window strategies reach them.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use vdm_core::{Conditioning, Denoiser, DenoiserInput, PredictionType, Result, Timesteps};
+///
+/// /// A "model" that predicts zero noise.
+/// struct Zero;
+///
+/// impl Denoiser for Zero {
+///     fn prediction_type(&self) -> PredictionType {
+///         PredictionType::Epsilon
+///     }
+///     fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+///         input.shape()?;
+///         Ok(input.latents.zeros_like())
+///     }
+/// }
+///
+/// let device = Device::flex();
+/// let x = Tensor::<5>::ones([1, 4, 3, 2, 2], &device);
+/// let out = Zero.predict(DenoiserInput::new(x, Timesteps::Shared(999.0), Conditioning::None)).unwrap();
+/// assert_eq!(out.dims(), [1, 4, 3, 2, 2]);
+/// ```
+pub trait Denoiser {
+    /// What [`Denoiser::predict`] returns.
+    fn prediction_type(&self) -> PredictionType;
+
+    /// Runs the model.
+    ///
+    /// # Shapes
+    /// - `input.latents`: `[B, C, F, H, W]`
+    /// - output: `[B, C_out, F, H, W]` (usually `C_out = C`)
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>>;
+}
+
+impl<T: Denoiser + ?Sized> Denoiser for &T {
+    fn prediction_type(&self) -> PredictionType {
+        (**self).prediction_type()
+    }
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+        (**self).predict(input)
+    }
+}
+
+/// Converts host data to a `Vec<f32>`, for tests and host-side algorithms.
+pub fn data_to_f32(data: &TensorData) -> Result<Vec<f32>> {
+    data.clone()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::Unsupported(format!("reading tensor data: {e:?}")))
+}

@@ -1,0 +1,199 @@
+//! The temporal hook: how a model's temporal layers let an outside strategy decide how frames
+//! are grouped, processed and fused.
+//!
+//! A temporal layer (ModelScope `temp_attentions`, an AnimateDiff motion module, your own
+//! temporal attention) turns its input into one token sequence over frames per spatial
+//! position, `[N, F, C]` with `N = B·H·W`, and then runs one or more *stages* that mix
+//! information across frames (typically `x + attn(norm(x))`, once per attention). Instead of
+//! running those stages itself, it hands them to a [`TemporalHook`] as a [`TemporalStages`]
+//! object. The hook decides which frames each stage sees:
+//!
+//! - [`AllFrames`] (the default) runs every stage once over all frames, positions `0..F`;
+//! - FreeNoise (in `vdm-longvideo`) runs the stages over overlapping windows with
+//!   window-relative positions and fuses the windows with weights;
+//! - FreeLong runs a global and a masked local pass and blends them in frequency space.
+//!
+//! Per-frame operations that do not mix frames (feed-forward, `proj_out`) stay in the layer.
+//!
+//! # Adopting the hook in your own model
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor, activation::softmax};
+//! use vdm_core::temporal::{AllFrames, FrameWindow, TemporalHook, TemporalSite, TemporalStages};
+//! use vdm_core::Result;
+//!
+//! /// A toy temporal self-attention without weights: one stage, `x + softmax(x xᵀ) x`.
+//! struct ToyTemporalAttention;
+//!
+//! impl TemporalStages for ToyTemporalAttention {
+//!     fn num_stages(&self) -> usize {
+//!         1
+//!     }
+//!     fn run_stage(&self, _stage: usize, x: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
+//!         let mut scores = x.clone().matmul(x.clone().swap_dims(1, 2));
+//!         if let Some(mask) = &window.mask {
+//!             scores = scores.mask_fill(mask.clone().unsqueeze::<3>(), f32::NEG_INFINITY);
+//!         }
+//!         Ok(x.clone() + softmax(scores, 2).matmul(x))
+//!     }
+//! }
+//!
+//! impl ToyTemporalAttention {
+//!     /// `tokens`: `[N, F, C]`.
+//!     fn forward(&self, tokens: Tensor<3>, hook: &dyn TemporalHook) -> Result<Tensor<3>> {
+//!         let site = TemporalSite::new("toy.temporal", tokens.dims()[1]);
+//!         hook.apply(&site, tokens, self)
+//!     }
+//! }
+//!
+//! let x = Tensor::<3>::ones([2, 5, 3], &Device::flex());
+//! let y = ToyTemporalAttention.forward(x, &AllFrames).unwrap();
+//! assert_eq!(y.dims(), [2, 5, 3]);
+//! ```
+
+use std::ops::Range;
+
+use burn::tensor::{Bool, Tensor};
+
+use crate::{Error, Result};
+
+/// Where a temporal layer sits, passed to the hook with every call.
+#[derive(Debug, Clone)]
+pub struct TemporalSite<'a> {
+    /// The layer's module path, e.g. `down_blocks.0.motion_modules.1`.
+    pub layer: &'a str,
+    /// Number of frames `F` of the sequence.
+    pub num_frames: usize,
+    /// Length of the layer's positional-embedding table, if it has one: a window may not
+    /// use positions at or beyond it.
+    pub max_positions: Option<usize>,
+}
+
+impl<'a> TemporalSite<'a> {
+    /// A site without a positional-embedding limit.
+    pub fn new(layer: &'a str, num_frames: usize) -> Self {
+        Self {
+            layer,
+            num_frames,
+            max_positions: None,
+        }
+    }
+
+    /// Sets the length of the layer's positional-embedding table.
+    pub fn with_max_positions(mut self, max_positions: usize) -> Self {
+        self.max_positions = Some(max_positions);
+        self
+    }
+
+    /// Checks that `positions` fit the layer's positional-embedding table.
+    pub fn check_positions(&self, positions: &Range<usize>) -> Result<()> {
+        match self.max_positions {
+            Some(max) if positions.end > max => Err(Error::invalid(
+                "num_frames",
+                format!(
+                    "temporal layer `{}` has {max} positional embeddings but was asked for \
+                     positions {}..{}; use a windowed temporal strategy (e.g. FreeNoise) for \
+                     longer videos",
+                    self.layer, positions.start, positions.end
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The frames a stage sees in one call.
+#[derive(Debug, Clone)]
+pub struct FrameWindow {
+    /// First frame (inclusive) of the window in the full sequence.
+    pub start: usize,
+    /// Last frame (exclusive).
+    pub end: usize,
+    /// Positional-embedding rows to use for the window's frames (`positions.len() == end - start`).
+    pub positions: Range<usize>,
+    /// Optional attention mask over the window's frames, `[f, f]`, `true` = may not attend.
+    /// Stages must honour it (FreeLong's local branch uses it).
+    pub mask: Option<Tensor<2, Bool>>,
+}
+
+impl FrameWindow {
+    /// The whole sequence of `frames` frames, positions `0..frames`, no mask.
+    pub fn full(frames: usize) -> Self {
+        Self::relative(0, frames)
+    }
+
+    /// Frames `start..end` with window-relative positions `0..end-start`, no mask.
+    pub fn relative(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end,
+            positions: 0..end - start,
+            mask: None,
+        }
+    }
+
+    /// Number of frames in the window.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+/// The frame-mixing stages of one temporal layer, as handed to a [`TemporalHook`].
+pub trait TemporalStages {
+    /// Number of stages (e.g. 2 for AnimateDiff's attn1 → attn2 chain).
+    fn num_stages(&self) -> usize;
+
+    /// Runs stage `stage` (including its residual connection) on the frames of `window`.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[N, f, C]` with `f = window.len()`, already sliced to the window
+    /// - output: `[N, f, C]`
+    fn run_stage(&self, stage: usize, tokens: Tensor<3>, window: &FrameWindow)
+    -> Result<Tensor<3>>;
+}
+
+/// Runs every stage in order on one window (the "chain" of a transformer block).
+pub fn run_chain(
+    stages: &dyn TemporalStages,
+    mut tokens: Tensor<3>,
+    window: &FrameWindow,
+) -> Result<Tensor<3>> {
+    for stage in 0..stages.num_stages() {
+        tokens = stages.run_stage(stage, tokens, window)?;
+    }
+    Ok(tokens)
+}
+
+/// A strategy for grouping, processing and fusing frames inside temporal layers.
+pub trait TemporalHook: Send + Sync {
+    /// Runs `stages` over `tokens` (`[N, F, C]`) and returns the fused `[N, F, C]`.
+    fn apply(
+        &self,
+        site: &TemporalSite<'_>,
+        tokens: Tensor<3>,
+        stages: &dyn TemporalStages,
+    ) -> Result<Tensor<3>>;
+}
+
+/// The default: every stage sees all frames, positions `0..F`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllFrames;
+
+impl TemporalHook for AllFrames {
+    fn apply(
+        &self,
+        site: &TemporalSite<'_>,
+        tokens: Tensor<3>,
+        stages: &dyn TemporalStages,
+    ) -> Result<Tensor<3>> {
+        let frames = tokens.dims()[1];
+        let window = FrameWindow::full(frames);
+        site.check_positions(&window.positions)?;
+        run_chain(stages, tokens, &window)
+    }
+}

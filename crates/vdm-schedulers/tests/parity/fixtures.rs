@@ -1,0 +1,309 @@
+//! Loading the diffusers oracle vectors (`fixtures/oracle/`, see its PROVENANCE.md) and
+//! running scheduler trajectories against them.
+//!
+//! A missing or unreadable fixture is a test failure, never a skip.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::SafeTensors;
+use serde_json::Value;
+use vdm_core::noise::NoiseBank;
+use vdm_schedulers::Scheduler;
+
+/// The relative tolerance the issue asks for: `max|ours − diffusers| / max|diffusers|`.
+pub const REL_TOL: f64 = 1e-5;
+
+pub fn device() -> Device {
+    Device::flex()
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/oracle")
+        .join(name)
+}
+
+/// A safetensors file loaded into memory: name → (shape, f32 values).
+pub struct Vectors {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+}
+
+impl Vectors {
+    pub fn load(name: &str) -> Self {
+        let path = fixture_path(name);
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("fixture {} is missing: {e}", path.display()));
+        let st = SafeTensors::deserialize(&bytes)
+            .unwrap_or_else(|e| panic!("fixture {} is not safetensors: {e}", path.display()));
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                    .collect(),
+                safetensors::Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                safetensors::Dtype::F64 => data
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                other => panic!("unexpected dtype {other:?} for {name}"),
+            };
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Self { tensors }
+    }
+
+    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("tensor {name} missing from fixture"))
+    }
+
+    pub fn values(&self, name: &str) -> Vec<f64> {
+        self.get(name).1.clone()
+    }
+
+    /// Tensor `name` as a 5-D tensor (its shape must have 5 dims).
+    pub fn tensor5(&self, name: &str) -> Tensor<5> {
+        let (shape, v) = self.get(name);
+        let shape: [usize; 5] = shape.as_slice().try_into().expect("5-D tensor");
+        to_tensor(v, shape)
+    }
+
+    /// Slice `index` of a stacked tensor `[N, ...5 dims]` as a 5-D tensor.
+    pub fn stacked5(&self, name: &str, index: usize) -> Tensor<5> {
+        let (shape, v) = self.get(name);
+        let inner: [usize; 5] = shape[1..].try_into().expect("[N, 5 dims]");
+        let n: usize = inner.iter().product();
+        to_tensor(&v[index * n..(index + 1) * n], inner)
+    }
+
+    /// Slices `0..count` of a stacked tensor as host data, for a noise bank.
+    pub fn noise_bank(&self, name: &str, count: usize) -> NoiseBank {
+        let (shape, v) = self.get(name);
+        let inner = shape[1..].to_vec();
+        let n: usize = inner.iter().product();
+        NoiseBank::from_tensors((0..count).map(|i| {
+            TensorData::new(
+                v[i * n..(i + 1) * n].iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                inner.clone(),
+            )
+        }))
+    }
+}
+
+pub fn to_tensor(values: &[f64], shape: [usize; 5]) -> Tensor<5> {
+    let data: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(data, shape), &device())
+}
+
+pub fn to_vec(t: &Tensor<5>) -> Vec<f64> {
+    t.to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as f64)
+        .collect()
+}
+
+pub fn load_json(name: &str) -> Value {
+    let path = fixture_path(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("fixture {} is missing: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `max|a − b| / max|b|`.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| if x.is_nan() || y.is_nan() { f64::INFINITY } else { m.max((x - y).abs()) });
+    diff / scale
+}
+
+/// The fake model of the oracle: `(0.1·x_in + f32(0.01·t/1000)) + R`.
+pub fn fake_model(x_in: Tensor<5>, t: f64, r: &Tensor<5>) -> Tensor<5> {
+    let c = ((0.01 * t) / 1000.0) as f32;
+    x_in.mul_scalar(0.1f32).add_scalar(c) + r.clone()
+}
+
+/// Which oracle latent family a case uses.
+#[derive(Clone, Copy)]
+pub enum Family {
+    /// `sched_traj`: `[1,4,4,8,8]`, `init_big`, `R_big`, `noise_bank_big`.
+    Big,
+    /// `sched_product_*`: `[1,2,2,2,2]`, `init_small`, `R_small`, `noise_bank_small`.
+    Small,
+}
+
+/// The result of running one trajectory.
+pub struct Run {
+    /// Samples after each step (index 0 = initial), or the error that stopped the run.
+    pub samples: Vec<Vec<f64>>,
+    pub pred_original: Vec<Vec<f64>>,
+    pub model_inputs: Vec<Vec<f64>>,
+    pub error: Option<vdm_core::Error>,
+    pub noise_drawn: usize,
+}
+
+/// Runs the oracle's loop with our scheduler: `x_in = scale_model_input(x, t)`,
+/// `mo = fake_model(x_in, t)`, `x = step(mo, t, x)`, noise replayed from the bank.
+pub fn run_trajectory(
+    scheduler: &mut dyn Scheduler,
+    steps: usize,
+    family: Family,
+    common: &Vectors,
+    n_noise_draws: usize,
+) -> Run {
+    let (init, r, bank) = match family {
+        Family::Big => ("init_big", "R_big", "noise_bank_big"),
+        Family::Small => ("init_small", "R_small", "noise_bank_small"),
+    };
+    scheduler.set_timesteps(steps).expect("set_timesteps");
+    let r = common.tensor5(r);
+    let mut noise = common.noise_bank(bank, n_noise_draws);
+    let mut x = common
+        .tensor5(init)
+        .mul_scalar(scheduler.init_noise_sigma() as f32);
+    let mut run = Run {
+        samples: vec![to_vec(&x)],
+        pred_original: vec![],
+        model_inputs: vec![],
+        error: None,
+        noise_drawn: 0,
+    };
+    for t in scheduler.timesteps().to_vec() {
+        let x_in = match scheduler.scale_model_input(x.clone(), t) {
+            Ok(v) => v,
+            Err(e) => {
+                run.error = Some(e);
+                break;
+            }
+        };
+        run.model_inputs.push(to_vec(&x_in));
+        let mo = fake_model(x_in, t, &r);
+        match scheduler.step(mo, t, x, &mut noise) {
+            Ok(out) => {
+                x = out.prev_sample;
+                if let Some(p) = out.pred_original_sample {
+                    run.pred_original.push(to_vec(&p));
+                }
+                run.samples.push(to_vec(&x));
+            }
+            Err(e) => {
+                run.error = Some(e);
+                break;
+            }
+        }
+    }
+    run.noise_drawn = noise.drawn();
+    run
+}
+
+/// Builds the JSON config diffusers was given: `init_kwargs` (or `full_config`) plus the
+/// class name.
+pub fn config_json(case: &Value, class: &str, key: &str) -> String {
+    let mut cfg = case[key].clone();
+    cfg.as_object_mut()
+        .unwrap()
+        .insert("_class_name".into(), Value::String(class.into()));
+    cfg.to_string()
+}
+
+/// Checks one run against a case: timesteps, every sample, and the number of noise draws.
+/// Returns the worst relative sample error.
+#[allow(clippy::too_many_arguments)]
+pub fn check_case(
+    label: &str,
+    case: &Value,
+    run: &Run,
+    scheduler: &dyn Scheduler,
+    vectors: &Vectors,
+    prefix: &str,
+    steps: usize,
+) -> f64 {
+    let ts = vectors.values(&format!("{prefix}.timesteps"));
+    assert_eq!(
+        scheduler.timesteps(),
+        ts.iter().map(|&t| t as f32 as f64).collect::<Vec<_>>().as_slice(),
+        "{label}: timesteps"
+    );
+    let (shape, samples) = vectors.get(&format!("{prefix}.samples"));
+    let n: usize = shape[1..].iter().product();
+    let finite = case["finite"].as_bool().unwrap_or(true);
+    if !finite {
+        // diffusers produces NaN/inf; we must stop with a NonFinite error before any appears.
+        let err = run.error.as_ref().unwrap_or_else(|| panic!("{label}: expected an error"));
+        assert!(
+            matches!(err, vdm_core::Error::NonFinite { .. }),
+            "{label}: expected NonFinite, got {err}"
+        );
+        for s in &run.samples {
+            assert!(s.iter().all(|x| x.is_finite()), "{label}: NaN before the error");
+        }
+        let first_bad = case["first_nonfinite_sample_index"].as_u64().unwrap() as usize;
+        assert!(run.samples.len() <= first_bad, "{label}: error came too late");
+        return 0.0;
+    }
+    if let Some(e) = &run.error {
+        panic!("{label}: unexpected error {e}");
+    }
+    assert_eq!(run.samples.len(), steps + 1, "{label}: number of samples");
+    let mut worst = 0.0f64;
+    for (i, ours) in run.samples.iter().enumerate() {
+        let theirs = &samples[i * n..(i + 1) * n];
+        let e = rel_err(ours, theirs);
+        assert!(e <= REL_TOL, "{label}: sample {i} rel err {e:e} > {REL_TOL:e}");
+        worst = worst.max(e);
+    }
+    let draws = case["n_noise_draws"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(run.noise_drawn, draws, "{label}: number of noise draws");
+    worst
+}
+
+/// Runs every case of a `sched_product_<name>` file, building each scheduler with `build`.
+pub fn run_product(
+    name: &str,
+    class: &str,
+    build: impl Fn(&Value) -> Box<dyn Scheduler>,
+) -> (usize, f64) {
+    let json = load_json(&format!("sched_product_{name}.json"));
+    let vectors = Vectors::load(&format!("sched_product_{name}.safetensors"));
+    let common = Vectors::load("sched_common.safetensors");
+    let mut worst = 0.0f64;
+    let cases = json["cases"].as_array().unwrap();
+    for case in cases {
+        let prefix = case["prefix"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let mut s = build(case);
+        let draws = case["n_noise_draws"].as_u64().unwrap_or(0) as usize;
+        let run = run_trajectory(s.as_mut(), steps, Family::Small, &common, draws);
+        let label = format!("{class} {prefix}");
+        worst = worst.max(check_case(&label, case, &run, s.as_ref(), &vectors, prefix, steps));
+    }
+    eprintln!("{class}: {} product cases, worst rel err {worst:e}", cases.len());
+    (cases.len(), worst)
+}
+
+/// The `sched_traj` cases of one class.
+pub fn traj_cases(class: &str) -> Vec<Value> {
+    let json = load_json("sched_traj.json");
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["class"] == class)
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,6 @@
+//! Parity of every scheduler with diffusers 0.42.1, on the oracle vectors in
+//! `fixtures/oracle` (see `fixtures/oracle/PROVENANCE.md`).
+
+mod fixtures;
+
+mod ddim;
