@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 use vdm_core::{Error, Result};
 
 use crate::ddim::DdimConfig;
+use crate::ddpm::DdpmConfig;
+use crate::dpm_solver::DpmSolverMultistepConfig;
+use crate::euler::EulerDiscreteConfig;
+use crate::lcm::LcmConfig;
 use crate::scheduler::Scheduler;
 
 /// A scheduler config of any supported class, tagged by diffusers' `_class_name`.
@@ -13,11 +17,29 @@ pub enum SchedulerConfig {
     /// `DDIMScheduler`.
     #[serde(rename = "DDIMScheduler")]
     Ddim(DdimConfig),
+    /// `DDPMScheduler`.
+    #[serde(rename = "DDPMScheduler")]
+    Ddpm(DdpmConfig),
+    /// `EulerDiscreteScheduler`.
+    #[serde(rename = "EulerDiscreteScheduler")]
+    EulerDiscrete(EulerDiscreteConfig),
+    /// `DPMSolverMultistepScheduler`.
+    #[serde(rename = "DPMSolverMultistepScheduler")]
+    DpmSolverMultistep(DpmSolverMultistepConfig),
+    /// `LCMScheduler`.
+    #[serde(rename = "LCMScheduler")]
+    Lcm(LcmConfig),
 }
 
 impl SchedulerConfig {
     /// The diffusers class names this crate can build.
-    pub const CLASS_NAMES: &'static [&'static str] = &["DDIMScheduler"];
+    pub const CLASS_NAMES: &'static [&'static str] = &[
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "EulerDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "LCMScheduler",
+    ];
 
     /// Parses a diffusers `scheduler_config.json`. Unknown keys (e.g. `_diffusers_version`)
     /// are ignored; unknown option strings and unknown classes are typed errors.
@@ -40,6 +62,10 @@ impl SchedulerConfig {
     pub fn build(&self) -> Result<Box<dyn Scheduler>> {
         Ok(match self {
             SchedulerConfig::Ddim(c) => Box::new(c.build()?),
+            SchedulerConfig::Ddpm(c) => c.build_boxed()?,
+            SchedulerConfig::EulerDiscrete(c) => c.build_boxed()?,
+            SchedulerConfig::DpmSolverMultistep(c) => c.build_boxed()?,
+            SchedulerConfig::Lcm(c) => c.build_boxed()?,
         })
     }
 }

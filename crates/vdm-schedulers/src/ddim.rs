@@ -188,16 +188,17 @@ impl Scheduler for Ddim {
         )?;
         let x0 = self.config.clipping.apply(x0)?;
 
-        let a_t = alpha_t as f64;
-        let variance = (1.0 - alpha_prev) / (1.0 - a_t) * (1.0 - a_t / alpha_prev);
-        let std_dev = self.eta * variance.sqrt();
+        // As diffusers' `_get_variance`, in f32.
+        let a_prev32 = alpha_prev as f32;
+        let variance = (1.0 - a_prev32) / (1.0 - alpha_t) * (1.0 - alpha_t / a_prev32);
+        let std_dev = (self.eta as f32 * variance.sqrt()) as f64;
 
         if self.use_clipped_model_output {
             eps = (sample - x0.clone().mul_scalar(scales.alpha as f32))
                 .div_scalar(scales.sigma as f32);
         }
-        let direction = (1.0 - alpha_prev - std_dev * std_dev).max(0.0).sqrt();
-        let mut prev = x0.clone().mul_scalar(alpha_prev.sqrt() as f32) + eps.mul_scalar(direction as f32);
+        let direction = (1.0 - a_prev32 - (std_dev * std_dev) as f32).max(0.0).sqrt();
+        let mut prev = x0.clone().mul_scalar(a_prev32.sqrt()) + eps.mul_scalar(direction);
         if self.eta > 0.0 {
             let z: Tensor<5> = draw(noise, prev.dims(), &prev.device())?;
             prev = prev + z.mul_scalar(std_dev as f32);

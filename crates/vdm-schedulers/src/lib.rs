@@ -39,6 +39,10 @@
 
 pub mod config;
 pub mod ddim;
+pub mod ddpm;
+pub mod dpm_solver;
+pub mod euler;
+pub mod lcm;
 pub mod options;
 pub mod prediction;
 pub mod schedule;
@@ -48,6 +52,10 @@ pub mod threshold;
 
 pub use config::{SchedulerConfig, from_config_json};
 pub use ddim::{Ddim, DdimConfig};
+pub use ddpm::DdpmConfig;
+pub use dpm_solver::DpmSolverMultistepConfig;
+pub use euler::EulerDiscreteConfig;
+pub use lcm::LcmConfig;
 pub use options::{BetaSchedule, TimestepSpacing};
 pub use schedule::{BetaConfig, NoiseSchedule};
 pub use scheduler::{Scheduler, StepOutput};

@@ -22,12 +22,12 @@ pub struct Scales {
 }
 
 impl Scales {
-    /// Scales for `ᾱ_t` (given in `f32`, as stored in the schedule).
+    /// Scales for `ᾱ_t` (given in `f32`, as stored in the schedule), computed in `f32` like
+    /// diffusers' `alpha_prod_t ** 0.5` and `(1 - alpha_prod_t) ** 0.5` on `f32` tensors.
     pub fn from_alpha_cumprod(alpha_cumprod: f32) -> Self {
-        let a = alpha_cumprod as f64;
         Self {
-            alpha: a.sqrt(),
-            sigma: (1.0 - a).sqrt(),
+            alpha: alpha_cumprod.sqrt() as f64,
+            sigma: (1.0f32 - alpha_cumprod).sqrt() as f64,
         }
     }
 
@@ -170,14 +170,14 @@ pub fn ddim_rotation_step<const D: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::Scales;
     use super::scalar::*;
-    use super::*;
     use proptest::prelude::*;
 
     proptest! {
         #[test]
-        fn round_trips(x0 in -10.0f64..10.0, eps in -10.0f64..10.0, a in 1e-4f64..0.9999) {
-            let s = Scales::from_alpha_cumprod(a as f32);
+        fn round_trips(x0 in -10.0f64..10.0, eps in -10.0f64..10.0, phi in 0.01f64..1.56) {
+            let s = Scales::from_angle(phi);
             let x_t = noisy(x0, eps, s);
             let v = velocity(x0, eps, s);
             prop_assert!((x0_from_v(x_t, v, s) - x0).abs() < 1e-9);
@@ -185,7 +185,7 @@ mod tests {
             prop_assert!((x0_from_eps(x_t, eps, s) - x0).abs() < 1e-6 / s.alpha);
             prop_assert!((eps_from_x0(x_t, x0, s) - eps).abs() < 1e-6 / s.sigma);
             // The angular form: x_t and v are (x0, eps) rotated by φ.
-            let phi = s.angle();
+            prop_assert!((s.angle() - phi).abs() < 1e-12);
             prop_assert!((x_t - (phi.cos() * x0 + phi.sin() * eps)).abs() < 1e-9);
             prop_assert!((v - (phi.cos() * eps - phi.sin() * x0)).abs() < 1e-9);
         }

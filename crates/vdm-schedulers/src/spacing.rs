@@ -69,8 +69,11 @@ pub fn discrete_timesteps(
                 .map(|i| (i * ratio + steps_offset) as f64)
                 .collect()
         }
+        // numpy's `arange(T, 0, −T/N)` can return N + 1 elements when T/N is inexact
+        // (N = 227: the extra element rounds to timestep −1 in diffusers); we keep the first N.
         TimestepSpacing::Trailing => np_arange_down_to_zero(t as f64, t as f64 / n as f64)
             .into_iter()
+            .take(n)
             .map(|x| x.round_ties_even() - 1.0)
             .collect(),
     };

@@ -52,3 +52,5 @@ fn ddim_product() {
     let (n, _) = run_product("ddim", "DDIMScheduler", |c| build(c, "init_kwargs"));
     assert_eq!(n, 135);
 }
+
+

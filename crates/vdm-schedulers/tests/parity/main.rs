@@ -4,3 +4,7 @@
 mod fixtures;
 
 mod ddim;
+mod ddpm;
+mod dpm_solver;
+mod euler;
+mod lcm;

@@ -1,0 +1,18 @@
+//! DPMSolverMultistepScheduler (placeholder: being implemented).
+
+use serde::{Deserialize, Serialize};
+use vdm_core::{Error, Result};
+
+use crate::scheduler::Scheduler;
+
+/// The fields of a diffusers `DPMSolverMultistepScheduler` config.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DpmSolverMultistepConfig {}
+
+impl DpmSolverMultistepConfig {
+    /// Builds the scheduler, boxed.
+    pub fn build_boxed(&self) -> Result<Box<dyn Scheduler>> {
+        Err(Error::Unsupported("DPMSolverMultistepScheduler is not implemented yet".into()))
+    }
+}

@@ -1,0 +1,18 @@
+//! EulerDiscreteScheduler (placeholder: being implemented).
+
+use serde::{Deserialize, Serialize};
+use vdm_core::{Error, Result};
+
+use crate::scheduler::Scheduler;
+
+/// The fields of a diffusers `EulerDiscreteScheduler` config.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EulerDiscreteConfig {}
+
+impl EulerDiscreteConfig {
+    /// Builds the scheduler, boxed.
+    pub fn build_boxed(&self) -> Result<Box<dyn Scheduler>> {
+        Err(Error::Unsupported("EulerDiscreteScheduler is not implemented yet".into()))
+    }
+}

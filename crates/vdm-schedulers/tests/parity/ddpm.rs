@@ -1,0 +1,1 @@
+//! Parity of ddpm with diffusers (being written).

@@ -1,0 +1,1 @@
+//! Parity of dpm_solver with diffusers (being written).

@@ -1,0 +1,1 @@
+//! Parity of euler with diffusers (being written).

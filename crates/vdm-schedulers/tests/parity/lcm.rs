@@ -1,0 +1,1 @@
+//! Parity of lcm with diffusers (being written).
