@@ -52,10 +52,10 @@ pub mod threshold;
 
 pub use config::{SchedulerConfig, from_config_json};
 pub use ddim::{Ddim, DdimConfig};
-pub use ddpm::DdpmConfig;
+pub use ddpm::{Ddpm, DdpmConfig};
 pub use dpm_solver::DpmSolverMultistepConfig;
-pub use euler::EulerDiscreteConfig;
-pub use lcm::LcmConfig;
+pub use euler::{EulerDiscrete, EulerDiscreteConfig};
+pub use lcm::{Lcm, LcmConfig};
 pub use options::{BetaSchedule, TimestepSpacing};
 pub use schedule::{BetaConfig, NoiseSchedule};
 pub use scheduler::{Scheduler, StepOutput};

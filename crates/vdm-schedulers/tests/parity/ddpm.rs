@@ -1,1 +1,103 @@
-//! Parity of ddpm with diffusers (being written).
+//! DDPM against `sched_traj` c06–c08, `sched_product_ddpm` and `sched_aux` a00–a05.
+
+use burn::tensor::Tensor;
+use vdm_schedulers::{Ddpm, DdpmConfig, Scheduler, SchedulerConfig};
+
+use crate::fixtures::*;
+
+fn config(case: &serde_json::Value, key: &str) -> DdpmConfig {
+    match SchedulerConfig::from_json(&config_json(case, "DDPMScheduler", key)).unwrap() {
+        SchedulerConfig::Ddpm(c) => c,
+        other => panic!("expected DDPM, got {other:?}"),
+    }
+}
+
+fn build(case: &serde_json::Value, key: &str) -> Box<dyn Scheduler> {
+    let s: Ddpm = DdpmConfig::build(&config(case, key)).unwrap();
+    Box::new(s)
+}
+
+#[test]
+fn ddpm_trajectories() {
+    let vectors = Vectors::load("sched_traj.safetensors");
+    let common = Vectors::load("sched_common.safetensors");
+    let cases = traj_cases("DDPMScheduler");
+    assert_eq!(cases.len(), 3);
+    let mut worst_all = 0.0f64;
+    for case in &cases {
+        let prefix = case["prefix"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let mut s = build(case, "full_config");
+        let draws = case["n_noise_draws"].as_u64().unwrap() as usize;
+        let run = run_trajectory(s.as_mut(), steps, Family::Big, &common, draws);
+        let mut worst = check_case(prefix, case, &run, s.as_ref(), &vectors, prefix, steps);
+        let table = case["schedule_table"].as_str().unwrap();
+        let ac = vectors.values(&format!("{table}.alphas_cumprod"));
+        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        let e = rel_err(&ours, &ac);
+        assert!(e < 1e-6, "{prefix}: alphas_cumprod rel err {e:e}");
+        if vectors.tensors.contains_key(&format!("{prefix}.pred_original")) {
+            let (shape, po) = vectors.get(&format!("{prefix}.pred_original"));
+            let n: usize = shape[1..].iter().product();
+            assert_eq!(run.pred_original.len(), shape[0], "{prefix}: pred_original count");
+            for (i, ours) in run.pred_original.iter().enumerate() {
+                let e = rel_err(ours, &po[i * n..(i + 1) * n]);
+                assert!(e <= REL_TOL, "{prefix}: pred_original {i} rel err {e:e}");
+                worst = worst.max(e);
+            }
+        }
+        eprintln!("DDPM {prefix}: worst rel err {worst:e}");
+        worst_all = worst_all.max(worst);
+    }
+    eprintln!("DDPM trajectories: worst rel err {worst_all:e}");
+}
+
+#[test]
+fn ddpm_product() {
+    let (n, _) = run_product("ddpm", "DDPMScheduler", |c| build(c, "init_kwargs"));
+    assert_eq!(n, 108);
+}
+
+/// `add_noise` and `get_velocity` per batch item at `timesteps_int` = [0, 250, 500, 999].
+#[test]
+fn ddpm_add_noise_and_velocity() {
+    let json = load_json("sched_aux.json");
+    let vectors = Vectors::load("sched_aux.safetensors");
+    let x0 = vectors.tensor5("x0");
+    let noise = vectors.tensor5("noise");
+    let timesteps = vectors.values("timesteps_int");
+    let batch = x0.dims()[0];
+    assert_eq!(timesteps.len(), batch);
+    let cases: Vec<_> = json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["class"].as_str().unwrap().starts_with("DDPMScheduler"))
+        .collect();
+    assert_eq!(cases.len(), 6);
+    let mut worst = 0.0f64;
+    for case in cases {
+        let prefix = case["prefix"].as_str().unwrap();
+        let s = config(case, "init_kwargs").build().unwrap();
+        let ac = vectors.values(&format!("{prefix}.alphas_cumprod"));
+        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        assert!(rel_err(&ours, &ac) < 1e-6, "{prefix}: alphas_cumprod");
+        let item = |t: &Tensor<5>, b: usize| t.clone().narrow(0, b, 1);
+        let (noisy, vel): (Vec<_>, Vec<_>) = (0..batch)
+            .map(|b| {
+                let t = timesteps[b];
+                (
+                    s.add_noise(item(&x0, b), item(&noise, b), t).unwrap(),
+                    s.get_velocity(item(&x0, b), item(&noise, b), t).unwrap(),
+                )
+            })
+            .unzip();
+        for (name, ours) in [("add_noise", noisy), ("get_velocity", vel)] {
+            let ours = to_vec(&Tensor::cat(ours, 0));
+            let e = rel_err(&ours, &vectors.values(&format!("{prefix}.{name}")));
+            assert!(e <= REL_TOL, "{prefix}: {name} rel err {e:e}");
+            worst = worst.max(e);
+        }
+    }
+    eprintln!("DDPM aux: worst rel err {worst:e}");
+}

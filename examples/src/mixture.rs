@@ -1,0 +1,137 @@
+//! A denoiser that needs no weights: the exact (Bayes-optimal) noise predictor for data drawn
+//! uniformly from a small set of clean videos.
+//!
+//! For clean videos `x_k` and `x_t = α·x₀ + σ·ε`, the posterior mean is
+//! `E[x₀ | x_t] = Σ_k w_k x_k` with `w = softmax_k(−‖x_t − α x_k‖² / 2σ²)`, and the optimal noise
+//! prediction is `(x_t − α·E[x₀ | x_t]) / σ`. Sampling with any correct scheduler therefore
+//! lands on one of the `x_k`, chosen by the initial noise: a complete, checkable test of a
+//! sampling loop before a trained model is at hand.
+
+use vdm::burn::tensor::{Device, Tensor, TensorData};
+use vdm::core::{Denoiser, DenoiserInput, Error, PredictionType, Result};
+
+/// The exact denoiser of a uniform mixture of clean videos.
+pub struct MixtureDenoiser {
+    components: Vec<Tensor<5>>,
+    /// Training sigmas `sqrt((1 − ᾱ)/ᾱ)` for interpolating fractional timesteps.
+    sigmas: Vec<f64>,
+}
+
+impl MixtureDenoiser {
+    /// A denoiser for `components` (each `[1, C, F, H, W]`) under the training schedule
+    /// `alphas_cumprod`.
+    pub fn new(components: Vec<Tensor<5>>, alphas_cumprod: &[f32]) -> Self {
+        let sigmas = alphas_cumprod
+            .iter()
+            .map(|&a| ((1.0 - a as f64) / a as f64).sqrt())
+            .collect();
+        Self { components, sigmas }
+    }
+
+    /// The clean videos.
+    pub fn components(&self) -> &[Tensor<5>] {
+        &self.components
+    }
+
+    /// `(α, σ)` at a possibly fractional timestep (linear interpolation of the training sigmas,
+    /// as Euler's schedule does).
+    fn scales(&self, t: f64) -> Result<(f64, f64)> {
+        let last = (self.sigmas.len() - 1) as f64;
+        if !(0.0..=last).contains(&t) {
+            return Err(Error::invalid("timestep", format!("{t} outside 0..={last}")));
+        }
+        let lo = t.floor() as usize;
+        let hi = t.ceil() as usize;
+        let s = self.sigmas[lo] + (self.sigmas[hi] - self.sigmas[lo]) * (t - lo as f64);
+        let alpha = 1.0 / (s * s + 1.0).sqrt();
+        Ok((alpha, s * alpha))
+    }
+
+    /// Index of the component closest to `video`, and the RMS distance to it.
+    pub fn nearest(&self, video: &Tensor<5>) -> (usize, f64) {
+        let n = video.shape().num_elements() as f64;
+        self.components
+            .iter()
+            .map(|c| {
+                let d = (video.clone() - c.clone()).powi_scalar(2).sum().into_scalar::<f32>();
+                (d as f64 / n).sqrt()
+            })
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("at least one component")
+    }
+}
+
+impl Denoiser for MixtureDenoiser {
+    fn prediction_type(&self) -> PredictionType {
+        PredictionType::Epsilon
+    }
+
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+        let shape = input.shape()?;
+        let ts = input.timesteps.per_item(shape.batch)?;
+        let mut outputs = Vec::with_capacity(shape.batch);
+        for (b, &t) in ts.iter().enumerate() {
+            let x = input.latents.clone().narrow(0, b, 1);
+            let (alpha, sigma) = self.scales(t)?;
+            // Log-weights −‖x − α x_k‖² / 2σ², normalised on the host.
+            let logits: Vec<f64> = self
+                .components
+                .iter()
+                .map(|c| {
+                    let d = (x.clone() - c.clone().mul_scalar(alpha as f32))
+                        .powi_scalar(2)
+                        .sum()
+                        .into_scalar::<f32>() as f64;
+                    -d / (2.0 * sigma * sigma)
+                })
+                .collect();
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            let mut x0 = x.zeros_like();
+            for (c, wk) in self.components.iter().zip(&w) {
+                x0 = x0 + c.clone().mul_scalar((wk / total) as f32);
+            }
+            outputs.push((x - x0.mul_scalar(alpha as f32)).div_scalar(sigma as f32));
+        }
+        Ok(Tensor::cat(outputs, 0))
+    }
+}
+
+/// Three recognisable clean latent videos `[1, C, F, H, W]`: a blob moving right, a blob
+/// moving down, and a ring that pulses, with values in about `[−1, 1]`.
+pub fn toy_videos(channels: usize, frames: usize, size: usize, device: &Device) -> Vec<Tensor<5>> {
+    let make = |f: &dyn Fn(f64, f64, f64) -> f64| {
+        let mut v = Vec::with_capacity(channels * frames * size * size);
+        for c in 0..channels {
+            for k in 0..frames {
+                let p = k as f64 / frames.max(2).saturating_sub(1) as f64;
+                for i in 0..size {
+                    for j in 0..size {
+                        let y = i as f64 / size as f64;
+                        let x = j as f64 / size as f64;
+                        let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+                        v.push((sign * f(p, y, x)) as f32);
+                    }
+                }
+            }
+        }
+        Tensor::<5>::from_data(
+            TensorData::new(v, [1, channels, frames, size, size]),
+            device,
+        )
+    };
+    let blob = |cx: f64, cy: f64, y: f64, x: f64| {
+        2.0 * (-((x - cx).powi(2) + (y - cy).powi(2)) / 0.02).exp() - 1.0
+    };
+    vec![
+        make(&|p, y, x| blob(0.15 + 0.7 * p, 0.5, y, x)),
+        make(&|p, y, x| blob(0.5, 0.15 + 0.7 * p, y, x)),
+        make(&|p, y, x| {
+            let r = ((x - 0.5).powi(2) + (y - 0.5).powi(2)).sqrt();
+            let radius = 0.15 + 0.2 * p;
+            2.0 * (-(r - radius).powi(2) / 0.005).exp() - 1.0
+        }),
+    ]
+}
