@@ -144,3 +144,54 @@ pub fn frame_tokens_to_video(tokens: Tensor<3>, batch: usize, height: usize, wid
         .reshape([batch, height, width, f, c])
         .permute([0, 4, 3, 1, 2])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn iota(dims: [usize; 5]) -> Tensor<5> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        Tensor::from_data(TensorData::new(v, dims), &Device::flex())
+    }
+
+    #[test]
+    fn spatial_view_orders_frames_inside_batch() {
+        // [B=2, C=3, F=4, H=1, W=2]: item b·F + f of the spatial view is frame f of video b.
+        let x = iota([2, 3, 4, 1, 2]);
+        let s = frames_to_batch(x.clone());
+        assert_eq!(s.dims(), [8, 3, 1, 2]);
+        let want = x.clone().slice([1..2, 0..3, 2..3, 0..1, 0..2]).reshape([3, 1, 2]);
+        let got = s.clone().slice([6..7, 0..3, 0..1, 0..2]).reshape([3, 1, 2]);
+        got.into_data().assert_eq(&want.into_data(), true);
+        batch_to_frames(s, 4)
+            .into_data()
+            .assert_eq(&x.into_data(), true);
+    }
+
+    #[test]
+    fn temporal_view_round_trips() {
+        let x = iota([2, 3, 4, 2, 5]);
+        let t = video_to_frame_tokens(x.clone());
+        assert_eq!(t.dims(), [2 * 2 * 5, 4, 3]);
+        // Token (b=1, h=1, w=3) at frame 2, channel 1.
+        let n = (2 + 1) * 5 + 3;
+        let got = t.clone().slice([n..n + 1, 2..3, 1..2]).into_scalar::<f32>();
+        let want = x.clone().slice([1..2, 1..2, 2..3, 1..2, 3..4]).into_scalar::<f32>();
+        assert_eq!(got, want);
+        frame_tokens_to_video(t, 2, 2, 5)
+            .into_data()
+            .assert_eq(&x.into_data(), true);
+    }
+
+    #[test]
+    fn shape_errors_name_the_tensor() {
+        let x = iota([1, 3, 2, 2, 2]);
+        let s = VideoShape::of("latents", &x).unwrap();
+        let e = s.expect_channels("latents", 4).unwrap_err().to_string();
+        assert!(e.contains("latents") && e.contains("C = 4"), "{e}");
+        let y = iota([1, 3, 3, 2, 2]);
+        assert!(expect_same_shape("model_output", &y, &x).is_err());
+    }
+}

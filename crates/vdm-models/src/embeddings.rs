@@ -43,7 +43,7 @@ impl TimestepProjection {
     /// let emb = TimestepProjection::unet(32).embed(&[0.0, 500.0], &Device::flex()).unwrap();
     /// assert_eq!(emb.dims(), [2, 32]);
     /// // t = 0: cos(0) = 1 in the first half, sin(0) = 0 in the second.
-    /// let row0 = emb.slice([0..1, 0..32]).into_data().to_vec::<f32>().unwrap();
+    /// let row0 = emb.slice([0..1, 0..32]).into_data().try_to_vec::<f32>().unwrap();
     /// assert!(row0[..16].iter().all(|&v| v == 1.0) && row0[16..].iter().all(|&v| v == 0.0));
     /// ```
     ///
