@@ -44,7 +44,8 @@ impl SchedulerConfig {
     /// Parses a diffusers `scheduler_config.json`. Unknown keys (e.g. `_diffusers_version`)
     /// are ignored; unknown option strings and unknown classes are typed errors.
     pub fn from_json(json: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| Error::File {
+        let json = quote_python_floats(json);
+        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::File {
             path: "scheduler_config.json".into(),
             reason: e.to_string(),
         })?;
@@ -70,7 +71,87 @@ impl SchedulerConfig {
     }
 }
 
+/// Python's `json.dumps` writes the non-standard tokens `Infinity`, `-Infinity` and `NaN`
+/// (diffusers saves `lambda_min_clipped = -inf` that way). Quote them outside strings, so that
+/// fields accepting them as strings (`"-inf"`) parse.
+fn quote_python_floats(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + 16);
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = json;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        } else {
+            let replaced = [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")]
+                .into_iter()
+                .find(|(token, _)| rest.starts_with(token));
+            if let Some((token, quoted)) = replaced {
+                out.push_str(quoted);
+                rest = &rest[token.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 /// Parses a diffusers `scheduler_config.json` and builds the scheduler.
 pub fn from_config_json(json: &str) -> Result<Box<dyn Scheduler>> {
     SchedulerConfig::from_json(json)?.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_float_tokens_are_quoted_outside_strings() {
+        let j = r#"{"a": -Infinity, "b": "NaN -Infinity", "c": [Infinity, NaN]}"#;
+        assert_eq!(
+            quote_python_floats(j),
+            r#"{"a": "-inf", "b": "NaN -Infinity", "c": ["inf", "nan"]}"#
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = from_config_json(r#"{"_class_name": "DDIMScheduler", "beta_schedule": "cubic"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beta_schedule") && e.contains("scaled_linear"), "{e}");
+        let e = from_config_json(r#"{"_class_name": "PNDMScheduler"}"#).unwrap_err().to_string();
+        assert!(e.contains("_class_name") && e.contains("DDIMScheduler"), "{e}");
+        let e = from_config_json(r#"{"beta_start": 0.1}"#).unwrap_err().to_string();
+        assert!(e.contains("_class_name"), "{e}");
+        let e = from_config_json(r#"{"_class_name": "DDIMScheduler", "beta_end": -0.5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beta_end"), "{e}");
+        let e = from_config_json(r#"{"_class_name": "DDIMScheduler", "prediction_type": "x0"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prediction_type"), "{e}");
+    }
+
+    #[test]
+    fn zero_and_too_many_steps_are_errors() {
+        let mut s = from_config_json(r#"{"_class_name": "DDIMScheduler"}"#).unwrap();
+        assert!(s.set_timesteps(0).unwrap_err().to_string().contains("num_inference_steps"));
+        assert!(s.set_timesteps(1001).unwrap_err().to_string().contains("num_inference_steps"));
+    }
 }
