@@ -48,16 +48,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let repeats: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(7);
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
     let device = vdm::device();
     let shape = [1, 4, 16, 64, 64];
     let mut noise = SeededNoise::new(0);
     let x0: Tensor<5> = draw(&mut noise, shape, &device)?;
     let model_output: Tensor<5> = draw(&mut noise, shape, &device)?;
 
-    println!("scheduler steps on {shape:?} ({} floats), backend {}, {repeats} repeats", x0.shape().num_elements(), vdm::backend_name());
-    println!("| {:<26} | {:>5} | {:>14} | {:>8} | {:>9} | {:>17} |", "scheduler", "steps", "loop ms median", "min", "ms / step", "set_timesteps ms");
-    println!("|{:-<28}|{:->7}|{:->16}|{:->10}|{:->11}|{:->19}|", "", "", "", "", "", "");
+    println!(
+        "scheduler steps on {shape:?} ({} floats), backend {}, {repeats} repeats",
+        x0.shape().num_elements(),
+        vdm::backend_name()
+    );
+    println!(
+        "| {:<26} | {:>5} | {:>14} | {:>8} | {:>9} | {:>17} |",
+        "scheduler", "steps", "loop ms median", "min", "ms / step", "set_timesteps ms"
+    );
+    println!(
+        "|{:-<28}|{:->7}|{:->16}|{:->10}|{:->11}|{:->19}|",
+        "", "", "", "", "", ""
+    );
     for (name, config, steps) in CASES {
         let mut loops = Vec::new();
         let mut sets = Vec::new();
@@ -72,7 +85,9 @@ fn main() -> Result<()> {
             for t in s.timesteps().to_vec() {
                 let x_in = s.scale_model_input(x.clone(), t)?;
                 let _ = x_in;
-                x = s.step(model_output.clone(), t, x, &mut step_noise)?.prev_sample;
+                x = s
+                    .step(model_output.clone(), t, x, &mut step_noise)?
+                    .prev_sample;
             }
             // Make sure the work is done before stopping the clock.
             let _ = x.sum().into_scalar::<f32>();
@@ -90,6 +105,8 @@ fn main() -> Result<()> {
             median(sets)
         );
     }
-    println!("\nReference (shared/bench/BASELINE.md §5, diffusers/PyTorch on this machine type): DDIM 50 steps 7.4-14.2 ms; one bench UNet3D forward >= 1.7 s.");
+    println!(
+        "\nReference (shared/bench/BASELINE.md §5, diffusers/PyTorch on this machine type): DDIM 50 steps 7.4-14.2 ms; one bench UNet3D forward >= 1.7 s."
+    );
     Ok(())
 }

@@ -83,23 +83,36 @@ fn main() -> Result<()> {
             })?;
             (format!("your config ({path})"), text)
         }
-        None => ("DDIM (embedded AnimateDiff config)".to_string(), EMBEDDED_CONFIG.to_string()),
+        None => (
+            "DDIM (embedded AnimateDiff config)".to_string(),
+            EMBEDDED_CONFIG.to_string(),
+        ),
     };
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(25);
     let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(42);
     let shape = [1, 4, 16, 32, 32];
 
-    println!("vdm scheduler demo: latent {shape:?}, seed {seed}, backend {}", vdm::backend_name());
+    println!(
+        "vdm scheduler demo: latent {shape:?}, seed {seed}, backend {}",
+        vdm::backend_name()
+    );
     println!("model: exact denoiser of a 3-video mixture (no weights needed)\n");
     println!(
         "| {:<38} | {:>5} | {:>11} | {:<18} | {:>12} | {:>8} |",
         "scheduler", "steps", "model calls", "landed on", "RMS distance", "time ms"
     );
-    println!("|{:-<40}|{:->7}|{:->13}|{:-<20}|{:->14}|{:->10}|", "", "", "", "", "", "");
+    println!(
+        "|{:-<40}|{:->7}|{:->13}|{:-<20}|{:->14}|{:->10}|",
+        "", "", "", "", "", ""
+    );
 
     let mut runs: Vec<(String, String, usize)> = vec![(label, config, steps)];
     if args.is_empty() {
-        runs.extend(OTHERS.iter().map(|(n, c, s)| (n.to_string(), c.to_string(), *s)));
+        runs.extend(
+            OTHERS
+                .iter()
+                .map(|(n, c, s)| (n.to_string(), c.to_string(), *s)),
+        );
     }
     for (name, config, steps) in runs {
         let mut scheduler = from_config_json(&config)?;

@@ -38,7 +38,10 @@ impl MixtureDenoiser {
     fn scales(&self, t: f64) -> Result<(f64, f64)> {
         let last = (self.sigmas.len() - 1) as f64;
         if !(0.0..=last).contains(&t) {
-            return Err(Error::invalid("timestep", format!("{t} outside 0..={last}")));
+            return Err(Error::invalid(
+                "timestep",
+                format!("{t} outside 0..={last}"),
+            ));
         }
         let lo = t.floor() as usize;
         let hi = t.ceil() as usize;
@@ -53,7 +56,10 @@ impl MixtureDenoiser {
         self.components
             .iter()
             .map(|c| {
-                let d = (video.clone() - c.clone()).powi_scalar(2).sum().into_scalar::<f32>();
+                let d = (video.clone() - c.clone())
+                    .powi_scalar(2)
+                    .sum()
+                    .into_scalar::<f32>();
                 (d as f64 / n).sqrt()
             })
             .enumerate()

@@ -141,7 +141,9 @@ impl Conditioning {
     /// shared conditioning is returned as is).
     pub fn frames(&self, start: usize, end: usize) -> Conditioning {
         match self {
-            Conditioning::PerFrame(ctx) => Conditioning::PerFrame(ctx.clone().narrow(1, start, end - start)),
+            Conditioning::PerFrame(ctx) => {
+                Conditioning::PerFrame(ctx.clone().narrow(1, start, end - start))
+            }
             other => other.clone(),
         }
     }
@@ -276,11 +278,20 @@ mod tests {
             Timesteps::PerItem(vec![1.0, 2.0]).per_frame(2, 3).unwrap(),
             [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
         );
-        let pf = Timesteps::PerFrame { frames: 2, values: vec![1.0, 2.0, 3.0, 4.0] };
+        let pf = Timesteps::PerFrame {
+            frames: 2,
+            values: vec![1.0, 2.0, 3.0, 4.0],
+        };
         assert_eq!(pf.per_frame(2, 2).unwrap(), [1.0, 2.0, 3.0, 4.0]);
         assert!(pf.per_frame(1, 2).is_err());
-        assert!(pf.per_item(2).is_err(), "differing per-frame timesteps have no per-item form");
-        let same = Timesteps::PerFrame { frames: 2, values: vec![7.0, 7.0, 9.0, 9.0] };
+        assert!(
+            pf.per_item(2).is_err(),
+            "differing per-frame timesteps have no per-item form"
+        );
+        let same = Timesteps::PerFrame {
+            frames: 2,
+            values: vec![7.0, 7.0, 9.0, 9.0],
+        };
         assert_eq!(same.per_item(2).unwrap(), [7.0, 9.0]);
         assert!(Timesteps::PerItem(vec![1.0]).per_frame(2, 1).is_err());
         assert!(Timesteps::Shared(f64::NAN).per_frame(1, 1).is_err());
@@ -289,8 +300,13 @@ mod tests {
     #[test]
     fn conditioning_per_frame_layout() {
         let device = Device::flex();
-        let ctx = Tensor::<1, burn::tensor::Int>::arange(0..2 * 3 * 4, &device).float().reshape([2, 3, 4]);
-        let pf = Conditioning::Shared(ctx.clone()).per_frame(2, 5).unwrap().unwrap();
+        let ctx = Tensor::<1, burn::tensor::Int>::arange(0..2 * 3 * 4, &device)
+            .float()
+            .reshape([2, 3, 4]);
+        let pf = Conditioning::Shared(ctx.clone())
+            .per_frame(2, 5)
+            .unwrap()
+            .unwrap();
         assert_eq!(pf.dims(), [10, 3, 4]);
         // Item b·F + f carries video b's context.
         pf.slice([7..8, 0..3, 0..4])
@@ -298,7 +314,14 @@ mod tests {
             .assert_eq(&ctx.clone().slice([1..2, 0..3, 0..4]).into_data(), true);
         assert!(Conditioning::Shared(ctx).per_frame(3, 5).is_err());
         let per = Tensor::<4>::zeros([1, 5, 3, 4], &device);
-        assert_eq!(Conditioning::PerFrame(per.clone()).per_frame(1, 5).unwrap().unwrap().dims(), [5, 3, 4]);
+        assert_eq!(
+            Conditioning::PerFrame(per.clone())
+                .per_frame(1, 5)
+                .unwrap()
+                .unwrap()
+                .dims(),
+            [5, 3, 4]
+        );
         assert!(Conditioning::PerFrame(per).per_frame(1, 4).is_err());
         assert!(Conditioning::None.per_frame(1, 1).unwrap().is_none());
     }

@@ -95,7 +95,11 @@ fn describe_weights(
 ) -> String {
     let mut parts = Vec::new();
     if !missing.is_empty() {
-        parts.push(format!("{} missing [{}]", missing.len(), missing.join(", ")));
+        parts.push(format!(
+            "{} missing [{}]",
+            missing.len(),
+            missing.join(", ")
+        ));
     }
     if !unexpected.is_empty() {
         parts.push(format!(
@@ -155,7 +159,10 @@ pub fn ensure_finite(field: &str, value: f64) -> Result<f64> {
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(Error::invalid(field, format!("must be finite, got {value}")))
+        Err(Error::invalid(
+            field,
+            format!("must be finite, got {value}"),
+        ))
     }
 }
 

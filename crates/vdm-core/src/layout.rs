@@ -138,7 +138,12 @@ pub fn video_to_frame_tokens(video: Tensor<5>) -> Tensor<3> {
 /// # Shapes
 /// - input: `[B·H·W, F, C]`
 /// - output: `[B, C, F, H, W]`
-pub fn frame_tokens_to_video(tokens: Tensor<3>, batch: usize, height: usize, width: usize) -> Tensor<5> {
+pub fn frame_tokens_to_video(
+    tokens: Tensor<3>,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Tensor<5> {
     let [_, f, c] = tokens.dims();
     tokens
         .reshape([batch, height, width, f, c])
@@ -162,7 +167,10 @@ mod tests {
         let x = iota([2, 3, 4, 1, 2]);
         let s = frames_to_batch(x.clone());
         assert_eq!(s.dims(), [8, 3, 1, 2]);
-        let want = x.clone().slice([1..2, 0..3, 2..3, 0..1, 0..2]).reshape([3, 1, 2]);
+        let want = x
+            .clone()
+            .slice([1..2, 0..3, 2..3, 0..1, 0..2])
+            .reshape([3, 1, 2]);
         let got = s.clone().slice([6..7, 0..3, 0..1, 0..2]).reshape([3, 1, 2]);
         got.into_data().assert_eq(&want.into_data(), true);
         batch_to_frames(s, 4)
@@ -178,7 +186,10 @@ mod tests {
         // Token (b=1, h=1, w=3) at frame 2, channel 1.
         let n = (2 + 1) * 5 + 3;
         let got = t.clone().slice([n..n + 1, 2..3, 1..2]).into_scalar::<f32>();
-        let want = x.clone().slice([1..2, 1..2, 2..3, 1..2, 3..4]).into_scalar::<f32>();
+        let want = x
+            .clone()
+            .slice([1..2, 1..2, 2..3, 1..2, 3..4])
+            .into_scalar::<f32>();
         assert_eq!(got, want);
         frame_tokens_to_video(t, 2, 2, 5)
             .into_data()

@@ -205,7 +205,8 @@ impl NoiseSource for NoiseBank {
         if data.shape().as_slice() != shape {
             return Err(Error::Noise(format!(
                 "recorded tensor {} has shape {:?}, asked for {shape:?}",
-                self.drawn, data.shape()
+                self.drawn,
+                data.shape()
             )));
         }
         self.drawn += 1;
@@ -214,10 +215,16 @@ impl NoiseSource for NoiseBank {
 
     fn permutation(&mut self, n: usize) -> Result<Vec<usize>> {
         let perm = self.permutations.pop_front().ok_or_else(|| {
-            Error::Noise(format!("no recorded permutation left (asked for one of {n})"))
+            Error::Noise(format!(
+                "no recorded permutation left (asked for one of {n})"
+            ))
         })?;
         let mut seen = vec![false; n];
-        if perm.len() != n || !perm.iter().all(|&i| i < n && !std::mem::replace(&mut seen[i], true)) {
+        if perm.len() != n
+            || !perm
+                .iter()
+                .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+        {
             return Err(Error::Noise(format!(
                 "recorded permutation {perm:?} is not a permutation of 0..{n}"
             )));

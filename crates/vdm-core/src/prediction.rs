@@ -1,6 +1,5 @@
 //! What a denoiser predicts.
 
-
 use crate::{Error, Result};
 
 /// The quantity a diffusion model is trained to predict (diffusers' `prediction_type`).

@@ -213,7 +213,11 @@ mod tests {
         fn run_stage(&self, stage: usize, x: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
             let [n, f, c] = x.dims();
             assert_eq!(f, window.len());
-            let pos: Vec<f32> = window.positions.clone().map(|p| p as f32 + 10.0 * stage as f32).collect();
+            let pos: Vec<f32> = window
+                .positions
+                .clone()
+                .map(|p| p as f32 + 10.0 * stage as f32)
+                .collect();
             let add = Tensor::<1>::from_floats(pos.as_slice(), &x.device())
                 .reshape([1, f, 1])
                 .expand([n, f, c]);
@@ -226,7 +230,11 @@ mod tests {
         let x = Tensor::<3>::zeros([2, 4, 3], &Device::flex());
         let site = TemporalSite::new("test", 4);
         let y = AllFrames.apply(&site, x, &Recorder).unwrap();
-        let row: Vec<f32> = y.slice([0..1, 0..4, 0..1]).into_data().try_to_vec().unwrap();
+        let row: Vec<f32> = y
+            .slice([0..1, 0..4, 0..1])
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert_eq!(row, [10.0, 12.0, 14.0, 16.0]);
     }
 
@@ -234,7 +242,10 @@ mod tests {
     fn position_table_limit_is_a_typed_error() {
         let x = Tensor::<3>::zeros([1, 40, 3], &Device::flex());
         let site = TemporalSite::new("down_blocks.0.motion_modules.0", 40).with_max_positions(32);
-        let e = AllFrames.apply(&site, x, &Recorder).unwrap_err().to_string();
+        let e = AllFrames
+            .apply(&site, x, &Recorder)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_frames") && e.contains("32"), "{e}");
     }
 }

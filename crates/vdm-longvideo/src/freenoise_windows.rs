@@ -139,9 +139,24 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_named() {
-        assert!(context_windows(8, 16, 4).unwrap_err().to_string().contains("context_length"));
-        assert!(context_windows(32, 16, 0).unwrap_err().to_string().contains("context_stride"));
-        assert!(context_windows(32, 16, 17).unwrap_err().to_string().contains("context_stride"));
+        assert!(
+            context_windows(8, 16, 4)
+                .unwrap_err()
+                .to_string()
+                .contains("context_length")
+        );
+        assert!(
+            context_windows(32, 16, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("context_stride")
+        );
+        assert!(
+            context_windows(32, 16, 17)
+                .unwrap_err()
+                .to_string()
+                .contains("context_stride")
+        );
     }
 
     proptest! {

@@ -71,7 +71,10 @@ impl TimestepProjection {
         let mut out = Vec::with_capacity(timesteps.len() * self.num_channels);
         for &t in timesteps {
             if !t.is_finite() {
-                return Err(Error::invalid("timesteps", format!("must be finite, got {t}")));
+                return Err(Error::invalid(
+                    "timesteps",
+                    format!("must be finite, got {t}"),
+                ));
             }
             let angles: Vec<f32> = freqs
                 .iter()

@@ -10,6 +10,50 @@ use crate::euler::EulerDiscreteConfig;
 use crate::lcm::LcmConfig;
 use crate::scheduler::Scheduler;
 
+/// The given config keys laid over the serialized `defaults`.
+///
+/// `#[serde(default)]` alone would fill a missing key of a `#[serde(flatten)]`ed sub-config
+/// (`clip_sample`, `beta_schedule`, …) from the sub-config's own `Default`, not from the
+/// scheduler's (DDIM / DDPM: `clip_sample = true`; LCM: `scaled_linear` betas).
+pub(crate) fn over_defaults<T: Serialize, E: serde::de::Error>(
+    defaults: &T,
+    given: serde_json::Map<String, serde_json::Value>,
+) -> std::result::Result<serde_json::Value, E> {
+    let mut merged = match serde_json::to_value(defaults).map_err(E::custom)? {
+        serde_json::Value::Object(map) => map,
+        other => return Err(E::custom(format!("config serialized to {other}"))),
+    };
+    merged.extend(given);
+    Ok(serde_json::Value::Object(merged))
+}
+
+/// Implements `Serialize` / `Deserialize` for a scheduler config declared with
+/// `#[serde(default, remote = "Self")]`, so that missing keys take the scheduler's own defaults
+/// (see [`over_defaults`]).
+macro_rules! serde_over_defaults {
+    ($ty:ident) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                $ty::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> std::result::Result<Self, D::Error> {
+                let given = <serde_json::Map<String, serde_json::Value> as serde::Deserialize>::deserialize(deserializer)?;
+                let merged = $crate::config::over_defaults(&Self::default(), given)?;
+                $ty::deserialize(merged).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_over_defaults;
+
 /// A scheduler config of any supported class, tagged by diffusers' `_class_name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "_class_name")]
@@ -54,9 +98,14 @@ impl SchedulerConfig {
             .and_then(|v| v.as_str())
             .ok_or_else(|| Error::invalid("_class_name", "missing from the scheduler config"))?;
         if !Self::CLASS_NAMES.contains(&class) {
-            return Err(Error::unknown_variant("_class_name", class, Self::CLASS_NAMES));
+            return Err(Error::unknown_variant(
+                "_class_name",
+                class,
+                Self::CLASS_NAMES,
+            ));
         }
-        serde_json::from_value(value).map_err(|e| Error::invalid("scheduler_config.json", e.to_string()))
+        serde_json::from_value(value)
+            .map_err(|e| Error::invalid("scheduler_config.json", e.to_string()))
     }
 
     /// Builds the scheduler (without timesteps; call [`Scheduler::set_timesteps`]).
@@ -95,9 +144,13 @@ fn quote_python_floats(json: &str) -> String {
         if c == '"' {
             in_string = true;
         } else {
-            let replaced = [("-Infinity", "\"-inf\""), ("Infinity", "\"inf\""), ("NaN", "\"nan\"")]
-                .into_iter()
-                .find(|(token, _)| rest.starts_with(token));
+            let replaced = [
+                ("-Infinity", "\"-inf\""),
+                ("Infinity", "\"inf\""),
+                ("NaN", "\"nan\""),
+            ]
+            .into_iter()
+            .find(|(token, _)| rest.starts_with(token));
             if let Some((token, quoted)) = replaced {
                 out.push_str(quoted);
                 rest = &rest[token.len()..];
@@ -133,10 +186,20 @@ mod tests {
         let e = from_config_json(r#"{"_class_name": "DDIMScheduler", "beta_schedule": "cubic"}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("beta_schedule") && e.contains("scaled_linear"), "{e}");
-        let e = from_config_json(r#"{"_class_name": "PNDMScheduler"}"#).unwrap_err().to_string();
-        assert!(e.contains("_class_name") && e.contains("DDIMScheduler"), "{e}");
-        let e = from_config_json(r#"{"beta_start": 0.1}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("beta_schedule") && e.contains("scaled_linear"),
+            "{e}"
+        );
+        let e = from_config_json(r#"{"_class_name": "PNDMScheduler"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("_class_name") && e.contains("DDIMScheduler"),
+            "{e}"
+        );
+        let e = from_config_json(r#"{"beta_start": 0.1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("_class_name"), "{e}");
         let e = from_config_json(r#"{"_class_name": "DDIMScheduler", "beta_end": -0.5}"#)
             .unwrap_err()
@@ -149,9 +212,34 @@ mod tests {
     }
 
     #[test]
+    fn missing_keys_take_the_scheduler_defaults() {
+        // DDIM and DDPM default to clip_sample = true although SampleClipping defaults to false.
+        for class in ["DDIMScheduler", "DDPMScheduler"] {
+            let cfg =
+                SchedulerConfig::from_json(&format!(r#"{{"_class_name": "{class}"}}"#)).unwrap();
+            let clip = match cfg {
+                SchedulerConfig::Ddim(c) => c.clipping.clip_sample,
+                SchedulerConfig::Ddpm(c) => c.clipping.clip_sample,
+                other => panic!("{other:?}"),
+            };
+            assert!(clip, "{class}");
+        }
+    }
+
+    #[test]
     fn zero_and_too_many_steps_are_errors() {
         let mut s = from_config_json(r#"{"_class_name": "DDIMScheduler"}"#).unwrap();
-        assert!(s.set_timesteps(0).unwrap_err().to_string().contains("num_inference_steps"));
-        assert!(s.set_timesteps(1001).unwrap_err().to_string().contains("num_inference_steps"));
+        assert!(
+            s.set_timesteps(0)
+                .unwrap_err()
+                .to_string()
+                .contains("num_inference_steps")
+        );
+        assert!(
+            s.set_timesteps(1001)
+                .unwrap_err()
+                .to_string()
+                .contains("num_inference_steps")
+        );
     }
 }

@@ -15,9 +15,11 @@ use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
 use crate::threshold::SampleClipping;
 
-/// The fields of a diffusers `DDIMScheduler` `scheduler_config.json`, with its defaults.
+/// The fields of a diffusers `DDIMScheduler` `scheduler_config.json`, with its defaults
+/// (linear betas 1e-4 → 0.02, `clip_sample = true`, `set_alpha_to_one = true`, `leading`
+/// spacing). Keys missing from the JSON take these defaults, flattened ones included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, remote = "Self")]
 pub struct DdimConfig {
     /// Training noise schedule.
     #[serde(flatten)]
@@ -50,6 +52,8 @@ impl Default for DdimConfig {
         }
     }
 }
+
+crate::config::serde_over_defaults!(DdimConfig);
 
 impl DdimConfig {
     /// Builds the scheduler.
@@ -197,7 +201,9 @@ impl Scheduler for Ddim {
             eps = (sample - x0.clone().mul_scalar(scales.alpha as f32))
                 .div_scalar(scales.sigma as f32);
         }
-        let direction = (1.0 - a_prev32 - (std_dev * std_dev) as f32).max(0.0).sqrt();
+        let direction = (1.0 - a_prev32 - (std_dev * std_dev) as f32)
+            .max(0.0)
+            .sqrt();
         let mut prev = x0.clone().mul_scalar(a_prev32.sqrt()) + eps.mul_scalar(direction);
         if self.eta > 0.0 {
             let z: Tensor<5> = draw(noise, prev.dims(), &prev.device())?;

@@ -13,16 +13,16 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 use crate::ddim::integer_timestep;
 use crate::options::{TimestepSpacing, VarianceType};
 use crate::prediction::{Scales, add_noise, velocity};
-use crate::schedule::{BetaConfig, NoiseSchedule};
+use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
 use crate::threshold::SampleClipping;
 
 /// The fields of a diffusers `DDPMScheduler` `scheduler_config.json`, with its defaults
 /// (linear betas 1e-4 → 0.02, `fixed_small` variance, `clip_sample = true`, `leading`
-/// spacing).
+/// spacing). Keys missing from the JSON take these defaults, flattened ones included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, remote = "Self")]
 pub struct DdpmConfig {
     /// Training noise schedule.
     #[serde(flatten)]
@@ -56,6 +56,8 @@ impl Default for DdpmConfig {
     }
 }
 
+crate::config::serde_over_defaults!(DdpmConfig);
+
 impl DdpmConfig {
     /// Builds the scheduler.
     pub fn build(&self) -> Result<Ddpm> {
@@ -69,7 +71,12 @@ impl DdpmConfig {
 }
 
 /// The DDPM ancestral sampler: `x_{t−1} = μ̃_t(x_t, x̂₀) + σ_t·z` (Ho et al. 2020, eq. 6–7),
-/// where the previous timestep is the next entry of the inference schedule.
+/// where the previous timestep is the next entry of the inference schedule. Noise is drawn on
+/// every step with `t > 0`.
+///
+/// One deliberate difference from diffusers: with `variance_type = "fixed_large_log"`
+/// diffusers takes the square root of `log β_t` (NaN); this sampler treats `log β_t` as the
+/// log-variance it is (GLIDE's `max_log`), i.e. `σ_t = exp(½·log β_t) = √β_t`.
 #[derive(Debug, Clone)]
 pub struct Ddpm {
     config: DdpmConfig,
@@ -105,8 +112,8 @@ impl StepCoefficients {
         let beta_prod_t_prev = 1.0 - self.alpha_prod_t_prev;
         let current_alpha_t = self.alpha_prod_t / self.alpha_prod_t_prev;
         (
-            self.alpha_prod_t_prev.sqrt() * self.current_beta_t / beta_prod_t,
-            current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t,
+            torch_sqrt(self.alpha_prod_t_prev) * self.current_beta_t / beta_prod_t,
+            torch_sqrt(current_alpha_t) * beta_prod_t_prev / beta_prod_t,
         )
     }
 
@@ -161,7 +168,12 @@ impl Ddpm {
     ///
     /// # Shapes
     /// `x0` and `noise`: the same shape; the output likewise.
-    pub fn get_velocity(&self, x0: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
+    pub fn get_velocity(
+        &self,
+        x0: Tensor<5>,
+        noise: Tensor<5>,
+        timestep: f64,
+    ) -> Result<Tensor<5>> {
         expect_same_shape("noise", &noise, &x0)?;
         let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
         Ok(velocity(x0, noise, Scales::from_alpha_cumprod(a)))
@@ -225,11 +237,11 @@ impl Ddpm {
                     + frac.neg().add_scalar(1.0f32).mul_scalar(min_log);
                 return z * log_variance.mul_scalar(0.5f32).exp();
             }
-            (VarianceType::FixedSmall, _) => coefficients.posterior_variance().sqrt(),
+            (VarianceType::FixedSmall, _) => torch_sqrt(coefficients.posterior_variance()),
             (VarianceType::FixedSmallLog, _) => {
                 (0.5f32 * coefficients.posterior_variance().ln()).exp()
             }
-            (VarianceType::FixedLarge, _) => beta.sqrt(),
+            (VarianceType::FixedLarge, _) => torch_sqrt(beta),
             // diffusers takes `sqrt(log β_t)` here (NaN); we use the log-variance as intended.
             (VarianceType::FixedLargeLog, _) => (0.5f32 * beta.ln()).exp(),
             (VarianceType::Learned | VarianceType::LearnedRange, None) => {
@@ -369,7 +381,28 @@ mod tests {
         assert_eq!(c.variance_type, VarianceType::FixedSmall);
         assert_eq!(c.betas.beta_end, 0.02);
         let parsed = SchedulerConfig::from_json(r#"{"_class_name": "DDPMScheduler"}"#).unwrap();
-        assert_eq!(parsed, SchedulerConfig::Ddpm(c));
+        assert_eq!(parsed, SchedulerConfig::Ddpm(c.clone()));
+        // Given keys override, flattened or not; unknown keys are ignored.
+        let json = r#"{"_class_name": "DDPMScheduler", "_diffusers_version": "0.42.1",
+            "clip_sample": false, "beta_schedule": "scaled_linear", "steps_offset": 1}"#;
+        let SchedulerConfig::Ddpm(parsed) = SchedulerConfig::from_json(json).unwrap() else {
+            panic!("expected DDPM");
+        };
+        assert!(!parsed.clipping.clip_sample);
+        assert_eq!(
+            parsed.betas.beta_schedule,
+            crate::BetaSchedule::ScaledLinear
+        );
+        assert_eq!(parsed.steps_offset, 1);
+        assert_eq!(parsed.betas.beta_end, 0.02);
+        let round_trip: DdpmConfig =
+            serde_json::from_value(serde_json::to_value(&parsed).unwrap()).unwrap();
+        assert_eq!(round_trip, parsed);
+        let tagged = serde_json::to_string(&SchedulerConfig::Ddpm(parsed.clone())).unwrap();
+        assert_eq!(
+            SchedulerConfig::from_json(&tagged).unwrap(),
+            SchedulerConfig::Ddpm(parsed)
+        );
     }
 
     #[test]
@@ -379,14 +412,23 @@ mod tests {
             f(&mut c);
             field_of(c.build().unwrap_err())
         };
-        assert_eq!(bad(|c| c.clipping.clip_sample_range = 0.0), "clip_sample_range");
-        assert_eq!(bad(|c| c.clipping.sample_max_value = f64::NAN), "sample_max_value");
+        assert_eq!(
+            bad(|c| c.clipping.clip_sample_range = 0.0),
+            "clip_sample_range"
+        );
+        assert_eq!(
+            bad(|c| c.clipping.sample_max_value = f64::NAN),
+            "sample_max_value"
+        );
         assert_eq!(
             bad(|c| c.clipping.dynamic_thresholding_ratio = 1.5),
             "dynamic_thresholding_ratio"
         );
         assert_eq!(bad(|c| c.betas.beta_end = -0.1), "beta_end");
-        assert_eq!(bad(|c| c.betas.num_train_timesteps = 1), "num_train_timesteps");
+        assert_eq!(
+            bad(|c| c.betas.num_train_timesteps = 1),
+            "num_train_timesteps"
+        );
         let e = SchedulerConfig::from_json(
             r#"{"_class_name": "DDPMScheduler", "variance_type": "fixed"}"#,
         )
@@ -399,7 +441,10 @@ mod tests {
         .build()
         .unwrap();
         assert_eq!(field_of(s.set_timesteps(10).unwrap_err()), "steps_offset");
-        assert_eq!(field_of(s.set_timesteps(0).unwrap_err()), "num_inference_steps");
+        assert_eq!(
+            field_of(s.set_timesteps(0).unwrap_err()),
+            "num_inference_steps"
+        );
     }
 
     #[test]
@@ -414,11 +459,14 @@ mod tests {
         s.set_timesteps(25).unwrap();
         assert_eq!(s.previous_timestep(957.0).unwrap(), 916.0);
         assert_eq!(s.previous_timestep(0.0).unwrap(), -1.0);
-        assert_eq!(field_of(s.previous_timestep(958.0).unwrap_err()), "timestep");
+        assert_eq!(
+            field_of(s.previous_timestep(958.0).unwrap_err()),
+            "timestep"
+        );
     }
 
     fn values(t: Tensor<5>) -> Vec<f32> {
-        t.to_data().convert::<f32>().to_vec::<f32>().unwrap()
+        t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap()
     }
 
     fn run_step(variance_type: VarianceType, model_output: Tensor<5>, seed: u64) -> Vec<f32> {
@@ -451,7 +499,9 @@ mod tests {
         .build()
         .unwrap();
         s.set_timesteps(10).unwrap();
-        let e = s.step(x.clone(), 900.0, x.clone(), &mut NoNoise).unwrap_err();
+        let e = s
+            .step(x.clone(), 900.0, x.clone(), &mut NoNoise)
+            .unwrap_err();
         assert!(matches!(e, Error::Shape { .. }), "{e}");
 
         let with_variance = |v: f32| Tensor::cat(vec![x.clone(), x.clone().mul_scalar(v)], 1);

@@ -16,7 +16,9 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 use crate::ddim::integer_timestep;
 use crate::ddpm::predicted_x0;
 use crate::options::{BetaSchedule, TimestepSpacing};
-use crate::prediction::{Scales, add_noise, velocity};
+use crate::prediction::Scales;
+use crate::prediction::{add_noise, velocity};
+use crate::schedule::torch_sqrt;
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::validate_steps;
@@ -27,9 +29,10 @@ const SIGMA_DATA: f32 = 0.5;
 
 /// The fields of a diffusers `LCMScheduler` `scheduler_config.json`, with its defaults
 /// (`scaled_linear` betas 0.00085 → 0.012, `original_inference_steps = 50`,
-/// `timestep_scaling = 10`, no clipping).
+/// `timestep_scaling = 10`, no clipping). Keys missing from the JSON take these defaults,
+/// flattened ones included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, remote = "Self")]
 pub struct LcmConfig {
     /// Training noise schedule.
     #[serde(flatten)]
@@ -68,6 +71,8 @@ impl Default for LcmConfig {
         }
     }
 }
+
+crate::config::serde_over_defaults!(LcmConfig);
 
 impl LcmConfig {
     /// Checks the fields, naming the first bad one.
@@ -156,7 +161,7 @@ impl Lcm {
         let denominator = scaled * scaled + SIGMA_DATA * SIGMA_DATA;
         // torch evaluates `float / tensor` as `tensor.reciprocal() * float`.
         let c_skip = denominator.recip() * (SIGMA_DATA * SIGMA_DATA);
-        let c_out = scaled / denominator.sqrt();
+        let c_out = scaled / torch_sqrt(denominator);
         (c_skip, c_out)
     }
 
@@ -165,7 +170,12 @@ impl Lcm {
     ///
     /// # Shapes
     /// `x0` and `noise`: the same shape; the output likewise.
-    pub fn get_velocity(&self, x0: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
+    pub fn get_velocity(
+        &self,
+        x0: Tensor<5>,
+        noise: Tensor<5>,
+        timestep: f64,
+    ) -> Result<Tensor<5>> {
         expect_same_shape("noise", &noise, &x0)?;
         let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
         Ok(velocity(x0, noise, Scales::from_alpha_cumprod(a)))
@@ -266,7 +276,8 @@ impl Scheduler for Lcm {
             (Some(i), _) | (None, Some(i)) => i,
             (None, None) => self.index_for_timestep(timestep)?,
         };
-        let last = index + 1 >= self.timesteps.len();
+        // As diffusers: no noise on the last step only (`step_index == num_inference_steps − 1`).
+        let last = index + 1 == self.timesteps.len();
         let prev_t = self.timesteps.get(index + 1).copied().unwrap_or(timestep);
         let alpha_t = self.alpha_at(timestep)?;
         let alpha_prev = self.alpha_at(prev_t)?;
@@ -339,12 +350,22 @@ mod tests {
         assert_eq!(c.timestep_scaling, 10.0);
         let parsed = SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler"}"#).unwrap();
         assert_eq!(parsed, SchedulerConfig::Lcm(c));
+        let json = r#"{"_class_name": "LCMScheduler", "beta_end": 0.02, "timestep_scaling": 5}"#;
+        let SchedulerConfig::Lcm(parsed) = SchedulerConfig::from_json(json).unwrap() else {
+            panic!("expected LCM");
+        };
+        assert_eq!(parsed.betas.beta_end, 0.02);
+        assert_eq!(parsed.betas.beta_schedule, BetaSchedule::ScaledLinear);
+        assert_eq!(parsed.timestep_scaling, 5.0);
     }
 
     #[test]
     fn reference_timesteps() {
         // shared/reference/algorithms.md §1.2 and shared/oracle gotcha 9.
-        assert_eq!(lcm_timesteps(4, 50, 1000).unwrap(), [999., 759., 499., 259.]);
+        assert_eq!(
+            lcm_timesteps(4, 50, 1000).unwrap(),
+            [999., 759., 499., 259.]
+        );
         assert_eq!(
             lcm_timesteps(8, 50, 1000).unwrap(),
             [999., 879., 759., 639., 499., 379., 259., 139.]
@@ -360,15 +381,30 @@ mod tests {
             f(&mut c);
             field_of(c.build().unwrap_err())
         };
-        assert_eq!(bad(|c| c.original_inference_steps = 0), "original_inference_steps");
-        assert_eq!(bad(|c| c.original_inference_steps = 1001), "original_inference_steps");
+        assert_eq!(
+            bad(|c| c.original_inference_steps = 0),
+            "original_inference_steps"
+        );
+        assert_eq!(
+            bad(|c| c.original_inference_steps = 1001),
+            "original_inference_steps"
+        );
         assert_eq!(bad(|c| c.timestep_scaling = f64::NAN), "timestep_scaling");
         assert_eq!(bad(|c| c.timestep_scaling = -1.0), "timestep_scaling");
-        assert_eq!(bad(|c| c.clipping.clip_sample_range = -1.0), "clip_sample_range");
+        assert_eq!(
+            bad(|c| c.clipping.clip_sample_range = -1.0),
+            "clip_sample_range"
+        );
         assert_eq!(bad(|c| c.betas.beta_start = 0.5), "beta_start");
         let mut s = LcmConfig::default().build().unwrap();
-        assert_eq!(field_of(s.set_timesteps(51).unwrap_err()), "num_inference_steps");
-        assert_eq!(field_of(s.set_timesteps(0).unwrap_err()), "num_inference_steps");
+        assert_eq!(
+            field_of(s.set_timesteps(51).unwrap_err()),
+            "num_inference_steps"
+        );
+        assert_eq!(
+            field_of(s.set_timesteps(0).unwrap_err()),
+            "num_inference_steps"
+        );
         let x: Tensor<5> = Tensor::ones([1, 1, 1, 1, 1], &Device::flex());
         let e = s.step(x.clone(), 999.0, x, &mut NoNoise).unwrap_err();
         assert_eq!(field_of(e), "num_inference_steps");
@@ -389,8 +425,10 @@ mod tests {
         let (c_skip, c_out) = s.boundary_scalings(499.0);
         assert!((c_skip - 0.25 / (4990.0f32 * 4990.0 + 0.25)).abs() < 1e-12);
         assert!((c_out - 1.0).abs() < 1e-6);
-        let p = out.prev_sample.to_data().convert::<f32>().to_vec::<f32>().unwrap();
-        let d = out.pred_original_sample.unwrap();
-        assert_eq!(p, d.to_data().convert::<f32>().to_vec::<f32>().unwrap());
+        let values = |t: Tensor<5>| t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        assert_eq!(
+            values(out.prev_sample),
+            values(out.pred_original_sample.unwrap())
+        );
     }
 }

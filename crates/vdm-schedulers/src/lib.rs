@@ -53,7 +53,7 @@ pub mod threshold;
 pub use config::{SchedulerConfig, from_config_json};
 pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig};
-pub use dpm_solver::DpmSolverMultistepConfig;
+pub use dpm_solver::{DpmSolverMultistep, DpmSolverMultistepConfig};
 pub use euler::{EulerDiscrete, EulerDiscreteConfig};
 pub use lcm::{Lcm, LcmConfig};
 pub use options::{BetaSchedule, TimestepSpacing};

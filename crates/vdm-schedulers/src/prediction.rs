@@ -11,6 +11,8 @@
 use burn::tensor::Tensor;
 use vdm_core::{Error, PredictionType, Result};
 
+use crate::schedule::torch_sqrt;
+
 /// Signal and noise scales at one timestep: `α = sqrt(ᾱ)`, `σ = sqrt(1 − ᾱ)` (variance
 /// preserving).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,11 +25,12 @@ pub struct Scales {
 
 impl Scales {
     /// Scales for `ᾱ_t` (given in `f32`, as stored in the schedule), computed in `f32` like
-    /// diffusers' `alpha_prod_t ** 0.5` and `(1 - alpha_prod_t) ** 0.5` on `f32` tensors.
+    /// diffusers' `alpha_prod_t ** 0.5` and `(1 - alpha_prod_t) ** 0.5` on `f32` tensors, with
+    /// PyTorch's (MKL) square root (see `schedule::torch_sqrt`).
     pub fn from_alpha_cumprod(alpha_cumprod: f32) -> Self {
         Self {
-            alpha: alpha_cumprod.sqrt() as f64,
-            sigma: (1.0f32 - alpha_cumprod).sqrt() as f64,
+            alpha: torch_sqrt(alpha_cumprod) as f64,
+            sigma: torch_sqrt(1.0f32 - alpha_cumprod) as f64,
         }
     }
 

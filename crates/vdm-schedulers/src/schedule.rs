@@ -70,7 +70,10 @@ impl BetaConfig {
                         ),
                     ));
                 }
-                if let Some(b) = betas.iter().find(|b| !(b.is_finite() && **b > 0.0 && **b <= 1.0)) {
+                if let Some(b) = betas
+                    .iter()
+                    .find(|b| !(b.is_finite() && **b > 0.0 && **b <= 1.0))
+                {
                     return Err(Error::invalid(
                         "trained_betas",
                         format!("every beta must be in (0, 1], got {b}"),
@@ -204,7 +207,11 @@ pub(crate) fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 
 /// The cosine schedule (`betas_for_alpha_bar(..., "cosine")`), computed in `f64` like Python.
 fn betas_for_alpha_bar(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -251,7 +258,7 @@ fn cumprod_one_minus(betas: &[f32]) -> Vec<f32> {
 ///
 /// Zero, subnormal, infinite, negative or NaN inputs take MKL's scalar fallback path, which is
 /// IEEE `sqrt`.
-fn mkl_vml_sqrt_f32(x: f32) -> f32 {
+pub(crate) fn torch_sqrt(x: f32) -> f32 {
     if !(x.is_normal() && x > 0.0) {
         return x.sqrt();
     }
@@ -283,7 +290,7 @@ fn mkl_vml_sqrt_f32(x: f32) -> f32 {
 /// Every step except the square root is a correctly rounded `f32` operation in PyTorch (checked
 /// op by op against torch 2.15.0 on the CPU: `cumprod`, `-=`, `*=`, `**2`, the division and
 /// `1 - t` agree bit for bit with scalar IEEE emulation, while `sqrt()` does not); the
-/// square root goes through MKL (see [`mkl_vml_sqrt_f32`]). With the correctly rounded root, the
+/// square root goes through MKL (see [`torch_sqrt`]). With the correctly rounded root, the
 /// zero-SNR `squaredcos_cap_v2` table had the wrong `ᾱ₀ = ((s0 − sT)·s0/(s0 − sT))²`, which
 /// decides DDIM's last step; with the MKL refinement `ᾱ₀` matches the oracle for all three
 /// zero-SNR tables (linear / scaled_linear / squaredcos_cap_v2 from 0.00085 to 0.012). Later
@@ -295,7 +302,7 @@ fn mkl_vml_sqrt_f32(x: f32) -> f32 {
 /// by 1.6e-5 with the correctly rounded root, and is within 3e-8 now).
 pub fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     let cumprod = cumprod_one_minus(betas);
-    let sqrt: Vec<f32> = cumprod.iter().map(|&a| mkl_vml_sqrt_f32(a)).collect();
+    let sqrt: Vec<f32> = cumprod.iter().map(|&a| torch_sqrt(a)).collect();
     let a0 = sqrt[0];
     let at = sqrt[sqrt.len() - 1];
     let scale = a0 / (a0 - at);
@@ -334,13 +341,16 @@ mod tests {
         // Within one ulp of the correctly rounded root, and exact where the root is exact.
         for i in 1..20_000u32 {
             let x = i as f32 * 1.234e-4;
-            let (m, r) = (mkl_vml_sqrt_f32(x), x.sqrt());
-            assert!((m.to_bits() as i64 - r.to_bits() as i64).abs() <= 1, "{x}: {m} vs {r}");
+            let (m, r) = (torch_sqrt(x), x.sqrt());
+            assert!(
+                (m.to_bits() as i64 - r.to_bits() as i64).abs() <= 1,
+                "{x}: {m} vs {r}"
+            );
         }
         for x in [0.0f32, 0.25, 1.0, 4.0, 1e-40, f32::INFINITY] {
-            assert_eq!(mkl_vml_sqrt_f32(x), x.sqrt());
+            assert_eq!(torch_sqrt(x), x.sqrt());
         }
-        assert!(mkl_vml_sqrt_f32(-1.0).is_nan());
+        assert!(torch_sqrt(-1.0).is_nan());
     }
 
     #[test]
@@ -356,12 +366,36 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let bad = BetaConfig { beta_end: f64::NAN, ..BetaConfig::default() };
-        assert!(NoiseSchedule::new(&bad).unwrap_err().to_string().contains("beta_end"));
-        let bad = BetaConfig { beta_start: -1.0, ..BetaConfig::default() };
-        assert!(NoiseSchedule::new(&bad).unwrap_err().to_string().contains("beta_start"));
-        let bad = BetaConfig { num_train_timesteps: 0, ..BetaConfig::default() };
-        assert!(NoiseSchedule::new(&bad).unwrap_err().to_string().contains("num_train_timesteps"));
+        let bad = BetaConfig {
+            beta_end: f64::NAN,
+            ..BetaConfig::default()
+        };
+        assert!(
+            NoiseSchedule::new(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("beta_end")
+        );
+        let bad = BetaConfig {
+            beta_start: -1.0,
+            ..BetaConfig::default()
+        };
+        assert!(
+            NoiseSchedule::new(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("beta_start")
+        );
+        let bad = BetaConfig {
+            num_train_timesteps: 0,
+            ..BetaConfig::default()
+        };
+        assert!(
+            NoiseSchedule::new(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("num_train_timesteps")
+        );
     }
 
     fn schedules() -> impl Strategy<Value = BetaConfig> {
@@ -377,14 +411,16 @@ mod tests {
             any::<bool>(),
             10usize..2000,
         )
-            .prop_map(|(beta_schedule, beta_start, beta_end, zsnr, n)| BetaConfig {
-                num_train_timesteps: n,
-                beta_start,
-                beta_end,
-                beta_schedule,
-                trained_betas: None,
-                rescale_betas_zero_snr: zsnr,
-            })
+            .prop_map(
+                |(beta_schedule, beta_start, beta_end, zsnr, n)| BetaConfig {
+                    num_train_timesteps: n,
+                    beta_start,
+                    beta_end,
+                    beta_schedule,
+                    trained_betas: None,
+                    rescale_betas_zero_snr: zsnr,
+                },
+            )
     }
 
     proptest! {

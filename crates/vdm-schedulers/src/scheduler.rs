@@ -68,8 +68,7 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// Noises a clean sample to `timestep` the way this scheduler's samples are scaled:
     /// `α_t·x₀ + σ_t·ε` for variance-preserving schedulers, `x₀ + σ_t·ε` for Euler and other
     /// sigma-space schedulers.
-    fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64)
-    -> Result<Tensor<5>>;
+    fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>>;
 
     /// What the model this scheduler drives predicts.
     fn prediction_type(&self) -> PredictionType;

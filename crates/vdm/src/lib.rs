@@ -117,7 +117,10 @@ pub fn device() -> Device {
         return Device::flex();
     }
     #[allow(deprecated, unreachable_code)]
-    #[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu", feature = "flex"))))]
+    #[cfg(all(
+        feature = "ndarray",
+        not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
+    ))]
     {
         return Device::ndarray();
     }

@@ -32,10 +32,18 @@ fn ddim_trajectories() {
         // The stored schedule table.
         let table = case["schedule_table"].as_str().unwrap();
         let ac = vectors.values(&format!("{table}.alphas_cumprod"));
-        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        let ours: Vec<f64> = s
+            .noise_schedule()
+            .alphas_cumprod
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
         let e = rel_err(&ours, &ac);
         assert!(e < 1e-6, "{prefix}: alphas_cumprod rel err {e:e}");
-        if vectors.tensors.contains_key(&format!("{prefix}.pred_original")) {
+        if vectors
+            .tensors
+            .contains_key(&format!("{prefix}.pred_original"))
+        {
             let (shape, po) = vectors.get(&format!("{prefix}.pred_original"));
             let n: usize = shape[1..].iter().product();
             for (i, ours) in run.pred_original.iter().enumerate() {
@@ -52,5 +60,3 @@ fn ddim_product() {
     let (n, _) = run_product("ddim", "DDIMScheduler", |c| build(c, "init_kwargs"));
     assert_eq!(n, 135);
 }
-
-

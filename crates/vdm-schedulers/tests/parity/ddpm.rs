@@ -17,6 +17,27 @@ fn build(case: &serde_json::Value, key: &str) -> Box<dyn Scheduler> {
     Box::new(s)
 }
 
+fn debug() -> bool {
+    std::env::var("VDM_DEBUG").is_ok()
+}
+
+/// Prints where `ours` and `theirs` differ most (for `VDM_DEBUG=1`).
+fn describe(label: &str, ours: &[f64], theirs: &[f64]) {
+    let (at, diff) = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .enumerate()
+        .fold((0, 0.0), |m, (i, d)| if d > m.1 { (i, d) } else { m });
+    let count = ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
+    eprintln!(
+        "{label}: rel {:e}, {count} values differ, worst {diff:e} at {at} (ours {}, diffusers {})",
+        rel_err(ours, theirs),
+        ours[at],
+        theirs[at]
+    );
+}
+
 #[test]
 fn ddpm_trajectories() {
     let vectors = Vectors::load("sched_traj.safetensors");
@@ -33,15 +54,31 @@ fn ddpm_trajectories() {
         let mut worst = check_case(prefix, case, &run, s.as_ref(), &vectors, prefix, steps);
         let table = case["schedule_table"].as_str().unwrap();
         let ac = vectors.values(&format!("{table}.alphas_cumprod"));
-        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        let ours: Vec<f64> = s
+            .noise_schedule()
+            .alphas_cumprod
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
         let e = rel_err(&ours, &ac);
         assert!(e < 1e-6, "{prefix}: alphas_cumprod rel err {e:e}");
-        if vectors.tensors.contains_key(&format!("{prefix}.pred_original")) {
+        if vectors
+            .tensors
+            .contains_key(&format!("{prefix}.pred_original"))
+        {
             let (shape, po) = vectors.get(&format!("{prefix}.pred_original"));
             let n: usize = shape[1..].iter().product();
-            assert_eq!(run.pred_original.len(), shape[0], "{prefix}: pred_original count");
+            assert_eq!(
+                run.pred_original.len(),
+                shape[0],
+                "{prefix}: pred_original count"
+            );
             for (i, ours) in run.pred_original.iter().enumerate() {
-                let e = rel_err(ours, &po[i * n..(i + 1) * n]);
+                let theirs = &po[i * n..(i + 1) * n];
+                if debug() {
+                    describe(&format!("{prefix} pred_original {i}"), ours, theirs);
+                }
+                let e = rel_err(ours, theirs);
                 assert!(e <= REL_TOL, "{prefix}: pred_original {i} rel err {e:e}");
                 worst = worst.max(e);
             }
@@ -58,7 +95,8 @@ fn ddpm_product() {
     assert_eq!(n, 108);
 }
 
-/// `add_noise` and `get_velocity` per batch item at `timesteps_int` = [0, 250, 500, 999].
+/// `add_noise` and `get_velocity` at `timesteps_int` = [0, 250, 500, 999], one timestep per
+/// batch item (computed item by item).
 #[test]
 fn ddpm_add_noise_and_velocity() {
     let json = load_json("sched_aux.json");
@@ -75,15 +113,23 @@ fn ddpm_add_noise_and_velocity() {
         .filter(|c| c["class"].as_str().unwrap().starts_with("DDPMScheduler"))
         .collect();
     assert_eq!(cases.len(), 6);
+    let item = |t: &Tensor<5>, b: usize| t.clone().narrow(0, b, 1);
     let mut worst = 0.0f64;
     for case in cases {
         let prefix = case["prefix"].as_str().unwrap();
         let s = config(case, "init_kwargs").build().unwrap();
         let ac = vectors.values(&format!("{prefix}.alphas_cumprod"));
-        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        let ours: Vec<f64> = s
+            .noise_schedule()
+            .alphas_cumprod
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
+        if debug() {
+            describe(&format!("{prefix} alphas_cumprod"), &ours, &ac);
+        }
         assert!(rel_err(&ours, &ac) < 1e-6, "{prefix}: alphas_cumprod");
-        let item = |t: &Tensor<5>, b: usize| t.clone().narrow(0, b, 1);
-        let (noisy, vel): (Vec<_>, Vec<_>) = (0..batch)
+        let (noisy, velocity): (Vec<_>, Vec<_>) = (0..batch)
             .map(|b| {
                 let t = timesteps[b];
                 (
@@ -92,9 +138,21 @@ fn ddpm_add_noise_and_velocity() {
                 )
             })
             .unzip();
-        for (name, ours) in [("add_noise", noisy), ("get_velocity", vel)] {
+        for (name, ours) in [("add_noise", noisy), ("get_velocity", velocity)] {
             let ours = to_vec(&Tensor::cat(ours, 0));
-            let e = rel_err(&ours, &vectors.values(&format!("{prefix}.{name}")));
+            let theirs = vectors.values(&format!("{prefix}.{name}"));
+            if debug() {
+                let n = ours.len() / batch;
+                for b in 0..batch {
+                    let label = format!("{prefix} {name} t={}", timesteps[b]);
+                    describe(
+                        &label,
+                        &ours[b * n..(b + 1) * n],
+                        &theirs[b * n..(b + 1) * n],
+                    );
+                }
+            }
+            let e = rel_err(&ours, &theirs);
             assert!(e <= REL_TOL, "{prefix}: {name} rel err {e:e}");
             worst = worst.max(e);
         }

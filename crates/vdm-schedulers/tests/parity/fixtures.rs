@@ -97,14 +97,6 @@ impl Vectors {
         to_tensor(v, shape)
     }
 
-    /// Slice `index` of a stacked tensor `[N, ...5 dims]` as a 5-D tensor.
-    pub fn stacked5(&self, name: &str, index: usize) -> Tensor<5> {
-        let (shape, v) = self.get(name);
-        let inner: [usize; 5] = shape[1..].try_into().expect("[N, 5 dims]");
-        let n: usize = inner.iter().product();
-        to_tensor(&v[index * n..(index + 1) * n], inner)
-    }
-
     /// Slices `0..count` of a stacked tensor as host data, for a noise bank.
     pub fn noise_bank(&self, name: &str, count: usize) -> NoiseBank {
         let (shape, v) = self.get(name);
@@ -112,7 +104,10 @@ impl Vectors {
         let n: usize = inner.iter().product();
         NoiseBank::from_tensors((0..count).map(|i| {
             TensorData::new(
-                v[i * n..(i + 1) * n].iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                v[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect::<Vec<f32>>(),
                 inner.clone(),
             )
         }))
@@ -251,7 +246,10 @@ pub fn check_case(
     let ts = vectors.values(&format!("{prefix}.timesteps"));
     assert_eq!(
         scheduler.timesteps(),
-        ts.iter().map(|&t| t as f32 as f64).collect::<Vec<_>>().as_slice(),
+        ts.iter()
+            .map(|&t| t as f32 as f64)
+            .collect::<Vec<_>>()
+            .as_slice(),
         "{label}: timesteps"
     );
     if let Some(table) = case["schedule_table"].as_str() {
@@ -277,16 +275,25 @@ pub fn check_case(
     let finite = case["finite"].as_bool().unwrap_or(true);
     if !finite {
         // diffusers produces NaN/inf; we must stop with a NonFinite error before any appears.
-        let err = run.error.as_ref().unwrap_or_else(|| panic!("{label}: expected an error"));
+        let err = run
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("{label}: expected an error"));
         assert!(
             matches!(err, vdm_core::Error::NonFinite { .. }),
             "{label}: expected NonFinite, got {err}"
         );
         for s in &run.samples {
-            assert!(s.iter().all(|x| x.is_finite()), "{label}: NaN before the error");
+            assert!(
+                s.iter().all(|x| x.is_finite()),
+                "{label}: NaN before the error"
+            );
         }
         let first_bad = case["first_nonfinite_sample_index"].as_u64().unwrap() as usize;
-        assert!(run.samples.len() <= first_bad, "{label}: error came too late");
+        assert!(
+            run.samples.len() <= first_bad,
+            "{label}: error came too late"
+        );
         return 0.0;
     }
     if let Some(e) = &run.error {
@@ -299,9 +306,15 @@ pub fn check_case(
         let theirs = &samples[i * n..(i + 1) * n];
         let e = max_abs_diff(ours, theirs) / scale;
         if std::env::var("VDM_DEBUG").is_ok() {
-            eprintln!("{label} sample {i}: traj-rel {e:e}, per-sample rel {:e}", rel_err(ours, theirs));
+            eprintln!(
+                "{label} sample {i}: traj-rel {e:e}, per-sample rel {:e}",
+                rel_err(ours, theirs)
+            );
         }
-        assert!(e <= REL_TOL, "{label}: sample {i} rel err {e:e} > {REL_TOL:e}");
+        assert!(
+            e <= REL_TOL,
+            "{label}: sample {i} rel err {e:e} > {REL_TOL:e}"
+        );
         worst = worst.max(e);
     }
     let draws = case["n_noise_draws"].as_u64().unwrap_or(0) as usize;
@@ -327,9 +340,20 @@ pub fn run_product(
         let draws = case["n_noise_draws"].as_u64().unwrap_or(0) as usize;
         let run = run_trajectory(s.as_mut(), steps, Family::Small, &common, draws);
         let label = format!("{class} {prefix}");
-        worst = worst.max(check_case(&label, case, &run, s.as_ref(), &vectors, prefix, steps));
+        worst = worst.max(check_case(
+            &label,
+            case,
+            &run,
+            s.as_ref(),
+            &vectors,
+            prefix,
+            steps,
+        ));
     }
-    eprintln!("{class}: {} product cases, worst rel err {worst:e}", cases.len());
+    eprintln!(
+        "{class}: {} product cases, worst rel err {worst:e}",
+        cases.len()
+    );
     (cases.len(), worst)
 }
 

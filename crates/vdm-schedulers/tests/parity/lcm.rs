@@ -29,14 +29,26 @@ fn lcm_trajectories() {
         let mut worst = check_case(prefix, case, &run, s.as_ref(), &vectors, prefix, steps);
         let table = case["schedule_table"].as_str().unwrap();
         let ac = vectors.values(&format!("{table}.alphas_cumprod"));
-        let ours: Vec<f64> = s.noise_schedule().alphas_cumprod.iter().map(|&a| a as f64).collect();
+        let ours: Vec<f64> = s
+            .noise_schedule()
+            .alphas_cumprod
+            .iter()
+            .map(|&a| a as f64)
+            .collect();
         let e = rel_err(&ours, &ac);
         assert!(e < 1e-6, "{prefix}: alphas_cumprod rel err {e:e}");
         // `pred_original` holds LCM's `denoised`.
-        if vectors.tensors.contains_key(&format!("{prefix}.pred_original")) {
+        if vectors
+            .tensors
+            .contains_key(&format!("{prefix}.pred_original"))
+        {
             let (shape, po) = vectors.get(&format!("{prefix}.pred_original"));
             let n: usize = shape[1..].iter().product();
-            assert_eq!(run.pred_original.len(), shape[0], "{prefix}: denoised count");
+            assert_eq!(
+                run.pred_original.len(),
+                shape[0],
+                "{prefix}: denoised count"
+            );
             for (i, ours) in run.pred_original.iter().enumerate() {
                 let e = rel_err(ours, &po[i * n..(i + 1) * n]);
                 assert!(e <= REL_TOL, "{prefix}: denoised {i} rel err {e:e}");
