@@ -66,7 +66,7 @@ impl WeightingScheme {
                     .collect()
             }
             Self::DelayedReverseSawtooth => {
-                if len % 2 == 0 {
+                if len.is_multiple_of(2) {
                     let h = len / 2;
                     let mut w = vec![0.01; h.saturating_sub(1)];
                     w.push(h as f32);
