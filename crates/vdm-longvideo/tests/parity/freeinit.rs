@@ -1,0 +1,1 @@
+//! FreeInit parity (being written).

@@ -1,0 +1,1 @@
+//! FreeNoise parity (being written).
