@@ -149,23 +149,67 @@ impl Conditioning {
     }
 
     /// Concatenates conditionings along the batch (e.g. `[uncond; cond]` for CFG).
+    ///
+    /// Shared and per-frame parts may be mixed: shared contexts are then repeated over the
+    /// frames of the per-frame ones. Unconditional parts cannot be mixed with conditional ones.
     pub fn cat(parts: Vec<Conditioning>) -> Result<Conditioning> {
         if parts.iter().all(|p| matches!(p, Conditioning::None)) {
             return Ok(Conditioning::None);
         }
-        if parts.iter().all(|p| matches!(p, Conditioning::Shared(_))) {
-            let ts = parts
-                .into_iter()
-                .map(|p| match p {
-                    Conditioning::Shared(t) => t,
-                    _ => unreachable!(),
-                })
-                .collect();
-            return Ok(Conditioning::Shared(Tensor::cat(ts, 0)));
+        if parts.iter().any(|p| matches!(p, Conditioning::None)) {
+            return Err(Error::Unsupported(
+                "concatenating unconditional with conditional inputs; pass an empty-prompt \
+                 embedding as the negative conditioning instead"
+                    .into(),
+            ));
         }
-        Err(Error::Unsupported(
-            "concatenating mixed conditioning kinds; convert them to per-frame first".into(),
-        ))
+        let frames = parts.iter().find_map(|p| match p {
+            Conditioning::PerFrame(t) => Some(t.dims()[1]),
+            _ => None,
+        });
+        match frames {
+            None => Ok(Conditioning::Shared(Tensor::cat(
+                parts
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Conditioning::Shared(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect(),
+                0,
+            ))),
+            Some(f) => {
+                let mut tensors = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match p {
+                        Conditioning::PerFrame(t) => {
+                            if t.dims()[1] != f {
+                                return Err(Error::shape(
+                                    "encoder_hidden_states",
+                                    format!("[B, F, S, D] with F = {f} in every part"),
+                                    &t.dims(),
+                                ));
+                            }
+                            tensors.push(t)
+                        }
+                        Conditioning::Shared(t) => {
+                            let [b, s, d] = t.dims();
+                            tensors.push(t.unsqueeze_dim::<4>(1).expand([b, f, s, d]))
+                        }
+                        Conditioning::None => unreachable!("checked above"),
+                    }
+                }
+                let dims: Vec<[usize; 4]> = tensors.iter().map(|t| t.dims()).collect();
+                if dims.iter().any(|d| d[2..] != dims[0][2..]) {
+                    return Err(Error::shape(
+                        "encoder_hidden_states",
+                        format!("the same [S, D] in every part as the first, {:?}", &dims[0][2..]),
+                        &dims.iter().find(|d| d[2..] != dims[0][2..]).unwrap()[..],
+                    ));
+                }
+                Ok(Conditioning::PerFrame(Tensor::cat(tensors, 0)))
+            }
+        }
     }
 }
 

@@ -1,0 +1,478 @@
+//! The long-video sampler: one denoising loop that composes, through vdm-core traits only, an
+//! initial-noise strategy, any [`Denoiser`] (with classifier-free guidance and per-frame
+//! conditioning), any [`Scheduler`], an optional temporal strategy handed to the model's
+//! temporal layers (FreeNoise windows, ...), and an optional refinement loop around the whole
+//! sampling (FreeInit).
+
+use burn::tensor::{Device, Tensor};
+use vdm_core::{
+    Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, Result, TemporalHook, Timesteps,
+    VideoShape,
+};
+use vdm_schedulers::Scheduler;
+
+use crate::noise_prior::{Gaussian, InitialNoise};
+
+/// Classifier-free guidance (Ho & Salimans 2022): `ε = ε_u + s·(ε_c − ε_u)`, with the
+/// unconditional and conditional passes batched into one model call (`[uncond; cond]`, as
+/// diffusers does).
+#[derive(Debug, Clone)]
+pub struct Guidance {
+    /// Guidance scale `s`; `s ≤ 1` disables guidance (one conditional pass).
+    pub scale: f64,
+    /// The negative (unconditional) conditioning: the empty prompt or a negative prompt,
+    /// shared or per frame.
+    pub negative: Conditioning,
+}
+
+/// A refinement loop around the whole sampling, such as FreeInit: the video is sampled
+/// `iterations()` times, each time from a latent re-initialised from the previous result.
+pub trait Refinement: Send + Sync {
+    /// Number of sampling passes (≥ 1).
+    fn iterations(&self) -> usize;
+
+    /// Inference steps of pass `iteration` out of the requested `num_inference_steps`
+    /// (coarse-to-fine schedules use fewer steps in early passes).
+    fn steps_for_iteration(&self, iteration: usize, num_inference_steps: usize) -> usize;
+
+    /// The starting latent of pass `iteration ≥ 1`, already scaled for `scheduler` (whose
+    /// timesteps are set for this pass), from the previous pass's result `clean` and the
+    /// unit-variance `initial_noise` of pass 0.
+    fn reinitialize(
+        &self,
+        iteration: usize,
+        scheduler: &dyn Scheduler,
+        clean: Tensor<5>,
+        initial_noise: &Tensor<5>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<5>>;
+}
+
+/// What the progress callback sees after every step.
+#[derive(Debug)]
+pub struct Progress<'a> {
+    /// Refinement pass (0 without refinement).
+    pub iteration: usize,
+    /// Number of refinement passes (1 without refinement).
+    pub iterations: usize,
+    /// Step index within the pass.
+    pub step: usize,
+    /// Number of steps of this pass.
+    pub num_steps: usize,
+    /// The timestep just denoised.
+    pub timestep: f64,
+    /// The latents after this step.
+    pub latents: &'a Tensor<5>,
+    /// The scheduler's clean-sample estimate at this step, if it computes one.
+    pub pred_original: Option<&'a Tensor<5>>,
+}
+
+/// The callback's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop; [`LongVideoSampler::sample`] returns [`Error::Cancelled`].
+    Cancel,
+}
+
+/// A denoising loop assembled from interchangeable parts.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use vdm_core::{Conditioning, Denoiser, DenoiserInput, PredictionType, Result, SeededNoise, VideoShape};
+/// use vdm_longvideo::sampler::{Control, LongVideoSampler};
+/// use vdm_schedulers::from_config_json;
+///
+/// struct Shrink; // predicts ε = 0.1·x
+/// impl Denoiser for Shrink {
+///     fn prediction_type(&self) -> PredictionType { PredictionType::Epsilon }
+///     fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+///         Ok(input.latents.mul_scalar(0.1))
+///     }
+/// }
+///
+/// let scheduler = from_config_json(r#"{"_class_name": "DDIMScheduler", "clip_sample": false}"#).unwrap();
+/// let mut sampler = LongVideoSampler::new(&Shrink, scheduler);
+/// let video = sampler
+///     .sample(
+///         VideoShape::new([1, 4, 32, 8, 8]),
+///         Conditioning::None,
+///         10,
+///         &mut SeededNoise::new(0),
+///         &Device::flex(),
+///         &mut |p| if p.step < 100 { Control::Continue } else { Control::Cancel },
+///     )
+///     .unwrap();
+/// assert_eq!(video.dims(), [1, 4, 32, 8, 8]);
+/// ```
+pub struct LongVideoSampler<'a> {
+    denoiser: &'a dyn Denoiser,
+    scheduler: Box<dyn Scheduler>,
+    initial_noise: Box<dyn InitialNoise + 'a>,
+    temporal: Option<&'a dyn TemporalHook>,
+    refinement: Option<Box<dyn Refinement + 'a>>,
+    guidance: Option<Guidance>,
+}
+
+impl<'a> LongVideoSampler<'a> {
+    /// A sampler with Gaussian initial noise, no guidance, no temporal strategy and no
+    /// refinement.
+    pub fn new(denoiser: &'a dyn Denoiser, scheduler: Box<dyn Scheduler>) -> Self {
+        Self {
+            denoiser,
+            scheduler,
+            initial_noise: Box::new(Gaussian),
+            temporal: None,
+            refinement: None,
+            guidance: None,
+        }
+    }
+
+    /// Sets the initial-noise strategy.
+    pub fn with_initial_noise(mut self, strategy: impl InitialNoise + 'a) -> Self {
+        self.initial_noise = Box::new(strategy);
+        self
+    }
+
+    /// Hands a temporal strategy to the model's temporal layers at every call.
+    pub fn with_temporal(mut self, hook: &'a dyn TemporalHook) -> Self {
+        self.temporal = Some(hook);
+        self
+    }
+
+    /// Wraps the sampling in a refinement loop (e.g. FreeInit).
+    pub fn with_refinement(mut self, refinement: impl Refinement + 'a) -> Self {
+        self.refinement = Some(Box::new(refinement));
+        self
+    }
+
+    /// Enables classifier-free guidance.
+    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
+        self.guidance = Some(guidance);
+        self
+    }
+
+    /// The scheduler (its timesteps are those of the last pass after sampling).
+    pub fn scheduler(&self) -> &dyn Scheduler {
+        self.scheduler.as_ref()
+    }
+
+    /// Samples a video of `shape` conditioned on `conditioning`.
+    ///
+    /// `noise` provides every random number (initial noise, stochastic scheduler steps,
+    /// refinement noise); `progress` is called after every step and may cancel.
+    pub fn sample(
+        &mut self,
+        shape: VideoShape,
+        conditioning: Conditioning,
+        num_inference_steps: usize,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress<'_>) -> Control,
+    ) -> Result<Tensor<5>> {
+        if self.denoiser.prediction_type() != self.scheduler.prediction_type() {
+            return Err(Error::invalid(
+                "prediction_type",
+                format!(
+                    "the model predicts {} but the scheduler is configured for {}; set the \
+                     scheduler config's prediction_type to match the model",
+                    self.denoiser.prediction_type().as_str(),
+                    self.scheduler.prediction_type().as_str()
+                ),
+            ));
+        }
+        if num_inference_steps == 0 {
+            return Err(Error::invalid("num_inference_steps", "must be at least 1"));
+        }
+        let guided = self.guidance.as_ref().filter(|g| g.scale > 1.0).cloned();
+        if let Some(g) = &guided
+            && !g.scale.is_finite()
+        {
+            return Err(Error::invalid("guidance_scale", format!("must be finite, got {}", g.scale)));
+        }
+        let batched_conditioning = match &guided {
+            Some(g) => Conditioning::cat(vec![g.negative.clone(), conditioning.clone()])?,
+            None => conditioning,
+        };
+
+        let iterations = self.refinement.as_ref().map_or(1, |r| r.iterations());
+        if iterations == 0 {
+            return Err(Error::invalid("num_iters", "a refinement needs at least one pass"));
+        }
+        let initial_noise = self.initial_noise.sample(shape, noise, device)?;
+        let mut latents = initial_noise.clone();
+        for iteration in 0..iterations {
+            let steps = self
+                .refinement
+                .as_ref()
+                .map_or(num_inference_steps, |r| r.steps_for_iteration(iteration, num_inference_steps));
+            self.scheduler.set_timesteps(steps)?;
+            latents = match (&self.refinement, iteration) {
+                (Some(r), k) if k > 0 => {
+                    r.reinitialize(k, self.scheduler.as_ref(), latents, &initial_noise, noise)?
+                }
+                _ => initial_noise
+                    .clone()
+                    .mul_scalar(self.scheduler.init_noise_sigma() as f32),
+            };
+            let timesteps = self.scheduler.timesteps().to_vec();
+            for (step, &t) in timesteps.iter().enumerate() {
+                let model_input = self.scheduler.scale_model_input(latents.clone(), t)?;
+                let output = self.predict(model_input, t, &batched_conditioning, guided.as_ref())?;
+                let out = self.scheduler.step(output, t, latents, noise)?;
+                latents = out.prev_sample;
+                let control = progress(Progress {
+                    iteration,
+                    iterations,
+                    step,
+                    num_steps: timesteps.len(),
+                    timestep: t,
+                    latents: &latents,
+                    pred_original: out.pred_original_sample.as_ref(),
+                });
+                if control == Control::Cancel {
+                    return Err(Error::Cancelled { step });
+                }
+            }
+        }
+        Ok(latents)
+    }
+
+    /// One model evaluation, guided or not.
+    fn predict(
+        &self,
+        model_input: Tensor<5>,
+        t: f64,
+        conditioning: &Conditioning,
+        guidance: Option<&Guidance>,
+    ) -> Result<Tensor<5>> {
+        let input = match guidance {
+            Some(_) => Tensor::cat(vec![model_input.clone(), model_input], 0),
+            None => model_input,
+        };
+        let mut call = DenoiserInput::new(input, Timesteps::Shared(t), conditioning.clone());
+        if let Some(hook) = self.temporal {
+            call = call.with_temporal(hook);
+        }
+        let output = self.denoiser.predict(call)?;
+        match guidance {
+            Some(g) => {
+                let batch = output.dims()[0] / 2;
+                let uncond = output.clone().narrow(0, 0, batch);
+                let cond = output.narrow(0, batch, batch);
+                Ok(uncond.clone() + (cond - uncond).mul_scalar(g.scale as f32))
+            }
+            None => Ok(output),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use vdm_core::temporal::{FrameWindow, TemporalSite, TemporalStages};
+    use vdm_core::{PredictionType, SeededNoise};
+    use vdm_schedulers::from_config_json;
+
+    const DDIM: &str = r#"{"_class_name": "DDIMScheduler", "clip_sample": false, "set_alpha_to_one": false}"#;
+
+    /// ε = mean of the conditioning over (S, D) per batch item (0 without conditioning),
+    /// broadcast; records the batch sizes it saw; runs one temporal stage through the hook.
+    struct Probe {
+        batches: std::sync::Mutex<Vec<usize>>,
+        prediction: PredictionType,
+    }
+
+    struct AddOne;
+    impl TemporalStages for AddOne {
+        fn num_stages(&self) -> usize {
+            1
+        }
+        fn run_stage(&self, _: usize, x: Tensor<3>, _: &FrameWindow) -> Result<Tensor<3>> {
+            Ok(x.add_scalar(1.0))
+        }
+    }
+
+    impl Denoiser for Probe {
+        fn prediction_type(&self) -> PredictionType {
+            self.prediction
+        }
+        fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+            let shape = input.shape()?;
+            self.batches.lock().unwrap().push(shape.batch);
+            let device = input.latents.device();
+            let marker = input
+                .temporal
+                .apply(
+                    &TemporalSite::new("probe", shape.frames),
+                    Tensor::zeros([1, shape.frames, 1], &device),
+                    &AddOne,
+                )?
+                .mean()
+                .into_scalar::<f32>();
+            let per_item: Vec<f32> = match input.conditioning.per_frame(shape.batch, shape.frames)? {
+                Some(ctx) => {
+                    let means = ctx.mean_dim(2).mean_dim(1).reshape([shape.batch, shape.frames]);
+                    means.mean_dim(1).into_data().try_to_vec().unwrap()
+                }
+                None => vec![0.0; shape.batch],
+            };
+            let values: Vec<Tensor<5>> = per_item
+                .iter()
+                .map(|&v| Tensor::<5>::full(shape.with_frames(shape.frames).dims(), v + marker - 1.0, &device).narrow(0, 0, 1))
+                .collect();
+            Ok(Tensor::cat(values, 0))
+        }
+    }
+
+    fn probe() -> Probe {
+        Probe { batches: Default::default(), prediction: PredictionType::Epsilon }
+    }
+
+    fn ctx(value: f32) -> Conditioning {
+        Conditioning::Shared(Tensor::full([1, 2, 3], value, &Device::flex()))
+    }
+
+    fn run(sampler: &mut LongVideoSampler<'_>, cond: Conditioning, steps: usize) -> Result<Tensor<5>> {
+        sampler.sample(
+            VideoShape::new([1, 2, 3, 2, 2]),
+            cond,
+            steps,
+            &mut SeededNoise::new(1),
+            &Device::flex(),
+            &mut |_| Control::Continue,
+        )
+    }
+
+    #[test]
+    fn guidance_batches_uncond_and_cond_and_extrapolates() {
+        // With ε constant, DDIM's result is affine in ε: compare against an unguided run with
+        // the guided ε = u + s(c − u) = 0 + 3·(2 − 0) = 6.
+        let model = probe();
+        let mut guided = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap())
+            .with_guidance(Guidance { scale: 3.0, negative: ctx(0.0) });
+        let a = run(&mut guided, ctx(2.0), 4).unwrap();
+        assert!(model.batches.lock().unwrap().iter().all(|&b| b == 2));
+        let plain_model = probe();
+        let mut plain = LongVideoSampler::new(&plain_model, from_config_json(DDIM).unwrap());
+        let b = run(&mut plain, ctx(6.0), 4).unwrap();
+        assert!(plain_model.batches.lock().unwrap().iter().all(|&b| b == 1));
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn cancellation_and_progress() {
+        let model = probe();
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap());
+        let mut seen = Vec::new();
+        let e = sampler
+            .sample(
+                VideoShape::new([1, 2, 3, 2, 2]),
+                Conditioning::None,
+                10,
+                &mut SeededNoise::new(9),
+                &Device::flex(),
+                &mut |p| {
+                    seen.push((p.step, p.num_steps, p.latents.dims()));
+                    if p.step == 3 { Control::Cancel } else { Control::Continue }
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::Cancelled { step: 3 }), "{e}");
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0], (0, 10, [1, 2, 3, 2, 2]));
+    }
+
+    #[test]
+    fn prediction_type_mismatch_is_named() {
+        let model = Probe { batches: Default::default(), prediction: PredictionType::VPrediction };
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap());
+        let e = run(&mut sampler, Conditioning::None, 3).unwrap_err().to_string();
+        assert!(e.contains("prediction_type"), "{e}");
+    }
+
+    /// A hook that runs each stage twice: the probe's marker becomes 2 instead of 1.
+    struct Twice;
+    impl TemporalHook for Twice {
+        fn apply(&self, _: &TemporalSite<'_>, x: Tensor<3>, stages: &dyn TemporalStages) -> Result<Tensor<3>> {
+            let w = FrameWindow::full(x.dims()[1]);
+            let y = stages.run_stage(0, x, &w)?;
+            stages.run_stage(0, y, &w)
+        }
+    }
+
+    #[test]
+    fn the_temporal_strategy_reaches_the_model() {
+        let model = probe();
+        let mut with_hook = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_temporal(&Twice);
+        let a = run(&mut with_hook, ctx(1.0), 3).unwrap();
+        // Marker 2 adds one to ε: the same as conditioning 2 without the hook.
+        let model2 = probe();
+        let mut plain = LongVideoSampler::new(&model2, from_config_json(DDIM).unwrap());
+        let b = run(&mut plain, ctx(2.0), 3).unwrap();
+        let diff: f32 = (a - b).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    struct CountPasses {
+        reinits: AtomicUsize,
+    }
+    impl Refinement for CountPasses {
+        fn iterations(&self) -> usize {
+            3
+        }
+        fn steps_for_iteration(&self, iteration: usize, n: usize) -> usize {
+            (n * (iteration + 1) / 3).max(1)
+        }
+        fn reinitialize(
+            &self,
+            _: usize,
+            scheduler: &dyn Scheduler,
+            clean: Tensor<5>,
+            initial: &Tensor<5>,
+            _: &mut dyn NoiseSource,
+        ) -> Result<Tensor<5>> {
+            self.reinits.fetch_add(1, Ordering::SeqCst);
+            let t = scheduler.num_train_timesteps() as f64 - 1.0;
+            scheduler.add_noise(clean, initial.clone(), t)
+        }
+    }
+
+    #[test]
+    fn refinement_runs_every_pass_with_its_step_count() {
+        let model = probe();
+        let refine = CountPasses { reinits: AtomicUsize::new(0) };
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_refinement(refine);
+        let mut passes = Vec::new();
+        sampler
+            .sample(
+                VideoShape::new([1, 2, 3, 2, 2]),
+                Conditioning::None,
+                9,
+                &mut SeededNoise::new(2),
+                &Device::flex(),
+                &mut |p| {
+                    if p.step == 0 {
+                        passes.push((p.iteration, p.num_steps));
+                    }
+                    Control::Continue
+                },
+            )
+            .unwrap();
+        assert_eq!(passes, [(0, 3), (1, 6), (2, 9)]);
+        assert_eq!(model.batches.lock().unwrap().len(), 18);
+    }
+
+    #[test]
+    fn same_seed_same_video() {
+        let model = probe();
+        let mut s1 = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap());
+        let a = run(&mut s1, ctx(0.5), 5).unwrap();
+        let b = run(&mut s1, ctx(0.5), 5).unwrap();
+        a.into_data().assert_eq(&b.into_data(), true);
+    }
+}
