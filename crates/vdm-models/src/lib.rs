@@ -18,4 +18,13 @@
 
 #![warn(missing_docs)]
 
+pub mod alpha_blender;
+pub mod attention;
+pub mod chunking;
 pub mod embeddings;
+pub mod keymap;
+pub mod loading;
+pub mod pseudo3d;
+pub mod resnet;
+pub mod temporal;
+pub mod transformer_2d;

@@ -1,0 +1,1 @@
+//! Parity of motion (being written).

@@ -1,0 +1,1 @@
+//! Parity of unet3d (being written).

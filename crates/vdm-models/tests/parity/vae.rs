@@ -1,0 +1,1 @@
+//! Parity of vae (being written).
