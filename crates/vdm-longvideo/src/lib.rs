@@ -6,7 +6,7 @@
 //! correlated noise priors, and more.
 //!
 //! ```
-//! use vdm_longvideo::freenoise_windows::{context_windows, WeightingScheme};
+//! use vdm_longvideo::freenoise::{context_windows, WeightingScheme};
 //!
 //! // 64 frames from a model trained on 16-frame clips: 13 overlapping windows.
 //! let windows = context_windows(64, 16, 4).unwrap();
@@ -16,4 +16,9 @@
 
 #![warn(missing_docs)]
 
-pub mod freenoise_windows;
+pub mod freeinit;
+
+pub mod noise_prior;
+pub mod sampler;
+
+pub mod freenoise;
