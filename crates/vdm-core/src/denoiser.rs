@@ -203,7 +203,10 @@ impl Conditioning {
                 if dims.iter().any(|d| d[2..] != dims[0][2..]) {
                     return Err(Error::shape(
                         "encoder_hidden_states",
-                        format!("the same [S, D] in every part as the first, {:?}", &dims[0][2..]),
+                        format!(
+                            "the same [S, D] in every part as the first, {:?}",
+                            &dims[0][2..]
+                        ),
                         &dims.iter().find(|d| d[2..] != dims[0][2..]).unwrap()[..],
                     ));
                 }
@@ -211,6 +214,35 @@ impl Conditioning {
             }
         }
     }
+}
+
+/// The part of a UNet a cross-attention layer belongs to, for routing conditioning per block
+/// (FreeNoise's motion injection feeds the down and middle blocks a different prompt than the
+/// up blocks in some steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockKind {
+    /// Down blocks (diffusers `down_blocks`, VideoCrafter `input_blocks`), including layers
+    /// before them.
+    Encoder,
+    /// The middle block.
+    Middle,
+    /// Up blocks (diffusers `up_blocks`, VideoCrafter `output_blocks`), including layers after
+    /// them.
+    Decoder,
+}
+
+impl BlockKind {
+    /// Every block kind, in the order a UNet runs them.
+    pub const ALL: [BlockKind; 3] = [BlockKind::Encoder, BlockKind::Middle, BlockKind::Decoder];
+}
+
+/// Conditioning that replaces [`DenoiserInput::conditioning`] in some blocks.
+#[derive(Debug, Clone)]
+pub struct BlockConditioning {
+    /// The conditioning those blocks see instead.
+    pub conditioning: Conditioning,
+    /// The blocks that see it.
+    pub blocks: Vec<BlockKind>,
 }
 
 /// The inputs of one denoiser call.
@@ -228,6 +260,9 @@ pub struct DenoiserInput<'a> {
     pub conditioning: Conditioning,
     /// How temporal layers group and fuse frames ([`AllFrames`] by default).
     pub temporal: &'a dyn TemporalHook,
+    /// Conditioning for some blocks that differs from [`DenoiserInput::conditioning`] (none by
+    /// default). Models read it through [`DenoiserInput::conditioning_for`].
+    pub block_conditioning: Option<BlockConditioning>,
 }
 
 impl<'a> DenoiserInput<'a> {
@@ -238,6 +273,29 @@ impl<'a> DenoiserInput<'a> {
             timesteps,
             conditioning,
             temporal: &AllFrames,
+            block_conditioning: None,
+        }
+    }
+
+    /// Gives `blocks` another conditioning than the rest of the model (FreeNoise motion
+    /// injection). It must have the batch size of [`DenoiserInput::conditioning`].
+    pub fn with_block_conditioning(
+        mut self,
+        conditioning: Conditioning,
+        blocks: &[BlockKind],
+    ) -> Self {
+        self.block_conditioning = Some(BlockConditioning {
+            conditioning,
+            blocks: blocks.to_vec(),
+        });
+        self
+    }
+
+    /// The conditioning the layers of `block` must use.
+    pub fn conditioning_for(&self, block: BlockKind) -> &Conditioning {
+        match &self.block_conditioning {
+            Some(o) if o.blocks.contains(&block) => &o.conditioning,
+            _ => &self.conditioning,
         }
     }
 

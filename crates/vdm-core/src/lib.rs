@@ -38,7 +38,9 @@ pub mod noise;
 pub mod prediction;
 pub mod temporal;
 
-pub use denoiser::{Conditioning, Denoiser, DenoiserInput, Timesteps};
+pub use denoiser::{
+    BlockConditioning, BlockKind, Conditioning, Denoiser, DenoiserInput, Timesteps,
+};
 pub use error::{Error, Result};
 pub use layout::VideoShape;
 pub use noise::{NoiseSource, SeededNoise};

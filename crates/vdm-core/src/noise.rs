@@ -117,11 +117,17 @@ impl SeededNoise {
                     let a = (1.0 - self.uniform()).ln() / ZIGGURAT_R;
                     let b = (1.0 - self.uniform()).ln();
                     if -2.0 * b >= a * a {
-                        return if u < 0.0 { a - ZIGGURAT_R } else { ZIGGURAT_R - a };
+                        return if u < 0.0 {
+                            a - ZIGGURAT_R
+                        } else {
+                            ZIGGURAT_R - a
+                        };
                     }
                 }
             }
-            if f_table[i + 1] + (f_table[i] - f_table[i + 1]) * self.uniform() < (-0.5 * x * x).exp() {
+            if f_table[i + 1] + (f_table[i] - f_table[i + 1]) * self.uniform()
+                < (-0.5 * x * x).exp()
+            {
                 return x;
             }
         }
@@ -310,7 +316,11 @@ mod tests {
     #[test]
     fn seeded_noise_has_gaussian_tails() {
         let n = 2_000_000;
-        let v = SeededNoise::new(11).normal(&[n]).unwrap().try_to_vec::<f32>().unwrap();
+        let v = SeededNoise::new(11)
+            .normal(&[n])
+            .unwrap()
+            .try_to_vec::<f32>()
+            .unwrap();
         let frac = |t: f32| v.iter().filter(|x| x.abs() > t).count() as f64 / n as f64;
         // P(|Z| > 1) = 0.3173, P(|Z| > 2) = 0.0455, P(|Z| > 3.7) = 2.16e-4 (the Ziggurat tail).
         assert!((frac(1.0) - 0.3173).abs() < 0.002, "{}", frac(1.0));

@@ -11,7 +11,9 @@ use vdm_core::{
 };
 use vdm_schedulers::Scheduler;
 
+use crate::freenoise::prompts::{MotionInjection, PromptContext};
 use crate::noise_prior::{Gaussian, InitialNoise};
+use vdm_core::BlockKind;
 
 /// Classifier-free guidance (Ho & Salimans 2022): `ε = ε_u + s·(ε_c − ε_u)`, with the
 /// unconditional and conditional passes batched into one model call (`[uncond; cond]`, as
@@ -113,6 +115,7 @@ pub struct LongVideoSampler<'a> {
     temporal: Option<&'a dyn TemporalHook>,
     refinement: Option<Box<dyn Refinement + 'a>>,
     guidance: Option<Guidance>,
+    injection: Option<(Conditioning, MotionInjection)>,
 }
 
 impl<'a> LongVideoSampler<'a> {
@@ -126,7 +129,22 @@ impl<'a> LongVideoSampler<'a> {
             temporal: None,
             refinement: None,
             guidance: None,
+            injection: None,
         }
+    }
+
+    /// FreeNoise motion injection (multi-prompt): in the steps and blocks `schedule` selects,
+    /// the model sees `single` (one prompt for every frame) instead of the travelling
+    /// per-frame conditioning passed to [`LongVideoSampler::sample`]. Step indices count
+    /// within each pass; use [`MotionInjection::videocrafter_scaled`] for step counts other
+    /// than 50.
+    pub fn with_motion_injection(
+        mut self,
+        single: Conditioning,
+        schedule: MotionInjection,
+    ) -> Self {
+        self.injection = Some((single, schedule));
+        self
     }
 
     /// Sets the initial-noise strategy.
@@ -189,24 +207,34 @@ impl<'a> LongVideoSampler<'a> {
         if let Some(g) = &guided
             && !g.scale.is_finite()
         {
-            return Err(Error::invalid("guidance_scale", format!("must be finite, got {}", g.scale)));
+            return Err(Error::invalid(
+                "guidance_scale",
+                format!("must be finite, got {}", g.scale),
+            ));
         }
-        let batched_conditioning = match &guided {
-            Some(g) => Conditioning::cat(vec![g.negative.clone(), conditioning.clone()])?,
-            None => conditioning,
+        let batch = |c: Conditioning| match &guided {
+            Some(g) => Conditioning::cat(vec![g.negative.clone(), c]),
+            None => Ok(c),
+        };
+        let batched_conditioning = batch(conditioning)?;
+        let injection = match &self.injection {
+            Some((single, schedule)) => Some((batch(single.clone())?, schedule.clone())),
+            None => None,
         };
 
         let iterations = self.refinement.as_ref().map_or(1, |r| r.iterations());
         if iterations == 0 {
-            return Err(Error::invalid("num_iters", "a refinement needs at least one pass"));
+            return Err(Error::invalid(
+                "num_iters",
+                "a refinement needs at least one pass",
+            ));
         }
         let initial_noise = self.initial_noise.sample(shape, noise, device)?;
         let mut latents = initial_noise.clone();
         for iteration in 0..iterations {
-            let steps = self
-                .refinement
-                .as_ref()
-                .map_or(num_inference_steps, |r| r.steps_for_iteration(iteration, num_inference_steps));
+            let steps = self.refinement.as_ref().map_or(num_inference_steps, |r| {
+                r.steps_for_iteration(iteration, num_inference_steps)
+            });
             self.scheduler.set_timesteps(steps)?;
             latents = match (&self.refinement, iteration) {
                 (Some(r), k) if k > 0 => {
@@ -219,7 +247,20 @@ impl<'a> LongVideoSampler<'a> {
             let timesteps = self.scheduler.timesteps().to_vec();
             for (step, &t) in timesteps.iter().enumerate() {
                 let model_input = self.scheduler.scale_model_input(latents.clone(), t)?;
-                let output = self.predict(model_input, t, &batched_conditioning, guided.as_ref())?;
+                let routed = injection.as_ref().and_then(|(single, schedule)| {
+                    let blocks: Vec<BlockKind> = BlockKind::ALL
+                        .into_iter()
+                        .filter(|&k| schedule.context_for(step, k) == PromptContext::Single)
+                        .collect();
+                    (!blocks.is_empty()).then(|| (single.clone(), blocks))
+                });
+                let output = self.predict(
+                    model_input,
+                    t,
+                    &batched_conditioning,
+                    routed,
+                    guided.as_ref(),
+                )?;
                 let out = self.scheduler.step(output, t, latents, noise)?;
                 latents = out.prev_sample;
                 let control = progress(Progress {
@@ -245,6 +286,7 @@ impl<'a> LongVideoSampler<'a> {
         model_input: Tensor<5>,
         t: f64,
         conditioning: &Conditioning,
+        routed: Option<(Conditioning, Vec<BlockKind>)>,
         guidance: Option<&Guidance>,
     ) -> Result<Tensor<5>> {
         let input = match guidance {
@@ -254,6 +296,9 @@ impl<'a> LongVideoSampler<'a> {
         let mut call = DenoiserInput::new(input, Timesteps::Shared(t), conditioning.clone());
         if let Some(hook) = self.temporal {
             call = call.with_temporal(hook);
+        }
+        if let Some((single, blocks)) = routed {
+            call = call.with_block_conditioning(single, &blocks);
         }
         let output = self.denoiser.predict(call)?;
         match guidance {
@@ -277,7 +322,8 @@ mod tests {
     use vdm_core::{PredictionType, SeededNoise};
     use vdm_schedulers::from_config_json;
 
-    const DDIM: &str = r#"{"_class_name": "DDIMScheduler", "clip_sample": false, "set_alpha_to_one": false}"#;
+    const DDIM: &str =
+        r#"{"_class_name": "DDIMScheduler", "clip_sample": false, "set_alpha_to_one": false}"#;
 
     /// ε = mean of the conditioning over (S, D) per batch item (0 without conditioning),
     /// broadcast; records the batch sizes it saw; runs one temporal stage through the hook.
@@ -313,30 +359,48 @@ mod tests {
                 )?
                 .mean()
                 .into_scalar::<f32>();
-            let per_item: Vec<f32> = match input.conditioning.per_frame(shape.batch, shape.frames)? {
-                Some(ctx) => {
-                    let means = ctx.mean_dim(2).mean_dim(1).reshape([shape.batch, shape.frames]);
-                    means.mean_dim(1).into_data().try_to_vec().unwrap()
-                }
-                None => vec![0.0; shape.batch],
-            };
+            let per_item: Vec<f32> =
+                match input.conditioning.per_frame(shape.batch, shape.frames)? {
+                    Some(ctx) => {
+                        let means = ctx
+                            .mean_dim(2)
+                            .mean_dim(1)
+                            .reshape([shape.batch, shape.frames]);
+                        means.mean_dim(1).into_data().try_to_vec().unwrap()
+                    }
+                    None => vec![0.0; shape.batch],
+                };
             let values: Vec<Tensor<5>> = per_item
                 .iter()
-                .map(|&v| Tensor::<5>::full(shape.with_frames(shape.frames).dims(), v + marker - 1.0, &device).narrow(0, 0, 1))
+                .map(|&v| {
+                    Tensor::<5>::full(
+                        shape.with_frames(shape.frames).dims(),
+                        v + marker - 1.0,
+                        &device,
+                    )
+                    .narrow(0, 0, 1)
+                })
                 .collect();
             Ok(Tensor::cat(values, 0))
         }
     }
 
     fn probe() -> Probe {
-        Probe { batches: Default::default(), prediction: PredictionType::Epsilon }
+        Probe {
+            batches: Default::default(),
+            prediction: PredictionType::Epsilon,
+        }
     }
 
     fn ctx(value: f32) -> Conditioning {
         Conditioning::Shared(Tensor::full([1, 2, 3], value, &Device::flex()))
     }
 
-    fn run(sampler: &mut LongVideoSampler<'_>, cond: Conditioning, steps: usize) -> Result<Tensor<5>> {
+    fn run(
+        sampler: &mut LongVideoSampler<'_>,
+        cond: Conditioning,
+        steps: usize,
+    ) -> Result<Tensor<5>> {
         sampler.sample(
             VideoShape::new([1, 2, 3, 2, 2]),
             cond,
@@ -353,7 +417,10 @@ mod tests {
         // the guided ε = u + s(c − u) = 0 + 3·(2 − 0) = 6.
         let model = probe();
         let mut guided = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap())
-            .with_guidance(Guidance { scale: 3.0, negative: ctx(0.0) });
+            .with_guidance(Guidance {
+                scale: 3.0,
+                negative: ctx(0.0),
+            });
         let a = run(&mut guided, ctx(2.0), 4).unwrap();
         assert!(model.batches.lock().unwrap().iter().all(|&b| b == 2));
         let plain_model = probe();
@@ -378,7 +445,11 @@ mod tests {
                 &Device::flex(),
                 &mut |p| {
                     seen.push((p.step, p.num_steps, p.latents.dims()));
-                    if p.step == 3 { Control::Cancel } else { Control::Continue }
+                    if p.step == 3 {
+                        Control::Cancel
+                    } else {
+                        Control::Continue
+                    }
                 },
             )
             .unwrap_err();
@@ -389,16 +460,26 @@ mod tests {
 
     #[test]
     fn prediction_type_mismatch_is_named() {
-        let model = Probe { batches: Default::default(), prediction: PredictionType::VPrediction };
+        let model = Probe {
+            batches: Default::default(),
+            prediction: PredictionType::VPrediction,
+        };
         let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap());
-        let e = run(&mut sampler, Conditioning::None, 3).unwrap_err().to_string();
+        let e = run(&mut sampler, Conditioning::None, 3)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("prediction_type"), "{e}");
     }
 
     /// A hook that runs each stage twice: the probe's marker becomes 2 instead of 1.
     struct Twice;
     impl TemporalHook for Twice {
-        fn apply(&self, _: &TemporalSite<'_>, x: Tensor<3>, stages: &dyn TemporalStages) -> Result<Tensor<3>> {
+        fn apply(
+            &self,
+            _: &TemporalSite<'_>,
+            x: Tensor<3>,
+            stages: &dyn TemporalStages,
+        ) -> Result<Tensor<3>> {
             let w = FrameWindow::full(x.dims()[1]);
             let y = stages.run_stage(0, x, &w)?;
             stages.run_stage(0, y, &w)
@@ -408,7 +489,8 @@ mod tests {
     #[test]
     fn the_temporal_strategy_reaches_the_model() {
         let model = probe();
-        let mut with_hook = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_temporal(&Twice);
+        let mut with_hook =
+            LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_temporal(&Twice);
         let a = run(&mut with_hook, ctx(1.0), 3).unwrap();
         // Marker 2 adds one to ε: the same as conditioning 2 without the hook.
         let model2 = probe();
@@ -445,8 +527,11 @@ mod tests {
     #[test]
     fn refinement_runs_every_pass_with_its_step_count() {
         let model = probe();
-        let refine = CountPasses { reinits: AtomicUsize::new(0) };
-        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_refinement(refine);
+        let refine = CountPasses {
+            reinits: AtomicUsize::new(0),
+        };
+        let mut sampler =
+            LongVideoSampler::new(&model, from_config_json(DDIM).unwrap()).with_refinement(refine);
         let mut passes = Vec::new();
         sampler
             .sample(
@@ -465,6 +550,45 @@ mod tests {
             .unwrap();
         assert_eq!(passes, [(0, 3), (1, 6), (2, 9)]);
         assert_eq!(model.batches.lock().unwrap().len(), 18);
+    }
+
+    /// Records, per call, the mean of the encoder and decoder conditioning.
+    struct RouteProbe(std::sync::Mutex<Vec<(f32, f32)>>);
+    impl Denoiser for RouteProbe {
+        fn prediction_type(&self) -> PredictionType {
+            PredictionType::Epsilon
+        }
+        fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+            let mean = |c: &Conditioning| match c {
+                Conditioning::Shared(t) => t.clone().mean().into_scalar::<f32>(),
+                Conditioning::PerFrame(t) => t.clone().mean().into_scalar::<f32>(),
+                Conditioning::None => f32::NAN,
+            };
+            self.0.lock().unwrap().push((
+                mean(input.conditioning_for(BlockKind::Encoder)),
+                mean(input.conditioning_for(BlockKind::Decoder)),
+            ));
+            Ok(input.latents.zeros_like())
+        }
+    }
+
+    #[test]
+    fn motion_injection_routes_the_single_prompt_by_step_and_block() {
+        let model = RouteProbe(Default::default());
+        let schedule = MotionInjection::videocrafter_scaled(10);
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap())
+            .with_motion_injection(ctx(7.0), schedule.clone());
+        run(&mut sampler, ctx(1.0), 10).unwrap();
+        let calls = model.0.lock().unwrap().clone();
+        assert_eq!(calls.len(), 10);
+        for (step, (enc, dec)) in calls.into_iter().enumerate() {
+            let expected = match schedule.context_for(step, BlockKind::Encoder) {
+                PromptContext::Single => 7.0,
+                PromptContext::Travelling => 1.0,
+            };
+            assert_eq!(enc, expected, "step {step}");
+            assert_eq!(dec, 1.0, "step {step}: the decoder always travels");
+        }
     }
 
     #[test]

@@ -252,16 +252,9 @@ pub fn videocrafter_two_prompt_keyframes(
     Ok(keys)
 }
 
-/// The part of a UNet a cross-attention layer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BlockKind {
-    /// Down blocks (VideoCrafter `input_blocks`, diffusers `down_blocks`).
-    Encoder,
-    /// The middle block.
-    Middle,
-    /// Up blocks (VideoCrafter `output_blocks`, diffusers `up_blocks`).
-    Decoder,
-}
+/// Which part of a UNet a cross-attention layer belongs to (defined in vdm-core, so that
+/// models can route conditioning per block).
+pub use vdm_core::BlockKind;
 
 /// Which conditioning a cross-attention layer sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -50,7 +50,8 @@ use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
 use vdm_core::layout::{batch_to_frames, frames_to_batch};
 use vdm_core::temporal::TemporalHook;
 use vdm_core::{
-    Conditioning, Denoiser, DenoiserInput, Error, PredictionType, Result, Timesteps, VideoShape,
+    BlockConditioning, BlockKind, Conditioning, Denoiser, DenoiserInput, Error, PredictionType,
+    Result, Timesteps, VideoShape,
 };
 
 pub use blocks::{DownBlock3D, Tap, UNetMidBlock3DCrossAttn, UpBlock3D, temporal_transformer};
@@ -327,7 +328,7 @@ impl UNet3DConditionModel {
         conditioning: &Conditioning,
         hook: &dyn TemporalHook,
     ) -> Result<Tensor<5>> {
-        self.run(sample, timesteps, conditioning, hook, None)
+        self.run(sample, timesteps, conditioning, None, hook, None)
     }
 
     /// [`forward`](Self::forward), reporting intermediate activations to `tap` by module path
@@ -350,7 +351,7 @@ impl UNet3DConditionModel {
         hook: &dyn TemporalHook,
         tap: Tap<'_>,
     ) -> Result<Tensor<5>> {
-        self.run(sample, timesteps, conditioning, hook, Some(tap))
+        self.run(sample, timesteps, conditioning, None, hook, Some(tap))
     }
 
     /// The time embedding per frame `[B·F, time_embed_dim]`; each distinct timestep is
@@ -401,6 +402,7 @@ impl UNet3DConditionModel {
         sample: Tensor<5>,
         timesteps: &Timesteps,
         conditioning: &Conditioning,
+        block_conditioning: Option<&BlockConditioning>,
         hook: &dyn TemporalHook,
         mut tap: Option<Tap<'_>>,
     ) -> Result<Tensor<5>> {
@@ -420,27 +422,39 @@ impl UNet3DConditionModel {
 
         let values = timesteps.per_frame(b, f)?;
         let temb = self.time_embedding_per_frame(&values, &mut tap, &device, dtype)?;
-        let context = conditioning.per_frame(b, f)?.ok_or_else(|| {
-            Error::invalid(
-                "encoder_hidden_states",
-                "UNet3DConditionModel needs text conditioning (pass an empty-prompt embedding \
-                 for unconditional predictions)",
-            )
-        })?;
         let d = self.config.cross_attention_dim;
-        if context.dims()[2] != d {
-            return Err(Error::shape(
-                "encoder_hidden_states",
-                format!("[B, S, {d}] or [B, F, S, {d}] (cross_attention_dim = {d})"),
-                &context.dims(),
-            ));
-        }
-        let context = context.cast(float);
+        let text_context = |conditioning: &Conditioning| -> Result<Tensor<3>> {
+            let context = conditioning.per_frame(b, f)?.ok_or_else(|| {
+                Error::invalid(
+                    "encoder_hidden_states",
+                    "UNet3DConditionModel needs text conditioning (pass an empty-prompt \
+                     embedding for unconditional predictions)",
+                )
+            })?;
+            if context.dims()[2] != d {
+                return Err(Error::shape(
+                    "encoder_hidden_states",
+                    format!("[B, S, {d}] or [B, F, S, {d}] (cross_attention_dim = {d})"),
+                    &context.dims(),
+                ));
+            }
+            Ok(context.cast(float))
+        };
+        let context = text_context(conditioning)?;
+        // Motion injection: some blocks may see another conditioning.
+        let routed = match block_conditioning {
+            Some(o) => Some((text_context(&o.conditioning)?, o.blocks.clone())),
+            None => None,
+        };
+        let context_for = |kind: BlockKind| match &routed {
+            Some((c, blocks)) if blocks.contains(&kind) => c.clone(),
+            _ => context.clone(),
+        };
 
         let mut pass = Pass {
             frames: f,
             temb,
-            context,
+            context: context_for(BlockKind::Encoder),
             hook,
             chunking: self.chunking,
             tap,
@@ -462,7 +476,9 @@ impl UNet3DConditionModel {
         }
 
         // 4. mid
+        pass.context = context_for(BlockKind::Middle);
         x = self.mid_block.forward(x, &mut pass)?;
+        pass.context = context_for(BlockKind::Decoder);
 
         // 5. up: skips are popped from the end; odd latent sizes force the upsampler output
         // to the size of the next skip (diffusers' `forward_upsample_size`).
@@ -519,12 +535,15 @@ impl Denoiser for UNet3DConditionModel {
         self.prediction_type
     }
 
+    /// Runs the model; honours [`DenoiserInput::block_conditioning`] (motion injection).
     fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
-        self.forward(
+        self.run(
             input.latents,
             &input.timesteps,
             &input.conditioning,
+            input.block_conditioning.as_ref(),
             input.temporal,
+            None,
         )
     }
 }

@@ -74,7 +74,9 @@ use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use vdm_core::layout::{VideoShape, batch_to_frames, frames_to_batch};
-use vdm_core::{Conditioning, Denoiser, DenoiserInput, Error, PredictionType, Result, Timesteps};
+use vdm_core::{
+    BlockKind, Conditioning, Denoiser, DenoiserInput, Error, PredictionType, Result, Timesteps,
+};
 
 pub use blocks::{BlockContext, DownBlockMotion, MidBlockMotion, Trace, UpBlockMotion};
 pub use config::{MotionAdapterConfig, PerBlock, UNet2DConditionConfig, UNetMotionConfig};
@@ -610,9 +612,18 @@ impl UNetMotionModel {
         let device = input.latents.device();
         let temb = self.embed_timesteps(&input.timesteps, b, f, &device)?;
         let context = self.context(&input.conditioning, b, f)?;
-        let ctx = BlockContext {
+        // Motion injection: some blocks may see another conditioning.
+        let routed = match &input.block_conditioning {
+            Some(o) => Some((self.context(&o.conditioning, b, f)?, o.blocks.clone())),
+            None => None,
+        };
+        let context_for = |kind: BlockKind| match &routed {
+            Some((c, blocks)) if blocks.contains(&kind) => c.clone(),
+            _ => context.clone(),
+        };
+        let mut ctx = BlockContext {
             temb,
-            encoder_hidden_states: context,
+            encoder_hidden_states: context_for(BlockKind::Encoder),
             num_frames: f,
             hook: input.temporal,
             chunking: self.chunking,
@@ -632,7 +643,9 @@ impl UNetMotionModel {
             skips.extend(res);
             x = y;
         }
+        ctx.encoder_hidden_states = context_for(BlockKind::Middle);
         x = self.mid_block.forward(x, &ctx, "mid_block", trace)?;
+        ctx.encoder_hidden_states = context_for(BlockKind::Decoder);
         trace("mid_block", &x);
 
         // Latent sizes that are not multiples of the total upsampling factor need the

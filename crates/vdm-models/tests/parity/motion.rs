@@ -522,3 +522,30 @@ fn videos_longer_than_the_position_table_need_windows() {
     let diff = max_abs(model.predict(windowed).unwrap(), case0(&model));
     assert!(diff > 1e-3, "{diff}");
 }
+
+/// Motion injection: `DenoiserInput::with_block_conditioning` reaches the cross-attention of
+/// the blocks it names, and only those.
+#[test]
+fn conditioning_is_routed_per_block() {
+    let model = merged_model();
+    let io = read(IO);
+    let sample: Tensor<5> = tensor(&io, "case0.sample");
+    let t = Timesteps::Shared(timestep(&io, "case0.timestep"));
+    let text: Tensor<3> = tensor(&io, "case0.encoder_hidden_states");
+    let cond = Conditioning::Shared(text.clone());
+    let other = Conditioning::Shared(text.mul_scalar(-1.5));
+    let predict = |input: DenoiserInput<'_>| model.predict(input).unwrap();
+    let plain_other = predict(DenoiserInput::new(sample.clone(), t.clone(), other.clone()));
+    let all = predict(
+        DenoiserInput::new(sample.clone(), t.clone(), cond.clone())
+            .with_block_conditioning(other.clone(), &vdm_core::BlockKind::ALL),
+    );
+    assert_eq!(max_abs(all, plain_other.clone()), 0.0);
+    let plain = predict(DenoiserInput::new(sample.clone(), t.clone(), cond.clone()));
+    let encoder_only = predict(
+        DenoiserInput::new(sample, t, cond)
+            .with_block_conditioning(other, &[vdm_core::BlockKind::Encoder]),
+    );
+    assert!(max_abs(encoder_only.clone(), plain) > 1e-5);
+    assert!(max_abs(encoder_only, plain_other) > 1e-5);
+}

@@ -645,3 +645,30 @@ fn unet3d_from_pretrained_finds_files_in_a_directory() {
     assert_close("pipeline dir vs unet dir", ya.clone(), yb, 0.0);
     assert_close("fp16 pipeline dir", ya, io.tensor("small.out"), 1e-2);
 }
+
+/// Motion injection: `DenoiserInput::with_block_conditioning` reaches the cross-attention of
+/// the blocks it names, and only those.
+#[test]
+fn unet3d_routes_conditioning_per_block() {
+    let io = Fixture::open(IO);
+    let unet = model();
+    let (sample, t, cond) = case0(&io);
+    let other = match &cond {
+        Conditioning::Shared(c) => Conditioning::Shared(c.clone().mul_scalar(-1.5)),
+        _ => unreachable!(),
+    };
+    let predict = |input: DenoiserInput<'_>| unet.predict(input).unwrap();
+    let plain_other = predict(DenoiserInput::new(sample.clone(), t.clone(), other.clone()));
+    let all = predict(
+        DenoiserInput::new(sample.clone(), t.clone(), cond.clone())
+            .with_block_conditioning(other.clone(), &vdm_core::BlockKind::ALL),
+    );
+    assert_eq!(max_abs(all, plain_other.clone()), 0.0);
+    let plain = predict(DenoiserInput::new(sample.clone(), t.clone(), cond.clone()));
+    let decoder_only = predict(
+        DenoiserInput::new(sample, t, cond)
+            .with_block_conditioning(other, &[vdm_core::BlockKind::Decoder]),
+    );
+    assert!(max_abs(decoder_only.clone(), plain) > 1e-4);
+    assert!(max_abs(decoder_only, plain_other) > 1e-4);
+}
