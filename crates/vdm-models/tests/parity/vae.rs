@@ -2,13 +2,15 @@
 //! `fixtures/oracle/PROVENANCE.md`): the tiny VAE (block_out_channels (32, 64),
 //! layers_per_block 1, latent_channels 4, norm_num_groups 8) re-initialised with seed 9000.
 //!
-//! The oracle covers the **decoder** (`post_quant_conv` + decoder; the encoder's weights are not
-//! in the fixture and no encoder output was recorded). The encoder is checked here by structure
-//! (its checkpoint keys and shapes, derived from diffusers' `vae.py` / `unet_2d_blocks.py` and
-//! cross-checked on the decoder half against the fixture), by shapes, and by a hand-built case
+//! `vae_decoder_weights` / `vae_io` (from `gen_oracle.py`) cover the **decoder**
+//! (`post_quant_conv` + decoder). `vae_encoder` (from `gen_vae_encoder.py`, the same model)
+//! adds the encoder's weights (`encoder.*`, `quant_conv.*`) and diffusers' encoder outputs on
+//! 16×15 images, so the full model is loaded from the two files and `encode` is checked against
+//! diffusers too. The encoder is also checked by structure (its checkpoint keys and shapes,
+//! derived from diffusers' `vae.py` / `unet_2d_blocks.py`), by shapes, and by a hand-built case
 //! whose output is computed independently in `f64`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
@@ -21,6 +23,10 @@ use vdm_models::vae::{AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, VaeP
 
 const WEIGHTS: &str = "vae_decoder_weights.safetensors";
 const IO: &str = "vae_io.safetensors";
+/// Encoder weights (`encoder.*`, `quant_conv.*`) plus the encoder I/O tensors [`ENCODER_IO`].
+const ENCODER: &str = "vae_encoder.safetensors";
+/// The non-weight tensors of [`ENCODER`].
+const ENCODER_IO: [&str; 5] = ["encoder_out", "images", "logvar", "mean", "recon"];
 
 fn dev() -> Device {
     Device::flex()
@@ -33,7 +39,8 @@ fn fixture(name: &str) -> PathBuf {
         .join(name);
     assert!(
         path.is_file(),
-        "missing oracle fixture {} (regenerate with fixtures/oracle/gen_oracle.py --only vae)",
+        "missing oracle fixture {} (regenerate with fixtures/oracle/gen_oracle.py --only vae \
+         and fixtures/oracle/gen_vae_encoder.py)",
         path.display()
     );
     path
@@ -152,6 +159,49 @@ fn decoder_model() -> AutoencoderKL {
         .load_file(fixture(WEIGHTS), &LoadOptions::new())
         .unwrap();
     assert!(report.is_complete(), "{report}");
+    vae
+}
+
+/// The fixture's full model (encoder and decoder), loaded from the two weight files: the
+/// decoder file, then the encoder file, each with `allow_partial`. Each load must leave missing
+/// exactly what the other applies, so together they set every parameter once; the encoder
+/// file's I/O tensors are ignored by name.
+fn full_model() -> AutoencoderKL {
+    let io_keys = format!("^({})$", ENCODER_IO.join("|"));
+    let options = LoadOptions::new()
+        .allow_partial(true)
+        .ignore_unexpected(io_keys);
+    let vae = fixture_config().init(VaeParts::Full, &dev()).unwrap();
+    let (vae, dec) = vae.load_file(fixture(WEIGHTS), &options).unwrap();
+    let (vae, enc) = vae.load_file(fixture(ENCODER), &options).unwrap();
+    for (name, report) in [(WEIGHTS, &dec), (ENCODER, &enc)] {
+        assert!(
+            report.unexpected.is_empty()
+                && report.mismatched.is_empty()
+                && !report.applied.is_empty(),
+            "{name}: {report}"
+        );
+    }
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+    assert_eq!(
+        set(&dec.missing),
+        set(&enc.applied),
+        "encoder file fills the gaps"
+    );
+    assert_eq!(
+        set(&enc.missing),
+        set(&dec.applied),
+        "decoder file fills the gaps"
+    );
+    assert!(set(&dec.applied).is_disjoint(&set(&enc.applied)));
+    // Every parameter of the model: as many as diffusers' state dict has keys.
+    let config = fixture_config();
+    assert_eq!(
+        dec.applied.len() + enc.applied.len(),
+        encoder_keys(&config).len() + decoder_keys(&config).len()
+    );
+    assert!(dec.ignored.is_empty(), "{dec}");
+    assert_eq!(enc.ignored, ENCODER_IO, "{enc}");
     vae
 }
 
@@ -626,8 +676,68 @@ fn legacy_attention_names_load() {
 }
 
 // -------------------------------------------------------------------------------------------
-// Encoder (no diffusers oracle: structure, shapes, a hand-built case)
+// Encoder parity (`vae_encoder`), then structure, shapes and a hand-built case
 // -------------------------------------------------------------------------------------------
+
+/// The encoder file's weights are exactly the encoder keys derived from diffusers' structure.
+#[test]
+fn encoder_fixture_keys_match_derived_keys() {
+    let mut from_file: Vec<(String, Vec<usize>)> = read_entries(ENCODER)
+        .into_iter()
+        .filter(|(k, _, _)| !ENCODER_IO.contains(&k.as_str()))
+        .map(|(k, s, _)| (k, s))
+        .collect();
+    let mut derived = encoder_keys(&fixture_config());
+    from_file.sort();
+    derived.sort();
+    assert_eq!(
+        derived, from_file,
+        "encoder keys derived from diffusers' structure"
+    );
+}
+
+/// `encode` on 3 images of 16×15 (odd width: the downsampler's bottom/right padding) against
+/// diffusers' `vae.encoder(x)`, `vae.encode(x).latent_dist` and `vae.decode(mean)`.
+#[test]
+fn encoder_matches_diffusers() {
+    let vae = full_model();
+    let images = tensor::<4>(ENCODER, "images");
+    assert_eq!(images.dims(), [3, 3, 16, 15]);
+    let moments = vae
+        .encoder
+        .as_ref()
+        .unwrap()
+        .forward(images.clone())
+        .unwrap();
+    assert_eq!(moments.dims(), [3, 8, 8, 7]);
+    assert_close("encoder_out", moments, tensor(ENCODER, "encoder_out"), 1e-4);
+    let posterior = vae.encode(images).unwrap();
+    assert_eq!(posterior.mean.dims(), [3, 4, 8, 7]);
+    assert_close(
+        "mean",
+        posterior.mean.clone(),
+        tensor(ENCODER, "mean"),
+        1e-4,
+    );
+    assert_close(
+        "logvar",
+        posterior.logvar.clone(),
+        tensor(ENCODER, "logvar"),
+        1e-4,
+    );
+    // Our decode of our mean (the whole round trip), and of diffusers' mean (decoder alone).
+    let recon = vae.decode(posterior.mean).unwrap();
+    assert_eq!(recon.dims(), [3, 3, 16, 14]);
+    let want = tensor::<4>(ENCODER, "recon");
+    assert_close("recon = decode(mean)", recon, want.clone(), 1e-4);
+    let from_diffusers_mean = vae.decode(tensor(ENCODER, "mean")).unwrap();
+    assert_close(
+        "recon = decode(diffusers' mean)",
+        from_diffusers_mean,
+        want,
+        1e-4,
+    );
+}
 
 #[test]
 fn encoder_shapes_and_video_encode() {
