@@ -32,7 +32,12 @@ pub trait InitialNoise: Send + Sync {
 pub struct Gaussian;
 
 impl InitialNoise for Gaussian {
-    fn sample(&self, shape: VideoShape, noise: &mut dyn NoiseSource, device: &Device) -> Result<Tensor<5>> {
+    fn sample(
+        &self,
+        shape: VideoShape,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+    ) -> Result<Tensor<5>> {
         draw(noise, shape.dims(), device)
     }
 }
@@ -42,7 +47,12 @@ impl InitialNoise for Gaussian {
 pub struct SameNoise;
 
 impl InitialNoise for SameNoise {
-    fn sample(&self, shape: VideoShape, noise: &mut dyn NoiseSource, device: &Device) -> Result<Tensor<5>> {
+    fn sample(
+        &self,
+        shape: VideoShape,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+    ) -> Result<Tensor<5>> {
         let frame: Tensor<5> = draw(noise, shape.with_frames(1).dims(), device)?;
         Ok(frame.expand(shape.dims()))
     }
@@ -57,7 +67,12 @@ pub struct PyocoMixed {
 }
 
 impl InitialNoise for PyocoMixed {
-    fn sample(&self, shape: VideoShape, noise: &mut dyn NoiseSource, device: &Device) -> Result<Tensor<5>> {
+    fn sample(
+        &self,
+        shape: VideoShape,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+    ) -> Result<Tensor<5>> {
         let a = ensure_non_negative("alpha", self.alpha)?;
         let shared_std = (a * a / (1.0 + a * a)).sqrt();
         let ind_std = (1.0 / (1.0 + a * a)).sqrt();
@@ -78,7 +93,12 @@ pub struct PyocoProgressive {
 }
 
 impl InitialNoise for PyocoProgressive {
-    fn sample(&self, shape: VideoShape, noise: &mut dyn NoiseSource, device: &Device) -> Result<Tensor<5>> {
+    fn sample(
+        &self,
+        shape: VideoShape,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+    ) -> Result<Tensor<5>> {
         let a = ensure_non_negative("alpha", self.alpha)?;
         let carry = (a / (1.0 + a * a).sqrt()) as f32;
         let ind_std = (1.0 / (1.0 + a * a)).sqrt() as f32;
@@ -86,7 +106,8 @@ impl InitialNoise for PyocoProgressive {
         let mut prev = independent.clone().narrow(2, 0, 1);
         let mut frames = vec![prev.clone()];
         for f in 1..shape.frames {
-            let next = prev.mul_scalar(carry) + independent.clone().narrow(2, f, 1).mul_scalar(ind_std);
+            let next =
+                prev.mul_scalar(carry) + independent.clone().narrow(2, f, 1).mul_scalar(ind_std);
             frames.push(next.clone());
             prev = next;
         }
@@ -104,8 +125,16 @@ mod tests {
         let a: Vec<f32> = x.clone().narrow(2, i, 1).into_data().try_to_vec().unwrap();
         let b: Vec<f32> = x.clone().narrow(2, j, 1).into_data().try_to_vec().unwrap();
         let n = a.len() as f64;
-        let (ma, mb) = (a.iter().sum::<f32>() as f64 / n, b.iter().sum::<f32>() as f64 / n);
-        let cov: f64 = a.iter().zip(&b).map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb)).sum::<f64>() / n;
+        let (ma, mb) = (
+            a.iter().sum::<f32>() as f64 / n,
+            b.iter().sum::<f32>() as f64 / n,
+        );
+        let cov: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| (x as f64 - ma) * (y as f64 - mb))
+            .sum::<f64>()
+            / n;
         let va: f64 = a.iter().map(|&x| (x as f64 - ma).powi(2)).sum::<f64>() / n;
         let vb: f64 = b.iter().map(|&y| (y as f64 - mb).powi(2)).sum::<f64>() / n;
         cov / (va * vb).sqrt()
@@ -139,7 +168,9 @@ mod tests {
 
     #[test]
     fn same_noise_repeats_one_frame_and_bad_alpha_is_named() {
-        let x = SameNoise.sample(shape(), &mut SeededNoise::new(5), &Device::flex()).unwrap();
+        let x = SameNoise
+            .sample(shape(), &mut SeededNoise::new(5), &Device::flex())
+            .unwrap();
         assert!((corr(&x, 0, 4) - 1.0).abs() < 1e-9);
         let e = PyocoMixed { alpha: -1.0 }
             .sample(shape(), &mut SeededNoise::new(5), &Device::flex())

@@ -11,6 +11,7 @@ use vdm_core::{
 };
 use vdm_schedulers::Scheduler;
 
+use crate::freeinit::FreeInit;
 use crate::freenoise::prompts::{MotionInjection, PromptContext};
 use crate::noise_prior::{Gaussian, InitialNoise};
 use vdm_core::BlockKind;
@@ -35,7 +36,7 @@ pub trait Refinement: Send + Sync {
 
     /// Inference steps of pass `iteration` out of the requested `num_inference_steps`
     /// (coarse-to-fine schedules use fewer steps in early passes).
-    fn steps_for_iteration(&self, iteration: usize, num_inference_steps: usize) -> usize;
+    fn steps_for_iteration(&self, iteration: usize, num_inference_steps: usize) -> Result<usize>;
 
     /// The starting latent of pass `iteration ≥ 1`, already scaled for `scheduler` (whose
     /// timesteps are set for this pass), from the previous pass's result `clean` and the
@@ -48,6 +49,30 @@ pub trait Refinement: Send + Sync {
         initial_noise: &Tensor<5>,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor<5>>;
+}
+
+/// FreeInit as the sampler's refinement loop: each pass after the first starts from the previous
+/// result re-noised to `T − 1` with the first pass's noise, low frequencies kept and high
+/// frequencies fresh (see [`FreeInit::reinitialize`]).
+impl Refinement for FreeInit {
+    fn iterations(&self) -> usize {
+        self.num_iters
+    }
+
+    fn steps_for_iteration(&self, iteration: usize, num_inference_steps: usize) -> Result<usize> {
+        FreeInit::steps_for_iteration(self, iteration, num_inference_steps)
+    }
+
+    fn reinitialize(
+        &self,
+        _iteration: usize,
+        scheduler: &dyn Scheduler,
+        clean: Tensor<5>,
+        initial_noise: &Tensor<5>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor<5>> {
+        FreeInit::reinitialize(self, scheduler, clean, initial_noise.clone(), noise)
+    }
 }
 
 /// What the progress callback sees after every step.
@@ -232,9 +257,10 @@ impl<'a> LongVideoSampler<'a> {
         let initial_noise = self.initial_noise.sample(shape, noise, device)?;
         let mut latents = initial_noise.clone();
         for iteration in 0..iterations {
-            let steps = self.refinement.as_ref().map_or(num_inference_steps, |r| {
-                r.steps_for_iteration(iteration, num_inference_steps)
-            });
+            let steps = match &self.refinement {
+                Some(r) => r.steps_for_iteration(iteration, num_inference_steps)?,
+                None => num_inference_steps,
+            };
             self.scheduler.set_timesteps(steps)?;
             latents = match (&self.refinement, iteration) {
                 (Some(r), k) if k > 0 => {
@@ -507,8 +533,8 @@ mod tests {
         fn iterations(&self) -> usize {
             3
         }
-        fn steps_for_iteration(&self, iteration: usize, n: usize) -> usize {
-            (n * (iteration + 1) / 3).max(1)
+        fn steps_for_iteration(&self, iteration: usize, n: usize) -> Result<usize> {
+            Ok((n * (iteration + 1) / 3).max(1))
         }
         fn reinitialize(
             &self,
@@ -589,6 +615,49 @@ mod tests {
             assert_eq!(enc, expected, "step {step}");
             assert_eq!(dec, 1.0, "step {step}: the decoder always travels");
         }
+    }
+
+    #[test]
+    fn freeinit_refines_through_the_sampler_with_any_scheduler() {
+        use crate::freeinit::FreeInit;
+        for config in [
+            DDIM,
+            r#"{"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing"}"#,
+            r#"{"_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "linspace"}"#,
+        ] {
+            let model = probe();
+            let freeinit = FreeInit::default().with_fast_sampling(true);
+            let mut sampler = LongVideoSampler::new(&model, from_config_json(config).unwrap())
+                .with_refinement(freeinit);
+            let mut passes = Vec::new();
+            let video = sampler
+                .sample(
+                    VideoShape::new([1, 2, 6, 4, 4]),
+                    ctx(0.1),
+                    6,
+                    &mut SeededNoise::new(3),
+                    &Device::flex(),
+                    &mut |p| {
+                        if p.step == 0 {
+                            passes.push((p.iteration, p.num_steps));
+                        }
+                        Control::Continue
+                    },
+                )
+                .unwrap();
+            assert_eq!(passes, [(0, 2), (1, 4), (2, 6)], "{config}");
+            let finite: Vec<f32> = video.into_data().try_to_vec().unwrap();
+            assert!(finite.iter().all(|v| v.is_finite()), "{config}");
+        }
+        // `leading` DPM-Solver cannot reach T − 1: a typed error, not silent garbage.
+        let model = probe();
+        let mut sampler = LongVideoSampler::new(
+            &model,
+            from_config_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"}"#).unwrap(),
+        )
+        .with_refinement(FreeInit::default());
+        let e = run(&mut sampler, ctx(0.1), 5).unwrap_err().to_string();
+        assert!(e.contains("timestep_spacing"), "{e}");
     }
 
     #[test]

@@ -225,34 +225,39 @@ impl LowPassFilter {
         };
         let (at, ah, aw) = (axis(frames, ratio), axis(height, 1.0), axis(width, 1.0));
 
-        let mut values = Vec::with_capacity(len);
-        let mut fill = |f: &dyn Fn(f64) -> f64| {
-            for &t in &at {
-                for &h in &ah {
-                    let th = t + h;
-                    values.extend(aw.iter().map(|&w| f(th + w) as f32));
-                }
-            }
-        };
-        match self.method {
+        let values = match self.method {
             FilterMethod::Butterworth { order } => {
                 // Python: `1 / (1 + (x / d_s**2) ** order)`.
                 let ds2 = ds * ds;
-                let order = order as i32;
-                fill(&|d2| 1.0 / (1.0 + (d2 / ds2).powi(order)));
+                let order = order.min(i32::MAX as u32) as i32;
+                fill(&at, &ah, &aw, |d2| 1.0 / (1.0 + (d2 / ds2).powi(order)))
             }
             FilterMethod::Gaussian => {
+                // Python: `math.exp(-1 / (2 * d_s**2) * x)`.
                 let c = -1.0 / (2.0 * (ds * ds));
-                fill(&|d2| (c * d2).exp());
+                fill(&at, &ah, &aw, |d2| (c * d2).exp())
             }
             FilterMethod::Ideal => {
+                // Python: `1 if x <= d_s * 2 else 0`.
                 let radius2 = ds * 2.0;
-                fill(&|d2| if d2 <= radius2 { 1.0 } else { 0.0 });
+                fill(&at, &ah, &aw, |d2| if d2 <= radius2 { 1.0 } else { 0.0 })
             }
             FilterMethod::Box => unreachable!("handled above"),
-        }
+        };
         Ok(FrequencyMask { dims, values })
     }
+}
+
+/// `value(d²)` as `f32` for every voxel, `d² = (a_t[t] + a_h[h]) + a_w[w]` (Python's order).
+fn fill(at: &[f64], ah: &[f64], aw: &[f64], value: impl Fn(f64) -> f64) -> Vec<f32> {
+    let mut values = Vec::with_capacity(at.len() * ah.len() * aw.len());
+    for &t in at {
+        for &h in ah {
+            let th = t + h;
+            values.extend(aw.iter().map(|&w| value(th + w) as f32));
+        }
+    }
+    values
 }
 
 /// The original repository's box filter (`box_low_pass_filter`), ranges clamped to the volume.

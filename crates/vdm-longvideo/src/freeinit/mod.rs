@@ -55,8 +55,8 @@
 //!   `add_noise` consults the current schedule, and makes the output scale follow the schedule
 //!   it is sampled with.
 //! - The masks are computed vectorised (about a millisecond for `64 × 64 × 64`) instead of by
-//!   a Python triple loop (~0.8 s), and the "box" filter of the original repository is available (diffusers raises
-//!   `NotImplementedError` for it).
+//!   a Python triple loop (~0.8 s), and the "box" filter of the original repository is
+//!   available (diffusers raises `NotImplementedError` for it).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

@@ -319,9 +319,11 @@ struct Chunk {
     windows: usize,
     /// The one window of a single-window call (sliced with `narrow`, real `FrameWindow`).
     single: Option<Range<usize>>,
-    /// First frame of every window.
-    starts: Vec<usize>,
-    /// Value weight of every stacked position (`m·L`; 0 where nothing is accumulated).
+    /// Frame of every stacked position (`m·L`): the indices of the one `select` that stacks
+    /// the windows (much cheaper than concatenating `m` strided slices).
+    gather: Vec<i64>,
+    /// Value weight of every stacked position divided by its frame's normaliser (`m·L`; 0
+    /// where nothing is accumulated), so that the accumulated sum is already the average.
     weights: Vec<f32>,
     /// Groups of non-overlapping contributions, each a contiguous range of stacked positions.
     runs: Vec<Run>,
@@ -371,7 +373,8 @@ impl Schedule {
                     let window = &plan.windows()[j];
                     let acc = plan.accumulated(j);
                     for o in acc.clone() {
-                        weights[slot * l + o] = plan.weights()[o];
+                        weights[slot * l + o] =
+                            plan.weights()[o] / plan.normaliser()[window.start + o];
                     }
                     let start = slot * l + acc.start;
                     let frames: Vec<i64> = acc.map(|o| (window.start + o) as i64).collect();
@@ -402,7 +405,10 @@ impl Schedule {
                 Chunk {
                     windows: ids.len(),
                     single: (ids.len() == 1).then(|| plan.windows()[ids[0]].clone()),
-                    starts: ids.iter().map(|&j| plan.windows()[j].start).collect(),
+                    gather: ids
+                        .iter()
+                        .flat_map(|&j| plan.windows()[j].clone().map(|f| f as i64))
+                        .collect(),
                     weights,
                     runs,
                 }
@@ -432,18 +438,14 @@ impl Schedule {
                     tokens.clone().narrow(1, r.start, l),
                     FrameWindow::relative(r.start, r.end),
                 ),
-                None => {
-                    // Concatenated slices: [N, m·L, C], row n holds token n's m windows.
-                    let parts = chunk
-                        .starts
-                        .iter()
-                        .map(|&s| tokens.clone().narrow(1, s, l))
-                        .collect();
-                    (
-                        Tensor::cat(parts, 1).reshape([n * m, l, c]),
-                        FrameWindow::relative(0, l),
-                    )
-                }
+                None => (
+                    // Gathered frames: [N, m·L, C], row n holds token n's m windows.
+                    tokens
+                        .clone()
+                        .select(1, ints(&chunk.gather))
+                        .reshape([n * m, l, c]),
+                    FrameWindow::relative(0, l),
+                ),
             };
             let y = run(x, &window)?;
             if y.dims() != [n * m, l, c] {
@@ -478,13 +480,8 @@ impl Schedule {
                 });
             }
         }
-        let acc = acc.expect("every plan has a window");
-        let norm = Tensor::<1>::from_data(
-            TensorData::new(self.plan.normaliser().to_vec(), [f]),
-            &device,
-        )
-        .reshape([1, f, 1]);
-        Ok(acc / norm)
+        // The weights already include the normaliser.
+        Ok(acc.expect("every plan has a window"))
     }
 }
 
