@@ -653,7 +653,10 @@ mod tests {
         let model = probe();
         let mut sampler = LongVideoSampler::new(
             &model,
-            from_config_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"}"#).unwrap(),
+            from_config_json(
+                r#"{"_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"}"#,
+            )
+            .unwrap(),
         )
         .with_refinement(FreeInit::default());
         let e = run(&mut sampler, ctx(0.1), 5).unwrap_err().to_string();

@@ -67,7 +67,9 @@ mod tests {
 
     #[test]
     fn chunked_map_equals_whole_map() {
-        let x = Tensor::<1, Int>::arange(0..10, &Device::flex()).float().reshape([10, 1]);
+        let x = Tensor::<1, Int>::arange(0..10, &Device::flex())
+            .float()
+            .reshape([10, 1]);
         let whole = map_chunks(x.clone(), None, |t, _| Ok(t.mul_scalar(2.0))).unwrap();
         let mut ranges = Vec::new();
         let parts = map_chunks(x, Some(4), |t, r| {

@@ -28,6 +28,6 @@ pub mod pseudo3d;
 pub mod resnet;
 pub mod temporal;
 pub mod transformer_2d;
-pub mod unet_motion;
 pub mod unet3d;
+pub mod unet_motion;
 pub mod vae;

@@ -37,8 +37,12 @@ pub enum FusionVariant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WindowBatching {
     /// Windows are stacked along the token dimension: one stage call on `[N·m, L, C]` for up to
-    /// `max_windows` windows `m` (`None`: all windows in one call). The fastest choice, at the
-    /// memory cost of about `L/S` times the layer's activations.
+    /// `max_windows` windows `m` (`None`: all windows in one call), at the memory cost of about
+    /// `L/S` times the layer's activations. Fewer, larger calls: the better choice where the
+    /// number of kernel launches dominates (GPU backends). On the flex CPU backend it is slower
+    /// than [`Self::Sequential`]: the windowed stages of the bench-size AnimateDiff UNet took
+    /// 1.3–1.9× as long with all windows stacked (the larger tensors fall out of cache; see
+    /// `examples/bench_freenoise.rs` and `docs/benchmarks.md`).
     ///
     /// When a call holds more than one window, the stage gets
     /// `FrameWindow { start: 0, end: L, positions: 0..L, mask: None }`, and the rows of its
@@ -51,21 +55,22 @@ pub enum WindowBatching {
         max_windows: Option<usize>,
     },
     /// One stage call per window on `[N, L, C]` with the window's own
-    /// `FrameWindow { start, end, positions: 0..L }` (as diffusers loops).
+    /// `FrameWindow { start, end, positions: 0..L }` (as diffusers loops). The default: the
+    /// fastest on CPU, and the least memory (no stacked copy of the tokens).
     Sequential,
 }
 
 impl Default for WindowBatching {
-    /// All windows stacked into one call per stage.
+    /// One window per stage call ([`WindowBatching::Sequential`]).
     fn default() -> Self {
-        Self::Stacked { max_windows: None }
+        Self::Sequential
     }
 }
 
 /// Configuration of [`FreeNoiseHook`].
 ///
 /// Defaults are diffusers' `enable_free_noise()` defaults: `L = 16`, `S = 4`, pyramid weights,
-/// the `Chain` variant, the correct tail normaliser, all windows in one call.
+/// the `Chain` variant, the correct tail normaliser, one window per stage call.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FreeNoiseConfig {
     /// Window length `L`: the number of frames the model was trained on (16 for AnimateDiff
@@ -178,8 +183,9 @@ impl FreeNoiseConfig {
 /// - The accumulation is deterministic on every backend: windows are accumulated in groups of
 ///   non-overlapping windows (slice-adds, or a `select_assign` that never sees a duplicate
 ///   index).
-/// - Memory: with the default batching the stacked windows hold about `L/S` times the layer's
-///   tokens (4× for 16/4); cap [`WindowBatching::Stacked::max_windows`] for very long videos.
+/// - Memory: with the default [`WindowBatching::Sequential`] a stage call holds one window
+///   (`L` frames); [`WindowBatching::Stacked`] windows hold about `L/S` times the layer's
+///   tokens (4× for 16/4), capped by `max_windows`.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor};
@@ -588,7 +594,7 @@ mod tests {
     fn runs_never_repeat_a_frame() {
         for (f, l, s) in [(64, 16, 4), (35, 16, 4), (30, 8, 3), (40, 16, 6), (9, 4, 1)] {
             let plan = WindowPlan::new(f, l, s, WeightingScheme::Pyramid, false).unwrap();
-            let sched = Schedule::new(plan, WindowBatching::default());
+            let sched = Schedule::new(plan, WindowBatching::Stacked { max_windows: None });
             let mut count = vec![0usize; f];
             for chunk in &sched.chunks {
                 for r in &chunk.runs {

@@ -86,7 +86,8 @@
 //! - `repeat_context` tiles the first `L` frames (diffusers returns random noise, bug B1).
 //! - `F < L` falls back to plain inference in the hook (diffusers: `IndexError`, bug B7); the
 //!   noise rescheduling rejects it with a typed error.
-//! - Windows may be stacked into one call per stage ([`WindowBatching`]).
+//! - Windows may be stacked into one call per stage ([`WindowBatching::Stacked`]); the default
+//!   is one call per window, as diffusers.
 
 pub mod hook;
 pub mod noise;

@@ -509,6 +509,7 @@ fn block_cases_match_diffusers() {
         let mut errs = Vec::new();
         for batching in [
             WindowBatching::default(),
+            WindowBatching::Stacked { max_windows: None },
             WindowBatching::Stacked {
                 max_windows: Some(2),
             },
@@ -701,4 +702,3 @@ fn videos_longer_than_the_position_table() {
     let v: Vec<f32> = y.into_data().try_to_vec().unwrap();
     assert!(v.iter().all(|x| x.is_finite()));
 }
-

@@ -1,0 +1,490 @@
+//! Benchmark: the cost of FreeNoise window fusion against direct inference **at the same frame
+//! count**, on the "bench-size" AnimateDiff model of `shared/bench/BASELINE.md` §3 (MOTION_U2 +
+//! MOTION_MA: SD-1.5 layout with channels / 10, 13.3 M parameters, random weights), latent
+//! `[1, 4, F, 32, 32]` and text `[1, 77, 128]` from seeded host noise, timestep 500.
+//!
+//! For every `F` the variants run in this process with the same weights and inputs: `direct`
+//! ([`AllFrames`]: every motion module attends over all `F` frames) and `freenoise`
+//! ([`FreeNoiseHook`] with context 16 / stride 4 / pyramid and the default window batching),
+//! plus any extra batchings given with `--batching`. Their timed runs alternate, the order
+//! reversed every other round. The figures are the median of the per-round ratios
+//! `variant / direct` (wall time and process CPU time) and the ratio of the minimums; load from
+//! other processes drifts by ±20 % or more on this VM, the ratios much less.
+//!
+//! Every forward also goes through a timing wrapper around the hook, which splits the time into
+//! *stages* (the motion modules' attention stages `x + attn(norm(x) + pe)`, twice per block, as
+//! handed to the hook), *fusion* (everything else the hook does: window stacking, weighting,
+//! accumulation) and *rest* (the UNet outside the hooks, the same work in every variant). Hence
+//! the *hook estimate* `1 + (hook_variant − hook_direct) / direct`, which does not see load
+//! changes in the rest of the forward. `--breakdown` adds one traced forward per variant, timed
+//! by module kind. `F = 16` is a single window, so both variants compute the same thing (max |Δ|
+//! is printed).
+//!
+//! ```text
+//! cargo run --release --example bench_freenoise [-- [--rounds N] [--frames 16,24,32]
+//!     [--batching stacked,stacked:2,sequential] [--breakdown]]
+//! ```
+//!
+//! Compare with diffusers (same model config and the pipeline's own FreeNoise code, PyTorch
+//! CPU), run in the same sitting: `/work/venv-torch/bin/python shared/bench/baseline.py --cases
+//! motion_pair_direct_vs_freenoise_F16,motion_pair_direct_vs_freenoise_F32`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use vdm::burn::module::Module;
+use vdm::burn::tensor::{Device, Tensor};
+use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::temporal::{AllFrames, FrameWindow, TemporalHook, TemporalSite, TemporalStages};
+use vdm::core::{Conditioning, DenoiserInput, Result, Timesteps};
+use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, WindowBatching};
+use vdm::models::unet_motion::{
+    MotionAdapterConfig, PerBlock, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
+};
+
+/// BASELINE.md "Exact configs": MOTION_U2 merged with MOTION_MA (`UNetMotionModel.from_unet2d`).
+fn bench_config() -> Result<UNetMotionConfig> {
+    let channels = vec![32, 64, 128, 128];
+    let unet = UNet2DConditionConfig {
+        sample_size: Some(32.into()),
+        block_out_channels: channels.clone(),
+        layers_per_block: PerBlock::Same(2),
+        cross_attention_dim: PerBlock::Same(128),
+        attention_head_dim: PerBlock::Same(8),
+        norm_num_groups: Some(32),
+        ..Default::default()
+    };
+    let adapter = MotionAdapterConfig {
+        block_out_channels: channels,
+        motion_layers_per_block: PerBlock::Same(2),
+        motion_mid_block_layers_per_block: 1,
+        motion_num_attention_heads: PerBlock::Same(8),
+        motion_norm_num_groups: 32,
+        motion_max_seq_length: 32,
+        use_motion_mid_block: true,
+        ..Default::default()
+    };
+    UNetMotionConfig::from_unet2d(&unet, &adapter)
+}
+
+/// Nanoseconds spent inside the hook and inside the stages it ran.
+#[derive(Default)]
+struct Clock {
+    apply: AtomicU64,
+    stages: AtomicU64,
+}
+
+impl Clock {
+    fn take(&self) -> (f64, f64) {
+        let a = self.apply.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        let s = self.stages.swap(0, Ordering::Relaxed) as f64 * 1e-9;
+        (a, s)
+    }
+}
+
+/// A hook that times another hook (flex is eager, so wall time is work done).
+struct Timed<'a> {
+    inner: &'a dyn TemporalHook,
+    clock: &'a Clock,
+}
+
+struct TimedStages<'a> {
+    inner: &'a dyn TemporalStages,
+    clock: &'a Clock,
+}
+
+impl TemporalStages for TimedStages<'_> {
+    fn num_stages(&self) -> usize {
+        self.inner.num_stages()
+    }
+    fn run_stage(&self, stage: usize, x: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
+        let t0 = Instant::now();
+        let y = self.inner.run_stage(stage, x, window);
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.clock.stages.fetch_add(ns, Ordering::Relaxed);
+        y
+    }
+}
+
+impl TemporalHook for Timed<'_> {
+    fn apply(
+        &self,
+        site: &TemporalSite<'_>,
+        tokens: Tensor<3>,
+        stages: &dyn TemporalStages,
+    ) -> Result<Tensor<3>> {
+        let t0 = Instant::now();
+        let timed = TimedStages {
+            inner: stages,
+            clock: self.clock,
+        };
+        let y = self.inner.apply(site, tokens, &timed);
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.clock.apply.fetch_add(ns, Ordering::Relaxed);
+        y
+    }
+}
+
+/// User + system CPU time of this process (all threads), seconds (10 ms resolution).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    let Some(end) = stat.rfind(')') else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(f64::INFINITY, f64::min)
+}
+
+fn load1() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One timed run.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+    hook: f64,
+    stages: f64,
+}
+
+struct Bench<'a> {
+    model: &'a UNetMotionModel,
+    text: &'a Tensor<3>,
+    clock: Clock,
+}
+
+impl Bench<'_> {
+    fn input<'h>(&self, x: &Tensor<5>, hook: &'h dyn TemporalHook) -> DenoiserInput<'h> {
+        DenoiserInput::new(
+            x.clone(),
+            Timesteps::Shared(500.0),
+            Conditioning::Shared(self.text.clone()),
+        )
+        .with_temporal(hook)
+    }
+
+    /// One forward through the timing wrapper.
+    fn run(&self, x: &Tensor<5>, hook: &dyn TemporalHook) -> Result<(Sample, Tensor<5>)> {
+        let timed = Timed {
+            inner: hook,
+            clock: &self.clock,
+        };
+        let c0 = cpu_seconds();
+        let t0 = Instant::now();
+        let y = self.model.forward(self.input(x, &timed))?;
+        let y = Tensor::<5>::from_data(y.into_data(), &x.device());
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - c0;
+        let (hook, stages) = self.clock.take();
+        let sample = Sample {
+            wall,
+            cpu,
+            hook,
+            stages,
+        };
+        Ok((sample, y))
+    }
+
+    /// One traced forward: seconds per module kind.
+    fn breakdown(&self, x: &Tensor<5>, hook: &dyn TemporalHook) -> Result<BTreeMap<String, f64>> {
+        let timed = Timed {
+            inner: hook,
+            clock: &self.clock,
+        };
+        let mut kinds: BTreeMap<String, f64> = BTreeMap::new();
+        let mut last = Instant::now();
+        let y = self.model.forward_traced(
+            self.input(x, &timed),
+            &mut |path: &str, _t: &Tensor<4>| {
+                let now = Instant::now();
+                let kind = if path.contains(".resnets.") {
+                    "ResNets"
+                } else if path.contains(".attentions.") {
+                    "spatial transformers"
+                } else if path.contains(".motion_modules.") {
+                    "motion modules"
+                } else if path.contains("samplers.") {
+                    "up/down samplers"
+                } else if path == "conv_in" {
+                    "conv_in + embeddings"
+                } else if path == "conv_out" {
+                    "norm + conv_out"
+                } else {
+                    "block glue"
+                };
+                *kinds.entry(kind.to_string()).or_default() += (now - last).as_secs_f64();
+                last = now;
+            },
+        )?;
+        let _ = y.into_data();
+        let (hook, stages) = self.clock.take();
+        let motion = kinds.get("motion modules").copied().unwrap_or(0.0);
+        kinds.insert("motion modules".into(), motion - hook);
+        kinds.insert("  hook: attention stages".into(), stages);
+        kinds.insert("  hook: stacking + fusion".into(), hook - stages);
+        Ok(kinds)
+    }
+}
+
+struct Args {
+    rounds: usize,
+    frames: Vec<usize>,
+    batchings: Vec<(String, WindowBatching)>,
+    breakdown: bool,
+}
+
+fn parse_batching(s: &str) -> WindowBatching {
+    match s {
+        "sequential" => WindowBatching::Sequential,
+        "stacked" => WindowBatching::Stacked { max_windows: None },
+        other => match other.strip_prefix("stacked:").map(str::parse) {
+            Some(Ok(m)) => WindowBatching::Stacked {
+                max_windows: Some(m),
+            },
+            _ => panic!("--batching: sequential, stacked or stacked:M, got {other}"),
+        },
+    }
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        rounds: 7,
+        frames: vec![16, 24, 32],
+        batchings: Vec::new(),
+        breakdown: false,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = || argv.get(i + 1).expect("missing value").as_str();
+        match argv[i].as_str() {
+            "--rounds" => a.rounds = value().parse().expect("--rounds N"),
+            "--frames" => {
+                a.frames = value()
+                    .split(',')
+                    .map(|s| s.parse().expect("--frames 16,24,32"))
+                    .collect()
+            }
+            "--batching" => {
+                a.batchings = value()
+                    .split(',')
+                    .map(|s| (format!("fn {s}"), parse_batching(s)))
+                    .collect()
+            }
+            "--breakdown" => {
+                a.breakdown = true;
+                i += 1;
+                continue;
+            }
+            other => panic!(
+                "unknown argument {other}; usage: [--rounds N] [--frames 16,24,32] \
+                 [--batching stacked,stacked:2,sequential] [--breakdown]"
+            ),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn main() -> Result<()> {
+    let args = args();
+    let device: Device = vdm::device();
+    let config = bench_config()?;
+    let model = UNetMotionModel::new(&config, &device)?;
+    let default = FreeNoiseConfig::new(16, 4);
+    let mut variants: Vec<(String, Box<dyn TemporalHook>)> =
+        vec![("direct".into(), Box::new(AllFrames))];
+    variants.push(("freenoise".into(), Box::new(FreeNoiseHook::new(default)?)));
+    for (name, batching) in &args.batchings {
+        variants.push((
+            name.clone(),
+            Box::new(FreeNoiseHook::new(default.with_batching(*batching))?),
+        ));
+    }
+    println!(
+        "FreeNoise vs direct, bench-size UNetMotionModel ({:.2} M params incl. the {}-row positional tables), backend {}, {} rounds; \
+         freenoise = {}/{} {:?}, default batching {:?}; threads available: {}",
+        model.num_params() as f64 / 1e6,
+        config.motion_max_seq_length,
+        vdm::backend_name(),
+        args.rounds,
+        default.context_length,
+        default.context_stride,
+        default.weighting_scheme,
+        default.batching,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    );
+    let mut text_noise = SeededNoise::new(8101);
+    let text: Tensor<3> = draw(&mut text_noise, [1, 77, 128], &device)?;
+    let bench = Bench {
+        model: &model,
+        text: &text,
+        clock: Clock::default(),
+    };
+
+    let mut summary = Vec::new();
+    for &f in &args.frames {
+        let load0 = load1();
+        let mut noise = SeededNoise::new(8100);
+        let x: Tensor<5> = draw(&mut noise, [1, 4, f, 32, 32], &device)?;
+        let windows = if f > default.context_length {
+            FreeNoiseHook::new(default)?.plan(f)?.windows().len()
+        } else {
+            1
+        };
+        // Warm-up, and the equality check of the single-window case.
+        let mut outputs = Vec::new();
+        for (_, hook) in &variants {
+            outputs.push(bench.run(&x, hook.as_ref())?.1);
+        }
+        let diff: f32 = (outputs[0].clone() - outputs[1].clone())
+            .abs()
+            .max()
+            .into_scalar();
+        let finite = outputs
+            .iter()
+            .all(|y| y.clone().sum().into_scalar::<f32>().is_finite());
+        drop(outputs);
+
+        let n = variants.len();
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); n];
+        for r in 0..args.rounds {
+            for k in 0..n {
+                let v = if r % 2 == 0 { k } else { n - 1 - k };
+                samples[v].push(bench.run(&x, variants[v].1.as_ref())?.0);
+            }
+        }
+        let load1 = load1();
+        let col =
+            |v: usize, get: fn(&Sample) -> f64| samples[v].iter().map(get).collect::<Vec<_>>();
+        let d_wall = median(&col(0, |s| s.wall));
+        println!(
+            "\nF = {f} ({windows} window(s)); load (1 min) {load0} -> {load1}; freenoise vs direct max |d| = {diff:.2e}; outputs finite: {finite}"
+        );
+        println!(
+            "| variant | wall s med / min | CPU s med | stages s | fusion s | rest s | ratio: median of rounds (wall) | ratio of minimums | CPU-time ratio | hook estimate |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for v in 0..n {
+            let wall = col(v, |s| s.wall);
+            let stages = median(&col(v, |s| s.stages));
+            let fusion = median(
+                &samples[v]
+                    .iter()
+                    .map(|s| s.hook - s.stages)
+                    .collect::<Vec<_>>(),
+            );
+            let rest = median(
+                &samples[v]
+                    .iter()
+                    .map(|s| s.wall - s.hook)
+                    .collect::<Vec<_>>(),
+            );
+            let per_round = |get: fn(&Sample) -> f64| {
+                median(
+                    &samples[v]
+                        .iter()
+                        .zip(&samples[0])
+                        .map(|(a, d)| get(a) / get(d))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let wall_ratio = per_round(|s| s.wall);
+            let cpu_ratio = per_round(|s| s.cpu);
+            let min_ratio = min(&wall) / min(&col(0, |s| s.wall));
+            let hook_est = median(
+                &samples[v]
+                    .iter()
+                    .zip(&samples[0])
+                    .map(|(a, d)| 1.0 + (a.hook - d.hook) / d.wall)
+                    .collect::<Vec<_>>(),
+            );
+            println!(
+                "| {} | {:.3} / {:.3} | {:.2} | {stages:.3} | {fusion:.3} | {rest:.3} | {wall_ratio:.3} | {min_ratio:.3} | {cpu_ratio:.3} | {hook_est:.3} |",
+                variants[v].0,
+                median(&wall),
+                min(&wall),
+                median(&col(v, |s| s.cpu)),
+            );
+            if v > 0 {
+                summary.push((
+                    f,
+                    windows,
+                    variants[v].0.clone(),
+                    wall_ratio,
+                    min_ratio,
+                    cpu_ratio,
+                    hook_est,
+                    (stages - median(&col(0, |s| s.stages))) / d_wall,
+                    fusion / d_wall,
+                    format!("{load0} -> {load1}"),
+                ));
+            }
+        }
+        let rounds: Vec<String> = (1..n)
+            .map(|v| {
+                let r: Vec<String> = samples[v]
+                    .iter()
+                    .zip(&samples[0])
+                    .map(|(a, d)| format!("{:.3}", a.wall / d.wall))
+                    .collect();
+                format!("{}: {}", variants[v].0, r.join(" "))
+            })
+            .collect();
+        println!("per-round wall ratios: {}", rounds.join("; "));
+        if args.breakdown {
+            println!("breakdown (one traced forward each, s):");
+            for (name, hook) in &variants {
+                let kinds = bench.breakdown(&x, hook.as_ref())?;
+                let total: f64 = kinds.values().sum();
+                let parts: Vec<String> = kinds
+                    .iter()
+                    .map(|(k, s)| format!("{k} {s:.2} ({:.0} %)", 100.0 * s / total))
+                    .collect();
+                println!("  {name} (total {total:.2}): {}", parts.join(", "));
+            }
+        }
+    }
+    println!(
+        "\n| F | windows | variant | variant / direct: median of round ratios (wall) | ratio of minimums | CPU-time ratio | hook estimate | extra stages / direct | stacking + fusion / direct | load 1-min |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (f, w, name, wall, mn, cpu, hk, st, fu, load) in summary {
+        println!(
+            "| {f} | {w} | {name} | {wall:.3} | {mn:.3} | {cpu:.3} | {hk:.3} | {:+.1} % | {:+.1} % | {load} |",
+            100.0 * st,
+            100.0 * fu
+        );
+    }
+    println!(
+        "\nReference (shared/bench/BASELINE.md §3, diffusers 0.42.1 / PyTorch 2.15 on this machine type, same config, interleaved): \
+         FreeNoise/direct F=16: 1.00-1.04 (15 rounds 1.017), F=32: 1.10-1.16 (15 rounds 1.129; FLOP ratio 1.127). Target: <= 1.10."
+    );
+    Ok(())
+}

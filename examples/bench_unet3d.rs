@@ -1,0 +1,659 @@
+//! Benchmark: one `UNet3DConditionModel` forward at the "bench" config of
+//! `shared/bench/BASELINE.md` §1 (block_out_channels (64, 128, 256, 256), layers_per_block 2,
+//! cross_attention_dim 256, attention_head_dim 32, norm_num_groups 32; 57.99 M parameters),
+//! sample `[1, 4, F, 32, 32]`, text `[1, 77, 256]`, timestep 500.
+//!
+//! Prints, per frame count: the counted GFLOP (FlopCounterMode's convention: convolutions,
+//! linear layers and SDPA at 2 FLOP per multiply-accumulate, SDPA as `4·B·H·L·S·D`; norms,
+//! activations and softmax not counted), the median / min wall time of `repeats` forwards
+//! after `warmup` warm-up forwards, GFLOP/s, and the peak RSS of the process (`VmHWM`) plus its
+//! growth during the forwards of that frame count (the high-water mark is reset before them
+//! when `/proc/self/clear_refs` is writable).
+//!
+//! Weights are Burn's default initialisation (timing does not depend on values); inputs are
+//! seeded host noise.
+//!
+//! ```text
+//! cargo run --release --example bench_unet3d                     # F = 16, 32, 64; 1 warm-up, 5 runs
+//! cargo run --release --example bench_unet3d -- --frames 16 --repeats 9 --warmup 2
+//! cargo run --release --example bench_unet3d -- --frames 16 --profile   # time per layer type
+//! ```
+//!
+//! `--profile` runs an instrumented copy of the forward (same operations, in the same order,
+//! each timed; Burn's flex backend executes eagerly) and prints the time per operation kind;
+//! it checks that its output equals the model's.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use vdm::burn::module::Module;
+use vdm::burn::nn::conv::Conv2d;
+use vdm::burn::nn::{GroupNorm, Linear};
+use vdm::burn::tensor::activation::{gelu, silu};
+use vdm::burn::tensor::module::attention;
+use vdm::burn::tensor::ops::AttentionModuleOptions;
+use vdm::burn::tensor::{Device, Tensor};
+use vdm::core::layout::{batch_to_frames, frames_to_batch};
+use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
+use vdm::models::attention::{Attention, BasicTransformerBlock, FeedForward};
+use vdm::models::embeddings::TimestepProjection;
+use vdm::models::resnet::ResnetBlock2D;
+use vdm::models::temporal::{TemporalConvLayer, TransformerTemporalModel};
+use vdm::models::transformer_2d::{Projection, Transformer2DModel};
+use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig};
+
+/// `UNET3D_BENCH` of `shared/bench/baseline.py`.
+const BENCH_CONFIG: &str = r#"{
+    "sample_size": 32, "in_channels": 4, "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+    "block_out_channels": [64, 128, 256, 256], "layers_per_block": 2, "cross_attention_dim": 256,
+    "attention_head_dim": 32, "norm_num_groups": 32
+}"#;
+
+const TEXT_LEN: usize = 77;
+const TIMESTEP: f64 = 500.0;
+
+struct Args {
+    frames: Vec<usize>,
+    repeats: usize,
+    warmup: usize,
+    profile: bool,
+    size: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        frames: vec![16, 32, 64],
+        repeats: 5,
+        warmup: 1,
+        profile: false,
+        size: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--frames" => {
+                args.frames = value()
+                    .split(',')
+                    .map(|s| s.trim().parse().expect("--frames takes a list like 16,32"))
+                    .collect()
+            }
+            "--repeats" => args.repeats = value().parse().expect("--repeats N"),
+            "--warmup" => args.warmup = value().parse().expect("--warmup N"),
+            "--size" => args.size = value().parse().expect("--size H (= W)"),
+            "--profile" => args.profile = true,
+            "-h" | "--help" => {
+                println!(
+                    "bench_unet3d [--frames 16,32,64] [--repeats 5] [--warmup 1] [--size 32] [--profile]"
+                );
+                std::process::exit(0);
+            }
+            other => panic!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    args.repeats = args.repeats.max(1);
+    args
+}
+
+/// `(VmHWM, VmRSS)` in MiB, from `/proc/self/status`.
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Resets the peak-RSS mark (`VmHWM`) to the current RSS, if permitted.
+fn reset_hwm() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FLOP count (FlopCounterMode's convention), walked from the weights' shapes.
+// ---------------------------------------------------------------------------------------------
+
+fn linear_flops(l: &Linear, rows: usize) -> f64 {
+    let [i, o] = l.weight.dims();
+    2.0 * (rows * i * o) as f64
+}
+
+fn conv_flops(c: &Conv2d, n: usize, h_out: usize, w_out: usize) -> f64 {
+    let [o, i, kh, kw] = c.weight.dims();
+    2.0 * (n * o * h_out * w_out * i * kh * kw) as f64
+}
+
+fn attention_flops(a: &Attention, n: usize, lq: usize, lk: usize) -> f64 {
+    linear_flops(&a.to_q, n * lq)
+        + linear_flops(&a.to_k, n * lk)
+        + linear_flops(&a.to_v, n * lk)
+        + linear_flops(&a.to_out, n * lq)
+        + 4.0 * (n * a.heads * lq * lk * a.head_dim) as f64
+}
+
+fn ff_flops(ff: &FeedForward, rows: usize) -> f64 {
+    linear_flops(&ff.proj, rows) + linear_flops(&ff.proj_out, rows)
+}
+
+fn resnet_flops(r: &ResnetBlock2D, n: usize, h: usize, w: usize) -> f64 {
+    conv_flops(&r.conv1, n, h, w)
+        + conv_flops(&r.conv2, n, h, w)
+        + r.conv_shortcut
+            .as_ref()
+            .map_or(0.0, |c| conv_flops(c, n, h, w))
+        + r.time_emb_proj.as_ref().map_or(0.0, |l| linear_flops(l, n))
+}
+
+fn temp_conv_flops(t: &TemporalConvLayer, n: usize, h: usize, w: usize) -> f64 {
+    let c = t.channels;
+    4.0 * 2.0 * (n * h * w * c * c * 3) as f64
+}
+
+fn spatial_flops(t: &Transformer2DModel, n: usize, h: usize, w: usize, text: usize) -> f64 {
+    let rows = n * h * w;
+    let proj = |p: &Projection| match p {
+        Projection::Linear(l) => linear_flops(l, rows),
+        Projection::Conv(c) => conv_flops(c, n, h, w),
+    };
+    let mut f = proj(&t.proj_in) + proj(&t.proj_out);
+    for b in &t.transformer_blocks {
+        f += attention_flops(&b.attn1, n, h * w, h * w) + ff_flops(&b.ff, rows);
+        if let Some(a) = &b.attn2 {
+            f += attention_flops(a, n, h * w, text);
+        }
+    }
+    f
+}
+
+fn temporal_flops(t: &TransformerTemporalModel, frames: usize, h: usize, w: usize) -> f64 {
+    let rows = frames * h * w;
+    let mut f = linear_flops(&t.proj_in, rows) + linear_flops(&t.proj_out, rows);
+    for b in &t.transformer_blocks {
+        f += attention_flops(&b.attn1, h * w, frames, frames) + ff_flops(&b.ff, rows);
+        if let Some(a) = &b.attn2 {
+            f += attention_flops(a, h * w, frames, frames);
+        }
+    }
+    f
+}
+
+/// Counted FLOPs of one forward on `[1, C, frames, size, size]` (batch 1).
+fn unet_flops(m: &UNet3DConditionModel, frames: usize, size: usize) -> f64 {
+    let n = frames;
+    let mut s = size;
+    let te = &m.time_embedding;
+    let mut f = conv_flops(&m.conv_in, n, s, s)
+        + linear_flops(&te.linear_1, 1)
+        + linear_flops(&te.linear_2, 1)
+        + temporal_flops(&m.transformer_in, frames, s, s);
+    for block in &m.down_blocks {
+        for j in 0..block.resnets.len() {
+            f += resnet_flops(&block.resnets[j], n, s, s)
+                + temp_conv_flops(&block.temp_convs[j], n, s, s);
+            if let Some(a) = block.attentions.get(j) {
+                f += spatial_flops(a, n, s, s, TEXT_LEN);
+            }
+            if let Some(t) = block.temp_attentions.get(j) {
+                f += temporal_flops(t, frames, s, s);
+            }
+        }
+        for d in &block.downsamplers {
+            s = s.div_ceil(2);
+            f += conv_flops(&d.conv, n, s, s);
+        }
+    }
+    let mid = &m.mid_block;
+    f += resnet_flops(&mid.resnets[0], n, s, s) + temp_conv_flops(&mid.temp_convs[0], n, s, s);
+    f += spatial_flops(&mid.attentions[0], n, s, s, TEXT_LEN)
+        + temporal_flops(&mid.temp_attentions[0], frames, s, s);
+    f += resnet_flops(&mid.resnets[1], n, s, s) + temp_conv_flops(&mid.temp_convs[1], n, s, s);
+    for block in &m.up_blocks {
+        for j in 0..block.resnets.len() {
+            f += resnet_flops(&block.resnets[j], n, s, s)
+                + temp_conv_flops(&block.temp_convs[j], n, s, s);
+            if let Some(a) = block.attentions.get(j) {
+                f += spatial_flops(a, n, s, s, TEXT_LEN);
+            }
+            if let Some(t) = block.temp_attentions.get(j) {
+                f += temporal_flops(t, frames, s, s);
+            }
+        }
+        for u in &block.upsamplers {
+            s *= 2;
+            f += conv_flops(&u.conv, n, s, s);
+        }
+    }
+    f + conv_flops(&m.conv_out, n, s, s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instrumented copy of the forward (--profile).
+// ---------------------------------------------------------------------------------------------
+
+/// Accumulated wall time and call count per operation kind.
+#[derive(Default)]
+struct Prof {
+    t: BTreeMap<&'static str, (f64, usize)>,
+}
+
+impl Prof {
+    fn time<T>(&mut self, kind: &'static str, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let out = f();
+        let e = self.t.entry(kind).or_default();
+        e.0 += t0.elapsed().as_secs_f64();
+        e.1 += 1;
+        out
+    }
+}
+
+fn p_resnet(p: &mut Prof, r: &ResnetBlock2D, x: Tensor<4>, temb: &Tensor<2>) -> Tensor<4> {
+    let n = x.dims()[0];
+    let h = p.time("resnet.groupnorm", || r.norm1.forward(x.clone()));
+    let h = p.time("resnet.silu", || silu(h));
+    let h = p.time("resnet.conv3x3", || r.conv1.forward(h));
+    let proj = r
+        .time_emb_proj
+        .as_ref()
+        .expect("UNet resnets have time_emb_proj");
+    let t = p.time("resnet.temb", || {
+        proj.forward(silu(temb.clone()))
+            .reshape([n, r.out_channels, 1, 1])
+    });
+    let h = p.time("resnet.add", || h + t);
+    let h = p.time("resnet.groupnorm", || r.norm2.forward(h));
+    let h = p.time("resnet.silu", || silu(h));
+    let h = p.time("resnet.conv3x3", || r.conv2.forward(h));
+    let s = match &r.conv_shortcut {
+        Some(c) => p.time("resnet.conv1x1 shortcut", || c.forward(x)),
+        None => x,
+    };
+    let out = p.time("resnet.add", || s + h);
+    if r.output_scale_factor != 1.0 {
+        out / r.output_scale_factor
+    } else {
+        out
+    }
+}
+
+fn p_temp_conv(p: &mut Prof, t: &TemporalConvLayer, x: Tensor<4>, frames: usize) -> Tensor<4> {
+    let video = p.time("tempconv.layout", || batch_to_frames(x.clone(), frames));
+    let mut h = video;
+    for s in [&t.conv1, &t.conv2, &t.conv3, &t.conv4] {
+        h = p.time("tempconv.groupnorm", || s.norm.forward(h));
+        h = p.time("tempconv.silu", || silu(h));
+        h = p.time("tempconv.conv3d(3,1,1)", || s.conv.forward(h));
+    }
+    let h = p.time("tempconv.layout", || frames_to_batch(h));
+    p.time("tempconv.add", || x + h)
+}
+
+fn p_attention(
+    p: &mut Prof,
+    prefix: &'static str,
+    a: &Attention,
+    x: Tensor<3>,
+    ctx: Option<Tensor<3>>,
+) -> Tensor<3> {
+    let [n, lq, _] = x.dims();
+    let kv = ctx.unwrap_or_else(|| x.clone());
+    let lk = kv.dims()[1];
+    let split = |t: Tensor<3>, l: usize| t.reshape([n, l, a.heads, a.head_dim]).swap_dims(1, 2);
+    let (q, k, v) = p.time(kind(prefix, "qkv linear"), || {
+        (
+            a.to_q.forward(x),
+            a.to_k.forward(kv.clone()),
+            a.to_v.forward(kv),
+        )
+    });
+    let (q, k, v) = p.time(kind(prefix, "split heads"), || {
+        (split(q, lq), split(k, lk), split(v, lk))
+    });
+    let options = AttentionModuleOptions {
+        scale: Some(1.0 / (a.head_dim as f64).sqrt()),
+        softcap: None,
+        is_causal: false,
+    };
+    let o = p.time(kind(prefix, "sdpa"), || {
+        attention(q, k, v, None, None, options)
+    });
+    let o = p.time(kind(prefix, "merge heads"), || {
+        o.swap_dims(1, 2).reshape([n, lq, a.heads * a.head_dim])
+    });
+    p.time(kind(prefix, "out linear"), || a.to_out.forward(o))
+}
+
+/// Static names `prefix.what` (leaked once per distinct pair; a handful in total).
+fn kind(prefix: &'static str, what: &'static str) -> &'static str {
+    use std::sync::Mutex;
+    static NAMES: Mutex<Vec<(&str, &str, &str)>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().expect("names");
+    if let Some(&(_, _, s)) = names.iter().find(|(a, b, _)| *a == prefix && *b == what) {
+        return s;
+    }
+    let s: &'static str = Box::leak(format!("{prefix}.{what}").into_boxed_str());
+    names.push((prefix, what, s));
+    s
+}
+
+fn p_block(
+    p: &mut Prof,
+    prefix: &'static str,
+    b: &BasicTransformerBlock,
+    x: Tensor<3>,
+    ctx: Option<Tensor<3>>,
+) -> Tensor<3> {
+    let h = p.time(kind(prefix, "layernorm"), || b.norm1.forward(x.clone()));
+    let a = p_attention(p, kind(prefix, "attn1"), &b.attn1, h, None);
+    let mut x = p.time(kind(prefix, "add"), || x + a);
+    if let (Some(n2), Some(a2)) = (&b.norm2, &b.attn2) {
+        let h = p.time(kind(prefix, "layernorm"), || n2.forward(x.clone()));
+        let a = p_attention(p, kind(prefix, "attn2"), a2, h, ctx);
+        x = p.time(kind(prefix, "add"), || x + a);
+    }
+    let h = p.time(kind(prefix, "layernorm"), || b.norm3.forward(x.clone()));
+    let g = p.time(kind(prefix, "ff.proj (geglu in)"), || b.ff.proj.forward(h));
+    let hidden = g.dims()[2] / 2;
+    let m = p.time(kind(prefix, "ff.gelu*value"), || {
+        let [nn, l, _] = g.dims();
+        let value = g.clone().slice([0..nn, 0..l, 0..hidden]);
+        let gate = g.slice([0..nn, 0..l, hidden..2 * hidden]);
+        value * gelu(gate)
+    });
+    let o = p.time(kind(prefix, "ff.proj_out"), || b.ff.proj_out.forward(m));
+    p.time(kind(prefix, "add"), || x + o)
+}
+
+fn p_spatial(p: &mut Prof, t: &Transformer2DModel, x: Tensor<4>, ctx: &Tensor<3>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let normed = p.time("spatial.groupnorm", || t.norm.forward(x.clone()));
+    let tokens = p.time("spatial.to_tokens", || {
+        normed.reshape([n, c, h * w]).swap_dims(1, 2)
+    });
+    let Projection::Linear(pin) = &t.proj_in else {
+        panic!("UNet3D uses linear projections")
+    };
+    let mut tk = p.time("spatial.proj_in/out", || pin.forward(tokens));
+    for b in &t.transformer_blocks {
+        tk = p_block(p, "spatial", b, tk, Some(ctx.clone()));
+    }
+    let Projection::Linear(pout) = &t.proj_out else {
+        panic!("UNet3D uses linear projections")
+    };
+    let o = p.time("spatial.proj_in/out", || pout.forward(tk));
+    let o = p.time("spatial.from_tokens", || {
+        o.swap_dims(1, 2).reshape([n, c, h, w])
+    });
+    p.time("spatial.add", || o + x)
+}
+
+/// GroupNorm of `[B·F, C, H, W]` with statistics pooled over the frames (diffusers' GroupNorm on
+/// the 5-D view), as the model computes it.
+fn group_norm_across_frames(norm: &GroupNorm, x: Tensor<4>, frames: usize) -> Tensor<4> {
+    let [bf, c, h, w] = x.dims();
+    let b = bf / frames;
+    let g = norm.num_groups;
+    let grouped = x.reshape([b, frames, g, (c / g) * h * w]);
+    let mean = grouped.clone().mean_dim(3).mean_dim(1);
+    let centred = grouped - mean;
+    let var = centred.clone().square().mean_dim(3).mean_dim(1);
+    let normed = centred / var.add_scalar(norm.epsilon).sqrt();
+    let mut normed = normed.reshape([b, frames, c, h * w]);
+    if let Some(gamma) = &norm.gamma {
+        normed = normed * gamma.val().reshape([1, 1, c, 1]);
+    }
+    if let Some(beta) = &norm.beta {
+        normed = normed + beta.val().reshape([1, 1, c, 1]);
+    }
+    normed.reshape([bf, c, h, w])
+}
+
+fn p_temporal(
+    p: &mut Prof,
+    t: &TransformerTemporalModel,
+    x: Tensor<4>,
+    frames: usize,
+) -> Tensor<4> {
+    let [bf, c, h, w] = x.dims();
+    let b = bf / frames;
+    let hw = h * w;
+    let normed = p.time("temporal.groupnorm", || {
+        group_norm_across_frames(&t.norm, x.clone(), frames)
+    });
+    let tokens = p.time("temporal.to_tokens", || {
+        normed
+            .reshape([b, frames, c, hw])
+            .permute([0, 3, 1, 2])
+            .reshape([b * hw, frames, c])
+    });
+    let mut tk = p.time("temporal.proj_in/out", || t.proj_in.forward(tokens));
+    for blk in &t.transformer_blocks {
+        tk = p_block(p, "temporal", blk, tk, None);
+    }
+    let o = p.time("temporal.proj_in/out", || t.proj_out.forward(tk));
+    let o = p.time("temporal.from_tokens", || {
+        o.reshape([b, hw, frames, c])
+            .permute([0, 2, 3, 1])
+            .reshape([bf, c, h, w])
+    });
+    p.time("temporal.add", || o + x)
+}
+
+/// The model's forward (batch 1, shared timestep and text), every operation timed.
+fn profiled_forward(
+    p: &mut Prof,
+    m: &UNet3DConditionModel,
+    sample: Tensor<5>,
+    text: Tensor<3>,
+    device: &Device,
+) -> Result<Tensor<5>> {
+    let f = sample.dims()[2];
+    let c0 = m.config.block_out_channels[0];
+    let temb = p.time("time embedding", || -> Result<Tensor<2>> {
+        let proj = TimestepProjection::unet(c0).embed(&[TIMESTEP], device)?;
+        let e = m.time_embedding.forward(proj)?;
+        let c = e.dims()[1];
+        Ok(e.expand([f, c]))
+    })?;
+    let [_, s, d] = text.dims();
+    let ctx = p.time("context expand", || text.expand([f, s, d]));
+    let x = p.time("conv_in/out", || m.conv_in.forward(frames_to_batch(sample)));
+    let x = p_temporal(p, &m.transformer_in, x, f);
+    let mut residuals = vec![x.clone()];
+    let mut x = x;
+    for block in &m.down_blocks {
+        for j in 0..block.resnets.len() {
+            x = p_resnet(p, &block.resnets[j], x, &temb);
+            x = p_temp_conv(p, &block.temp_convs[j], x, f);
+            if let Some(a) = block.attentions.get(j) {
+                x = p_spatial(p, a, x, &ctx);
+            }
+            if let Some(t) = block.temp_attentions.get(j) {
+                x = p_temporal(p, t, x, f);
+            }
+            residuals.push(x.clone());
+        }
+        for dn in &block.downsamplers {
+            x = p.time("down/upsample conv", || dn.forward(x))?;
+            residuals.push(x.clone());
+        }
+    }
+    let mid = &m.mid_block;
+    x = p_resnet(p, &mid.resnets[0], x, &temb);
+    x = p_temp_conv(p, &mid.temp_convs[0], x, f);
+    x = p_spatial(p, &mid.attentions[0], x, &ctx);
+    x = p_temporal(p, &mid.temp_attentions[0], x, f);
+    x = p_resnet(p, &mid.resnets[1], x, &temb);
+    x = p_temp_conv(p, &mid.temp_convs[1], x, f);
+    for block in &m.up_blocks {
+        for j in 0..block.resnets.len() {
+            let skip = residuals.pop().expect("skip");
+            x = p.time("skip cat", || Tensor::cat(vec![x, skip], 1));
+            x = p_resnet(p, &block.resnets[j], x, &temb);
+            x = p_temp_conv(p, &block.temp_convs[j], x, f);
+            if let Some(a) = block.attentions.get(j) {
+                x = p_spatial(p, a, x, &ctx);
+            }
+            if let Some(t) = block.temp_attentions.get(j) {
+                x = p_temporal(p, t, x, f);
+            }
+        }
+        for up in &block.upsamplers {
+            x = p.time("down/upsample conv", || up.forward(x, None))?;
+        }
+    }
+    let x = p.time("conv_norm_out+silu", || silu(m.conv_norm_out.forward(x)));
+    let x = p.time("conv_in/out", || m.conv_out.forward(x));
+    Ok(batch_to_frames(x, f))
+}
+
+fn profile(m: &UNet3DConditionModel, frames: usize, size: usize, runs: usize) -> Result<()> {
+    let device = vdm::device();
+    let mut noise = SeededNoise::new(7100);
+    let sample: Tensor<5> = draw(&mut noise, [1, 4, frames, size, size], &device)?;
+    let mut noise = SeededNoise::new(7101);
+    let text: Tensor<3> = draw(&mut noise, [1, TEXT_LEN, 256], &device)?;
+    let want = m.forward(
+        sample.clone(),
+        &Timesteps::Shared(TIMESTEP),
+        &Conditioning::Shared(text.clone()),
+        &AllFrames,
+    )?;
+    // Warm-up, then `runs` profiled forwards.
+    let mut p = Prof::default();
+    let got = profiled_forward(&mut p, m, sample.clone(), text.clone(), &device)?;
+    let diff: f32 = (got - want).abs().max().into_scalar();
+    let mut p = Prof::default();
+    let t0 = Instant::now();
+    for _ in 0..runs {
+        profiled_forward(&mut p, m, sample.clone(), text.clone(), &device)?;
+    }
+    let total = t0.elapsed().as_secs_f64() / runs as f64;
+    println!(
+        "\nprofile F={frames} {size}x{size}: {total:.3} s per forward ({runs} runs; instrumented \
+         output vs model: max |diff| = {diff:.2e}); load {}",
+        load_average()
+    );
+    let mut rows: Vec<_> = p.t.iter().collect();
+    rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    let mut groups: BTreeMap<&str, f64> = BTreeMap::new();
+    println!("| op | s / fwd | % | calls / fwd |");
+    println!("|---|---:|---:|---:|");
+    for (name, (t, n)) in rows {
+        let t = t / runs as f64;
+        *groups
+            .entry(name.split('.').next().unwrap_or(name))
+            .or_default() += t;
+        println!(
+            "| {name} | {t:.3} | {:.1} | {} |",
+            100.0 * t / total,
+            n / runs
+        );
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("\n| layer kind | s / fwd | % |");
+    println!("|---|---:|---:|");
+    for (g, t) in groups {
+        println!("| {g} | {t:.3} | {:.1} |", 100.0 * t / total);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args();
+    let device = vdm::device();
+    let config = UNet3DConditionModelConfig::from_json_str(BENCH_CONFIG)?;
+    let t0 = Instant::now();
+    let model = UNet3DConditionModel::new(&config, &device)?;
+    let build_s = t0.elapsed().as_secs_f64();
+    let (_, rss_built) = rss_mib();
+    println!(
+        "UNet3DConditionModel bench config: {:.2} M params, built in {build_s:.2} s, RSS {rss_built:.0} MiB; \
+         backend {}, {} rayon threads; text [1,{TEXT_LEN},256], timestep {TIMESTEP}; \
+         {} warm-up + {} timed forwards; load {}",
+        model.num_params() as f64 / 1e6,
+        vdm::backend_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.warmup,
+        args.repeats,
+        load_average(),
+    );
+    if args.profile {
+        for &f in &args.frames {
+            profile(&model, f, args.size, args.repeats)?;
+        }
+        return Ok(());
+    }
+
+    let mut noise = SeededNoise::new(7101);
+    let text: Tensor<3> = draw(&mut noise, [1, TEXT_LEN, 256], &device)?;
+    let conditioning = Conditioning::Shared(text);
+    let timesteps = Timesteps::Shared(TIMESTEP);
+    println!(
+        "| {:>3} | {:<16} | {:>6} | {:>8} | {:>8} | {:>7} | {:>8} | {:>10} | {:>12} |",
+        "F", "sample", "GFLOP", "s median", "s min", "GFLOP/s", "peak MiB", "fwd +MiB", "load"
+    );
+    println!(
+        "|{:->5}|{:-<18}|{:->8}|{:->10}|{:->10}|{:->9}|{:->10}|{:->12}|{:->14}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for &f in &args.frames {
+        let shape = [1, 4, f, args.size, args.size];
+        let mut noise = SeededNoise::new(7100);
+        let sample: Tensor<5> = draw(&mut noise, shape, &device)?;
+        let gflop = unet_flops(&model, f, args.size) / 1e9;
+        let (_, rss_before) = rss_mib();
+        let reset = reset_hwm();
+        let load0 = load_average();
+        let mut times = Vec::new();
+        for r in 0..args.warmup + args.repeats {
+            let t0 = Instant::now();
+            let out = model.forward(sample.clone(), &timesteps, &conditioning, &AllFrames)?;
+            let _: f32 = out.slice([0..1, 0..1, 0..1, 0..1, 0..1]).into_scalar();
+            if r >= args.warmup {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        let (hwm, _) = rss_mib();
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(times);
+        println!(
+            "| {f:>3} | {:<16} | {gflop:>6.1} | {med:>8.3} | {min:>8.3} | {:>7.1} | {hwm:>8.0} | {:>10} | {:>12} |",
+            format!("{shape:?}").replace(' ', ""),
+            gflop / med,
+            if reset {
+                format!("{:.0}", hwm - rss_before)
+            } else {
+                "n/a".into()
+            },
+            format!("{load0}"),
+        );
+    }
+    println!("load after: {}", load_average());
+    Ok(())
+}
