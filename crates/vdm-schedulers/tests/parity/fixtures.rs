@@ -368,3 +368,45 @@ pub fn traj_cases(class: &str) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// Runs every `sched_traj` case of `class` with the scheduler `build` makes from the case: every
+/// sample (through [`check_case`]) and, where the oracle stores it, every `pred_original`
+/// (LCM: `denoised`). Returns the worst relative error.
+pub fn run_traj_cases(
+    class: &str,
+    expected_cases: usize,
+    build: impl Fn(&Value) -> Box<dyn Scheduler>,
+) -> f64 {
+    let vectors = Vectors::load("sched_traj.safetensors");
+    let common = Vectors::load("sched_common.safetensors");
+    let cases = traj_cases(class);
+    assert_eq!(cases.len(), expected_cases, "{class}: sched_traj cases");
+    let mut worst_all = 0.0f64;
+    for case in &cases {
+        let prefix = case["prefix"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let mut s = build(case);
+        let draws = case["n_noise_draws"].as_u64().unwrap() as usize;
+        let run = run_trajectory(s.as_mut(), steps, Family::Big, &common, draws);
+        let mut worst = check_case(prefix, case, &run, s.as_ref(), &vectors, prefix, steps);
+        let key = format!("{prefix}.pred_original");
+        if vectors.tensors.contains_key(&key) {
+            let (shape, po) = vectors.get(&key);
+            let n: usize = shape[1..].iter().product();
+            assert_eq!(
+                run.pred_original.len(),
+                shape[0],
+                "{prefix}: pred_original count"
+            );
+            for (i, ours) in run.pred_original.iter().enumerate() {
+                let e = rel_err(ours, &po[i * n..(i + 1) * n]);
+                assert!(e <= REL_TOL, "{prefix}: pred_original {i} rel err {e:e}");
+                worst = worst.max(e);
+            }
+        }
+        eprintln!("{class} {prefix}: worst rel err {worst:e}");
+        worst_all = worst_all.max(worst);
+    }
+    eprintln!("{class} trajectories: worst rel err {worst_all:e}");
+    worst_all
+}
