@@ -19,29 +19,28 @@
 //! cargo run --release --example bench_unet3d -- --frames 16 --profile   # time per layer type
 //! ```
 //!
-//! `--profile` runs an instrumented copy of the forward (same operations, in the same order,
-//! each timed; Burn's flex backend executes eagerly) and prints the time per operation kind;
-//! it checks that its output equals the model's.
+//! `--profile` runs an instrumented copy of the forward (the model's own layers, in the same
+//! order, each timed; Burn's flex backend executes eagerly) and prints the time per layer and
+//! resolution level; it checks that its output equals the model's. For the time per
+//! operation inside the layers use `perf record` on the plain benchmark.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use vdm::burn::module::Module;
+use vdm::burn::nn::Linear;
 use vdm::burn::nn::conv::Conv2d;
-use vdm::burn::nn::{GroupNorm, Linear};
-use vdm::burn::tensor::activation::{gelu, silu};
-use vdm::burn::tensor::module::attention;
-use vdm::burn::tensor::ops::AttentionModuleOptions;
+use vdm::burn::tensor::activation::silu;
 use vdm::burn::tensor::{Device, Tensor};
 use vdm::core::layout::{batch_to_frames, frames_to_batch};
 use vdm::core::noise::{SeededNoise, draw};
 use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
-use vdm::models::attention::{Attention, BasicTransformerBlock, FeedForward};
+use vdm::models::attention::{Attention, FeedForward};
 use vdm::models::embeddings::TimestepProjection;
 use vdm::models::resnet::ResnetBlock2D;
 use vdm::models::temporal::{TemporalConvLayer, TransformerTemporalModel};
 use vdm::models::transformer_2d::{Projection, Transformer2DModel};
-use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig};
+use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig, temporal_transformer};
 
 /// `UNET3D_BENCH` of `shared/bench/baseline.py`.
 const BENCH_CONFIG: &str = r#"{
@@ -254,216 +253,70 @@ fn unet_flops(m: &UNet3DConditionModel, frames: usize, size: usize) -> f64 {
 // Instrumented copy of the forward (--profile).
 // ---------------------------------------------------------------------------------------------
 
-/// Accumulated wall time and call count per operation kind.
+/// CPU time of the whole process (all threads), in seconds.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Accumulated wall time, process CPU time and call count per layer kind.
 #[derive(Default)]
 struct Prof {
-    t: BTreeMap<&'static str, (f64, usize)>,
+    t: BTreeMap<String, (f64, f64, usize)>,
 }
 
 impl Prof {
-    fn time<T>(&mut self, kind: &'static str, f: impl FnOnce() -> T) -> T {
-        let t0 = Instant::now();
+    fn time<T>(&mut self, kind: &str, f: impl FnOnce() -> T) -> T {
+        let (t0, c0) = (Instant::now(), process_cpu_s());
         let out = f();
-        let e = self.t.entry(kind).or_default();
+        let e = self.t.entry(kind.to_string()).or_default();
         e.0 += t0.elapsed().as_secs_f64();
-        e.1 += 1;
+        e.1 += process_cpu_s() - c0;
+        e.2 += 1;
         out
     }
 }
 
-fn p_resnet(p: &mut Prof, r: &ResnetBlock2D, x: Tensor<4>, temb: &Tensor<2>) -> Tensor<4> {
-    let n = x.dims()[0];
-    let h = p.time("resnet.groupnorm", || r.norm1.forward(x.clone()));
-    let h = p.time("resnet.silu", || silu(h));
-    let h = p.time("resnet.conv3x3", || r.conv1.forward(h));
-    let proj = r
-        .time_emb_proj
-        .as_ref()
-        .expect("UNet resnets have time_emb_proj");
-    let t = p.time("resnet.temb", || {
-        proj.forward(silu(temb.clone()))
-            .reshape([n, r.out_channels, 1, 1])
-    });
-    let h = p.time("resnet.add", || h + t);
-    let h = p.time("resnet.groupnorm", || r.norm2.forward(h));
-    let h = p.time("resnet.silu", || silu(h));
-    let h = p.time("resnet.conv3x3", || r.conv2.forward(h));
-    let s = match &r.conv_shortcut {
-        Some(c) => p.time("resnet.conv1x1 shortcut", || c.forward(x)),
-        None => x,
-    };
-    let out = p.time("resnet.add", || s + h);
-    if r.output_scale_factor != 1.0 {
-        out / r.output_scale_factor
-    } else {
-        out
-    }
-}
-
-fn p_temp_conv(p: &mut Prof, t: &TemporalConvLayer, x: Tensor<4>, frames: usize) -> Tensor<4> {
-    let video = p.time("tempconv.layout", || batch_to_frames(x.clone(), frames));
-    let mut h = video;
-    for s in [&t.conv1, &t.conv2, &t.conv3, &t.conv4] {
-        h = p.time("tempconv.groupnorm", || s.norm.forward(h));
-        h = p.time("tempconv.silu", || silu(h));
-        h = p.time("tempconv.conv3d(3,1,1)", || s.conv.forward(h));
-    }
-    let h = p.time("tempconv.layout", || frames_to_batch(h));
-    p.time("tempconv.add", || x + h)
-}
-
-fn p_attention(
+/// The stack of one 3-D block layer, each layer timed under `<kind> <level>` (level = the
+/// resolution, 0 = full).
+#[allow(clippy::too_many_arguments)]
+fn p_layer(
     p: &mut Prof,
-    prefix: &'static str,
-    a: &Attention,
-    x: Tensor<3>,
-    ctx: Option<Tensor<3>>,
-) -> Tensor<3> {
-    let [n, lq, _] = x.dims();
-    let kv = ctx.unwrap_or_else(|| x.clone());
-    let lk = kv.dims()[1];
-    let split = |t: Tensor<3>, l: usize| t.reshape([n, l, a.heads, a.head_dim]).swap_dims(1, 2);
-    let (q, k, v) = p.time(kind(prefix, "qkv linear"), || {
-        (
-            a.to_q.forward(x),
-            a.to_k.forward(kv.clone()),
-            a.to_v.forward(kv),
-        )
-    });
-    let (q, k, v) = p.time(kind(prefix, "split heads"), || {
-        (split(q, lq), split(k, lk), split(v, lk))
-    });
-    let options = AttentionModuleOptions {
-        scale: Some(1.0 / (a.head_dim as f64).sqrt()),
-        softcap: None,
-        is_causal: false,
-    };
-    let o = p.time(kind(prefix, "sdpa"), || {
-        attention(q, k, v, None, None, options)
-    });
-    let o = p.time(kind(prefix, "merge heads"), || {
-        o.swap_dims(1, 2).reshape([n, lq, a.heads * a.head_dim])
-    });
-    p.time(kind(prefix, "out linear"), || a.to_out.forward(o))
-}
-
-/// Static names `prefix.what` (leaked once per distinct pair; a handful in total).
-fn kind(prefix: &'static str, what: &'static str) -> &'static str {
-    use std::sync::Mutex;
-    static NAMES: Mutex<Vec<(&str, &str, &str)>> = Mutex::new(Vec::new());
-    let mut names = NAMES.lock().expect("names");
-    if let Some(&(_, _, s)) = names.iter().find(|(a, b, _)| *a == prefix && *b == what) {
-        return s;
-    }
-    let s: &'static str = Box::leak(format!("{prefix}.{what}").into_boxed_str());
-    names.push((prefix, what, s));
-    s
-}
-
-fn p_block(
-    p: &mut Prof,
-    prefix: &'static str,
-    b: &BasicTransformerBlock,
-    x: Tensor<3>,
-    ctx: Option<Tensor<3>>,
-) -> Tensor<3> {
-    let h = p.time(kind(prefix, "layernorm"), || b.norm1.forward(x.clone()));
-    let a = p_attention(p, kind(prefix, "attn1"), &b.attn1, h, None);
-    let mut x = p.time(kind(prefix, "add"), || x + a);
-    if let (Some(n2), Some(a2)) = (&b.norm2, &b.attn2) {
-        let h = p.time(kind(prefix, "layernorm"), || n2.forward(x.clone()));
-        let a = p_attention(p, kind(prefix, "attn2"), a2, h, ctx);
-        x = p.time(kind(prefix, "add"), || x + a);
-    }
-    let h = p.time(kind(prefix, "layernorm"), || b.norm3.forward(x.clone()));
-    let g = p.time(kind(prefix, "ff.proj (geglu in)"), || b.ff.proj.forward(h));
-    let hidden = g.dims()[2] / 2;
-    let m = p.time(kind(prefix, "ff.gelu*value"), || {
-        let [nn, l, _] = g.dims();
-        let value = g.clone().slice([0..nn, 0..l, 0..hidden]);
-        let gate = g.slice([0..nn, 0..l, hidden..2 * hidden]);
-        value * gelu(gate)
-    });
-    let o = p.time(kind(prefix, "ff.proj_out"), || b.ff.proj_out.forward(m));
-    p.time(kind(prefix, "add"), || x + o)
-}
-
-fn p_spatial(p: &mut Prof, t: &Transformer2DModel, x: Tensor<4>, ctx: &Tensor<3>) -> Tensor<4> {
-    let [n, c, h, w] = x.dims();
-    let normed = p.time("spatial.groupnorm", || t.norm.forward(x.clone()));
-    let tokens = p.time("spatial.to_tokens", || {
-        normed.reshape([n, c, h * w]).swap_dims(1, 2)
-    });
-    let Projection::Linear(pin) = &t.proj_in else {
-        panic!("UNet3D uses linear projections")
-    };
-    let mut tk = p.time("spatial.proj_in/out", || pin.forward(tokens));
-    for b in &t.transformer_blocks {
-        tk = p_block(p, "spatial", b, tk, Some(ctx.clone()));
-    }
-    let Projection::Linear(pout) = &t.proj_out else {
-        panic!("UNet3D uses linear projections")
-    };
-    let o = p.time("spatial.proj_in/out", || pout.forward(tk));
-    let o = p.time("spatial.from_tokens", || {
-        o.swap_dims(1, 2).reshape([n, c, h, w])
-    });
-    p.time("spatial.add", || o + x)
-}
-
-/// GroupNorm of `[B·F, C, H, W]` with statistics pooled over the frames (diffusers' GroupNorm on
-/// the 5-D view), as the model computes it.
-fn group_norm_across_frames(norm: &GroupNorm, x: Tensor<4>, frames: usize) -> Tensor<4> {
-    let [bf, c, h, w] = x.dims();
-    let b = bf / frames;
-    let g = norm.num_groups;
-    let grouped = x.reshape([b, frames, g, (c / g) * h * w]);
-    let mean = grouped.clone().mean_dim(3).mean_dim(1);
-    let centred = grouped - mean;
-    let var = centred.clone().square().mean_dim(3).mean_dim(1);
-    let normed = centred / var.add_scalar(norm.epsilon).sqrt();
-    let mut normed = normed.reshape([b, frames, c, h * w]);
-    if let Some(gamma) = &norm.gamma {
-        normed = normed * gamma.val().reshape([1, 1, c, 1]);
-    }
-    if let Some(beta) = &norm.beta {
-        normed = normed + beta.val().reshape([1, 1, c, 1]);
-    }
-    normed.reshape([bf, c, h, w])
-}
-
-fn p_temporal(
-    p: &mut Prof,
-    t: &TransformerTemporalModel,
+    level: usize,
+    resnet: &ResnetBlock2D,
+    temp_conv: &TemporalConvLayer,
+    attn: Option<&Transformer2DModel>,
+    temp: Option<&TransformerTemporalModel>,
     x: Tensor<4>,
+    temb: &Tensor<2>,
+    ctx: &Tensor<3>,
     frames: usize,
-) -> Tensor<4> {
-    let [bf, c, h, w] = x.dims();
-    let b = bf / frames;
-    let hw = h * w;
-    let normed = p.time("temporal.groupnorm", || {
-        group_norm_across_frames(&t.norm, x.clone(), frames)
-    });
-    let tokens = p.time("temporal.to_tokens", || {
-        normed
-            .reshape([b, frames, c, hw])
-            .permute([0, 3, 1, 2])
-            .reshape([b * hw, frames, c])
-    });
-    let mut tk = p.time("temporal.proj_in/out", || t.proj_in.forward(tokens));
-    for blk in &t.transformer_blocks {
-        tk = p_block(p, "temporal", blk, tk, None);
+) -> Result<Tensor<4>> {
+    let mut x = p.time(&format!("resnet L{level}"), || {
+        resnet.forward(x, Some(temb.clone()))
+    })?;
+    x = p.time(&format!("temp_conv L{level}"), || {
+        temp_conv.forward_frames(x, frames)
+    })?;
+    if let Some(a) = attn {
+        x = p.time(&format!("spatial transformer L{level}"), || {
+            a.forward(x, Some(ctx.clone()))
+        })?;
     }
-    let o = p.time("temporal.proj_in/out", || t.proj_out.forward(tk));
-    let o = p.time("temporal.from_tokens", || {
-        o.reshape([b, hw, frames, c])
-            .permute([0, 2, 3, 1])
-            .reshape([bf, c, h, w])
-    });
-    p.time("temporal.add", || o + x)
+    if let Some(t) = temp {
+        x = p.time(&format!("temporal transformer L{level}"), || {
+            temporal_transformer(t, x, frames, &AllFrames, "t", None)
+        })?;
+    }
+    Ok(x)
 }
 
-/// The model's forward (batch 1, shared timestep and text), every operation timed.
+/// The model's forward (batch 1, shared timestep and text), every layer timed.
 fn profiled_forward(
     p: &mut Prof,
     m: &UNet3DConditionModel,
@@ -479,55 +332,87 @@ fn profiled_forward(
         let c = e.dims()[1];
         Ok(e.expand([f, c]))
     })?;
-    let [_, s, d] = text.dims();
-    let ctx = p.time("context expand", || text.expand([f, s, d]));
-    let x = p.time("conv_in/out", || m.conv_in.forward(frames_to_batch(sample)));
-    let x = p_temporal(p, &m.transformer_in, x, f);
+    let x = p.time("conv_in / norm_out / conv_out", || {
+        m.conv_in.forward(frames_to_batch(sample))
+    });
+    let x = p.time("temporal transformer L0 (transformer_in)", || {
+        temporal_transformer(&m.transformer_in, x, f, &AllFrames, "transformer_in", None)
+    })?;
     let mut residuals = vec![x.clone()];
     let mut x = x;
+    let mut level = 0;
     for block in &m.down_blocks {
         for j in 0..block.resnets.len() {
-            x = p_resnet(p, &block.resnets[j], x, &temb);
-            x = p_temp_conv(p, &block.temp_convs[j], x, f);
-            if let Some(a) = block.attentions.get(j) {
-                x = p_spatial(p, a, x, &ctx);
-            }
-            if let Some(t) = block.temp_attentions.get(j) {
-                x = p_temporal(p, t, x, f);
-            }
+            x = p_layer(
+                p,
+                level,
+                &block.resnets[j],
+                &block.temp_convs[j],
+                block.attentions.get(j),
+                block.temp_attentions.get(j),
+                x,
+                &temb,
+                &text,
+                f,
+            )?;
             residuals.push(x.clone());
         }
         for dn in &block.downsamplers {
             x = p.time("down/upsample conv", || dn.forward(x))?;
             residuals.push(x.clone());
+            level += 1;
         }
     }
     let mid = &m.mid_block;
-    x = p_resnet(p, &mid.resnets[0], x, &temb);
-    x = p_temp_conv(p, &mid.temp_convs[0], x, f);
-    x = p_spatial(p, &mid.attentions[0], x, &ctx);
-    x = p_temporal(p, &mid.temp_attentions[0], x, f);
-    x = p_resnet(p, &mid.resnets[1], x, &temb);
-    x = p_temp_conv(p, &mid.temp_convs[1], x, f);
+    x = p_layer(
+        p,
+        level,
+        &mid.resnets[0],
+        &mid.temp_convs[0],
+        mid.attentions.first(),
+        mid.temp_attentions.first(),
+        x,
+        &temb,
+        &text,
+        f,
+    )?;
+    x = p_layer(
+        p,
+        level,
+        &mid.resnets[1],
+        &mid.temp_convs[1],
+        None,
+        None,
+        x,
+        &temb,
+        &text,
+        f,
+    )?;
     for block in &m.up_blocks {
         for j in 0..block.resnets.len() {
             let skip = residuals.pop().expect("skip");
             x = p.time("skip cat", || Tensor::cat(vec![x, skip], 1));
-            x = p_resnet(p, &block.resnets[j], x, &temb);
-            x = p_temp_conv(p, &block.temp_convs[j], x, f);
-            if let Some(a) = block.attentions.get(j) {
-                x = p_spatial(p, a, x, &ctx);
-            }
-            if let Some(t) = block.temp_attentions.get(j) {
-                x = p_temporal(p, t, x, f);
-            }
+            x = p_layer(
+                p,
+                level,
+                &block.resnets[j],
+                &block.temp_convs[j],
+                block.attentions.get(j),
+                block.temp_attentions.get(j),
+                x,
+                &temb,
+                &text,
+                f,
+            )?;
         }
         for up in &block.upsamplers {
             x = p.time("down/upsample conv", || up.forward(x, None))?;
+            level -= 1;
         }
     }
-    let x = p.time("conv_norm_out+silu", || silu(m.conv_norm_out.forward(x)));
-    let x = p.time("conv_in/out", || m.conv_out.forward(x));
+    let x = p.time("conv_in / norm_out / conv_out", || {
+        m.conv_out.forward(silu(m.conv_norm_out.forward(x)))
+    });
     Ok(batch_to_frames(x, f))
 }
 
@@ -558,28 +443,36 @@ fn profile(m: &UNet3DConditionModel, frames: usize, size: usize, runs: usize) ->
          output vs model: max |diff| = {diff:.2e}); load {}",
         load_average()
     );
+    let mut groups: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    println!(
+        "| layer (L = level, 0 = full resolution) | s / fwd | % | CPU s / wall s | calls / fwd |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     let mut rows: Vec<_> = p.t.iter().collect();
     rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
-    let mut groups: BTreeMap<&str, f64> = BTreeMap::new();
-    println!("| op | s / fwd | % | calls / fwd |");
-    println!("|---|---:|---:|---:|");
-    for (name, (t, n)) in rows {
-        let t = t / runs as f64;
-        *groups
-            .entry(name.split('.').next().unwrap_or(name))
-            .or_default() += t;
+    for (name, (t, cpu, n)) in rows {
+        let (t, cpu) = (t / runs as f64, cpu / runs as f64);
+        let kind = name.split(" L").next().unwrap_or(name).to_string();
+        let g = groups.entry(kind).or_default();
+        g.0 += t;
+        g.1 += cpu;
         println!(
-            "| {name} | {t:.3} | {:.1} | {} |",
+            "| {name} | {t:.3} | {:.1} | {:.2} | {} |",
             100.0 * t / total,
+            cpu / t.max(1e-12),
             n / runs
         );
     }
     let mut groups: Vec<_> = groups.into_iter().collect();
-    groups.sort_by(|a, b| b.1.total_cmp(&a.1));
-    println!("\n| layer kind | s / fwd | % |");
-    println!("|---|---:|---:|");
-    for (g, t) in groups {
-        println!("| {g} | {t:.3} | {:.1} |", 100.0 * t / total);
+    groups.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    println!("\n| layer kind | s / fwd | % | CPU s / wall s |");
+    println!("|---|---:|---:|---:|");
+    for (g, (t, cpu)) in groups {
+        println!(
+            "| {g} | {t:.3} | {:.1} | {:.2} |",
+            100.0 * t / total,
+            cpu / t.max(1e-12)
+        );
     }
     Ok(())
 }

@@ -214,7 +214,8 @@ fn measure(o: &Options, frames: usize) -> Result<()> {
             peak_in = path.to_string();
             hwm = now;
         }
-        if !path.contains('.') {
+        // Block ends: `conv_in`, `down_blocks.N`, `mid_block`, `up_blocks.N`, `conv_out`.
+        if path.matches('.').count() <= 1 && !path.contains("motion") {
             blocks.push(serde_json::json!([path, status_mib("VmRSS").round()]));
         }
     })?;

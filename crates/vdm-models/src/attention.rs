@@ -15,10 +15,11 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 use vdm_core::temporal::{FrameWindow, TemporalStages};
 use vdm_core::{Error, Result};
 
+use crate::cpu;
 use crate::embeddings::{SinusoidalPositionalEmbedding, SinusoidalPositionalEmbeddingConfig};
 
 /// Checks that `value > 0`, naming `field`.
@@ -206,11 +207,14 @@ impl Attention {
     /// Attention over token sequences.
     ///
     /// `context` provides keys and values (cross-attention); `None` means self-attention.
-    /// `mask` (`[Lq, Lk]`, `true` = may not attend) is shared by every batch item and head.
+    /// A context of `N / r` items is shared by `r` consecutive query items (e.g. one text
+    /// context per video for frames folded into the batch): its keys and values are projected
+    /// once, not per item. `mask` (`[Lq, Lk]`, `true` = may not attend) is shared by every
+    /// batch item and head.
     ///
     /// # Shapes
     /// - `x`: `[N, Lq, query_dim]`
-    /// - `context`: `[N, Lk, kv_dim]`
+    /// - `context`: `[N / r, Lk, kv_dim]` for an `r` that divides `N` (usually `r = 1`)
     /// - `mask`: `[Lq, Lk]`
     /// - output: `[N, Lq, query_dim]`
     pub fn forward(
@@ -219,22 +223,55 @@ impl Attention {
         context: Option<Tensor<3>>,
         mask: Option<&Tensor<2, Bool>>,
     ) -> Result<Tensor<3>> {
+        self.run(x, context, mask, None)
+    }
+
+    /// `residual + forward(x, context, mask)` (the residual add is fused into the output
+    /// projection on the flex backend).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward); `residual`: `[N, Lq, query_dim]`.
+    pub fn forward_residual(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        mask: Option<&Tensor<2, Bool>>,
+        residual: Tensor<3>,
+    ) -> Result<Tensor<3>> {
+        if residual.dims() != [x.dims()[0], x.dims()[1], self.query_dim] {
+            return Err(Error::shape(
+                "residual",
+                format!("[N, Lq, {}] as hidden_states", self.query_dim),
+                &residual.dims(),
+            ));
+        }
+        self.run(x, context, mask, Some(residual))
+    }
+
+    fn run(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        mask: Option<&Tensor<2, Bool>>,
+        residual: Option<Tensor<3>>,
+    ) -> Result<Tensor<3>> {
         expect_tokens("hidden_states", &x, self.query_dim)?;
         let [n, lq, _] = x.dims();
-        let kv = match context {
+        let context = match context {
             Some(c) => {
                 expect_tokens("encoder_hidden_states", &c, self.kv_dim)?;
-                if c.dims()[0] != n {
+                let cn = c.dims()[0];
+                if !n.is_multiple_of(cn) {
                     return Err(Error::shape(
                         "encoder_hidden_states",
                         format!(
-                            "[N, S, {}] with N = {n} (the batch of hidden_states)",
+                            "[M, S, {}] with M dividing N = {n} (the batch of hidden_states)",
                             self.kv_dim
                         ),
                         &c.dims(),
                     ));
                 }
-                c
+                Some(c)
             }
             None => {
                 if self.kv_dim != self.query_dim {
@@ -243,32 +280,75 @@ impl Attention {
                         "this attention is a cross-attention layer and needs a context",
                     ));
                 }
-                x.clone()
+                None
             }
         };
-        let lk = kv.dims()[1];
-        let mask = match mask {
-            Some(m) => {
-                if m.dims() != [lq, lk] {
-                    return Err(Error::shape(
-                        "attention_mask",
-                        format!("[Lq, Lk] = [{lq}, {lk}]"),
-                        &m.dims(),
-                    ));
+        if let Some(m) = mask {
+            let lk = context.as_ref().map_or(lq, |c| c.dims()[1]);
+            if m.dims() != [lq, lk] {
+                return Err(Error::shape(
+                    "attention_mask",
+                    format!("[Lq, Lk] = [{lq}, {lk}]"),
+                    &m.dims(),
+                ));
+            }
+        }
+        // A context shared by r items: fold those items into the query sequence
+        // ([N, Lq, C] → [N/r, r·Lq, C], a free reshape) so that keys and values are computed
+        // once per context. With a mask (per query row) the context is repeated instead.
+        let (x, context, residual, groups) = match context {
+            Some(c) if c.dims()[0] < n => {
+                let cn = c.dims()[0];
+                if mask.is_some() {
+                    let [_, s, d] = c.dims();
+                    let c = c
+                        .unsqueeze_dim::<4>(1)
+                        .expand([cn, n / cn, s, d])
+                        .reshape([n, s, d]);
+                    (x, Some(c), residual, n)
+                } else {
+                    let fold = |t: Tensor<3>| t.reshape([cn, (n / cn) * lq, self.query_dim]);
+                    (fold(x), Some(c), residual.map(fold), cn)
                 }
-                Some(
-                    m.clone()
-                        .reshape([1, 1, lq, lk])
-                        .expand([n, self.heads, lq, lk]),
-                )
             }
-            None => None,
+            other => (x, other, residual, n),
         };
+        let out = if mask.is_none() && cpu::enabled(&x.device(), x.dtype()) {
+            self.attend_cpu(x, context, residual)
+        } else {
+            let out = self.attend(x, context, mask);
+            match residual {
+                Some(r) => r + out,
+                None => out,
+            }
+        };
+        Ok(if groups == n {
+            out
+        } else {
+            out.reshape([n, lq, self.query_dim])
+        })
+    }
+
+    /// Projections, Burn's fused attention op and the output projection.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let [n, lq, _] = x.dims();
+        let kv = context.unwrap_or_else(|| x.clone());
+        let lk = kv.dims()[1];
+        let mask = mask.map(|m| {
+            m.clone()
+                .reshape([1, 1, lq, lk])
+                .expand([n, self.heads, lq, lk])
+        });
         let q = self.split_heads(self.to_q.forward(x));
         let k = self.split_heads(self.to_k.forward(kv.clone()));
         let v = self.split_heads(self.to_v.forward(kv));
         let options = AttentionModuleOptions {
-            scale: Some(1.0 / (self.head_dim as f64).sqrt()),
+            scale: Some(self.scale()),
             softcap: None,
             is_causal: false,
         };
@@ -276,7 +356,103 @@ impl Attention {
         let out = out
             .swap_dims(1, 2)
             .reshape([n, lq, self.heads * self.head_dim]);
-        Ok(self.to_out.forward(out))
+        self.to_out.forward(out)
+    }
+
+    /// [`attend`](Self::attend) without a mask on the flex backend, plus `residual`: the
+    /// projections write the heads into one buffer, the CPU attention kernel reads them in
+    /// place and writes them merged (no head split/merge copies, no score tiles through
+    /// generic GEMM calls), and the output projection adds the residual.
+    fn attend_cpu(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        residual: Option<Tensor<3>>,
+    ) -> Tensor<3> {
+        let device = x.device();
+        let [n, lq, _] = x.dims();
+        let inner = self.heads * self.head_dim;
+        let threads = cpu::threads();
+        let (wq, wk, wv) = (
+            cpu::LinearHost::new(&self.to_q),
+            cpu::LinearHost::new(&self.to_k),
+            cpu::LinearHost::new(&self.to_v),
+        );
+        let (kv_items, lk) = context
+            .as_ref()
+            .map_or((n, lq), |c| (c.dims()[0], c.dims()[1]));
+        let xd = cpu::host(x);
+        let xs = cpu::f32s(&xd);
+        let cd = context.map(cpu::host);
+        // Self-attention: q, k, v side by side in one [n·lq, 3·inner] buffer; cross-attention:
+        // q alone and k, v side by side in [m·lk, 2·inner].
+        let kv_src = cd.as_ref().map_or(xs, cpu::f32s);
+        let q_width = if cd.is_none() { 3 * inner } else { inner };
+        let proj = |w: &cpu::LinearHost, src: &[f32], rows: usize, buf: *mut f32, width, col| {
+            // SAFETY: `buf` holds rows·width values; column block `col..col + inner` of every
+            // row is written once.
+            unsafe {
+                w.apply(
+                    rows,
+                    cpu::Mat::rows(src, w.d_in),
+                    cpu::MatMut::rows(buf, width).offset(col),
+                    None,
+                    threads,
+                )
+            }
+        };
+        let q_buf = cpu::filled(n * lq * q_width, |buf| {
+            proj(&wq, xs, n * lq, buf, q_width, 0);
+            if cd.is_none() {
+                proj(&wk, xs, n * lq, buf, q_width, inner);
+                proj(&wv, xs, n * lq, buf, q_width, 2 * inner);
+            }
+        });
+        let kv_buf = match &cd {
+            Some(_) => cpu::filled(kv_items * lk * 2 * inner, |buf| {
+                proj(&wk, kv_src, kv_items * lk, buf, 2 * inner, 0);
+                proj(&wv, kv_src, kv_items * lk, buf, 2 * inner, inner);
+            }),
+            None => Vec::new(),
+        };
+        let (k_data, k_width, k_off) = match &cd {
+            Some(_) => (&kv_buf[..], 2 * inner, 0),
+            None => (&q_buf[..], 3 * inner, inner),
+        };
+        let o = cpu::attention(
+            cpu::HeadLayout::packed(&q_buf, lq, q_width, 0),
+            cpu::HeadLayout::packed(k_data, lk, k_width, k_off),
+            cpu::HeadLayout::packed(k_data, lk, k_width, k_off + inner),
+            cpu::AttentionShape {
+                batch: n,
+                heads: self.heads,
+                lq,
+                lk,
+                head_dim: self.head_dim,
+                scale: self.scale() as f32,
+            },
+        );
+        let wo = cpu::LinearHost::new(&self.to_out);
+        let rd = residual.map(cpu::host);
+        let out = cpu::filled(n * lq * self.query_dim, |buf| {
+            // SAFETY: `buf` holds n·lq rows of query_dim; `o` and the residual match.
+            unsafe {
+                wo.apply(
+                    n * lq,
+                    cpu::Mat::rows(&o, inner),
+                    cpu::MatMut::rows(buf, self.query_dim),
+                    rd.as_ref()
+                        .map(|r| cpu::Mat::rows(cpu::f32s(r), self.query_dim)),
+                    threads,
+                )
+            }
+        });
+        cpu::tensor(TensorData::new(out, [n, lq, self.query_dim]), &device)
+    }
+
+    /// The score scale `1 / sqrt(head_dim)`.
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
     }
 
     /// Self-attention over the pixels of an image, as in the VAE mid block
@@ -382,6 +558,9 @@ impl FeedForward {
     /// - `x`: `[..., dim]`
     /// - output: `[..., dim_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if cpu::enabled(&x.device(), x.dtype()) {
+            return cpu::feed_forward(None, self, x, false);
+        }
         let h = self.proj.forward(x);
         let hidden = h.dims()[D - 1] / 2;
         let mut halves = h.chunk(2, D - 1);
@@ -494,6 +673,7 @@ impl BasicTransformerBlockConfig {
             norm3: norm(),
             ff: FeedForwardConfig::new(self.dim).try_init(device)?,
             dim: self.dim,
+            norm_eps: self.norm_eps,
             double_self_attention: self.double_self_attention,
         })
     }
@@ -527,6 +707,8 @@ pub struct BasicTransformerBlock {
     /// Whether `attn2` was built as a second self-attention (`double_self_attention`); only
     /// such blocks can be driven as [`TemporalStages`].
     pub double_self_attention: bool,
+    /// Epsilon of the three LayerNorms (`norm_eps`).
+    pub norm_eps: f64,
 }
 
 impl BasicTransformerBlock {
@@ -547,8 +729,8 @@ impl BasicTransformerBlock {
         if let (Some(norm2), Some(attn2)) = (&self.norm2, &self.attn2) {
             // As in diffusers, `encoder_hidden_states` goes to attn2 whenever it is given
             // (a double-self-attention block called with a context attends to it).
-            let h = self.add_pos(norm2.forward(x.clone()), &window)?;
-            x = x + attn2.forward(h, context, None)?;
+            let h = self.add_pos(self.norm(norm2, x.clone()), &window)?;
+            x = attn2.forward_residual(h, context, None, x)?;
         }
         Ok(self.feed_forward(x))
     }
@@ -559,7 +741,19 @@ impl BasicTransformerBlock {
     /// - `x`: `[N, L, dim]`
     /// - output: `[N, L, dim]`
     pub fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if cpu::enabled(&x.device(), x.dtype()) {
+            return cpu::feed_forward(Some((&self.norm3, self.norm_eps)), &self.ff, x, true);
+        }
         x.clone() + self.ff.forward(self.norm3.forward(x))
+    }
+
+    /// One of the block's LayerNorms on `x` (fused kernel on the flex backend).
+    fn norm(&self, norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+        if cpu::enabled(&x.device(), x.dtype()) {
+            cpu::layer_norm(norm, self.norm_eps, x)
+        } else {
+            norm.forward(x)
+        }
     }
 
     /// Adds the positional embedding rows of `window.positions`, if the block has one.
@@ -572,8 +766,9 @@ impl BasicTransformerBlock {
 
     /// `x + attn1(norm1(x) [+ pe])` with the window's mask.
     fn stage_attn1(&self, x: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
-        let h = self.add_pos(self.norm1.forward(x.clone()), window)?;
-        Ok(x + self.attn1.forward(h, None, window.mask.as_ref())?)
+        let h = self.add_pos(self.norm(&self.norm1, x.clone()), window)?;
+        self.attn1
+            .forward_residual(h, None, window.mask.as_ref(), x)
     }
 }
 
@@ -601,8 +796,8 @@ impl TemporalStages for BasicTransformerBlock {
                             .into(),
                     ));
                 }
-                let h = self.add_pos(norm2.forward(x.clone()), window)?;
-                Ok(x + attn2.forward(h, None, window.mask.as_ref())?)
+                let h = self.add_pos(self.norm(norm2, x.clone()), window)?;
+                attn2.forward_residual(h, None, window.mask.as_ref(), x)
             }
             _ => Err(Error::invalid(
                 "stage",

@@ -15,6 +15,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm_core::{Error, Result};
 
 use crate::attention::{ensure_eps, ensure_groups, ensure_nonzero, expect_images};
+use crate::cpu;
 
 /// Configuration of a [`ResnetBlock2D`] (diffusers `ResnetBlock2D` with
 /// `time_embedding_norm="default"`, `non_linearity="swish"`, no up/down sampling).
@@ -148,7 +149,27 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: Tensor<4>, temb: Option<Tensor<2>>) -> Result<Tensor<4>> {
         expect_images("hidden_states", &x, self.in_channels)?;
         let n = x.dims()[0];
-        let mut h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let fused = cpu::enabled(&x.device(), x.dtype());
+        let temb_ok = match (&self.time_emb_proj, &temb) {
+            (Some(proj), Some(temb)) => temb.dims() == [n, proj.weight.dims()[0]],
+            (None, None) => true,
+            _ => false,
+        };
+        if fused && temb_ok && cpu::resnet_supported(self, x.dims()) {
+            let t = match (&self.time_emb_proj, temb) {
+                (Some(proj), Some(temb)) => Some(proj.forward(silu(temb))),
+                _ => None,
+            };
+            return Ok(cpu::resnet(self, x, t));
+        }
+        let norm_silu = |norm: &GroupNorm, h: Tensor<4>| {
+            if fused {
+                cpu::group_norm(norm, h, 1, true)
+            } else {
+                silu(norm.forward(h))
+            }
+        };
+        let mut h = self.conv1.forward(norm_silu(&self.norm1, x.clone()));
         match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let [d_in, _] = proj.weight.dims();
@@ -176,7 +197,7 @@ impl ResnetBlock2D {
             }
             (None, None) => {}
         }
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv2.forward(norm_silu(&self.norm2, h));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -187,6 +208,16 @@ impl ResnetBlock2D {
         } else {
             out
         })
+    }
+}
+
+/// A 2-D convolution: the fused CPU kernel on the flex backend when it covers `conv`, else
+/// Burn's.
+pub(crate) fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    if cpu::enabled(&x.device(), x.dtype()) && cpu::conv2d_output(conv, x.dims()).is_some() {
+        cpu::conv2d(conv, x)
+    } else {
+        conv.forward(x)
     }
 }
 
@@ -255,7 +286,7 @@ impl Downsample2D {
         } else {
             x
         };
-        Ok(self.conv.forward(x))
+        Ok(conv2d(&self.conv, x))
     }
 }
 
@@ -317,7 +348,7 @@ impl Upsample2D {
         if oh == 0 || ow == 0 {
             return Err(Error::invalid("output_size", "must be non-zero"));
         }
-        Ok(self.conv.forward(upsample_nearest(x, [oh, ow])))
+        Ok(conv2d(&self.conv, upsample_nearest(x, [oh, ow])))
     }
 }
 

@@ -52,6 +52,7 @@ use vdm_core::{Error, Result};
 use crate::attention::{
     BasicTransformerBlock, BasicTransformerBlockConfig, ensure_eps, ensure_groups, ensure_nonzero,
 };
+use crate::cpu;
 
 /// `[B·F, C, H, W]` → `[B, C, F, H, W]` with a typed error when `F` does not divide the batch.
 fn unfold_frames(x: Tensor<4>, num_frames: usize) -> Result<Tensor<5>> {
@@ -198,8 +199,32 @@ impl TemporalConvLayer {
     /// - `x`: `[B·F, C, H, W]`
     /// - output: `[B·F, C, H, W]`
     pub fn forward_frames(&self, x: Tensor<4>, num_frames: usize) -> Result<Tensor<4>> {
+        let dims = x.dims();
+        if cpu::enabled(&x.device(), x.dtype())
+            && dims[1] == self.channels
+            && num_frames > 0
+            && dims[0].is_multiple_of(num_frames)
+            && !dims.contains(&0)
+        {
+            return Ok(self.forward_frames_cpu(x, num_frames));
+        }
         let video = unfold_frames(x, num_frames)?;
         Ok(frames_to_batch(self.forward(video)?))
+    }
+
+    /// [`forward_frames`](Self::forward_frames) on the flex backend, without leaving the frame
+    /// layout (see [`cpu::temporal_conv`]).
+    fn forward_frames_cpu(&self, x: Tensor<4>, frames: usize) -> Tensor<4> {
+        cpu::temporal_conv(
+            [
+                (&self.conv1.norm, &self.conv1.conv),
+                (&self.conv2.norm, &self.conv2.conv),
+                (&self.conv3.norm, &self.conv3.conv),
+                (&self.conv4.norm, &self.conv4.conv),
+            ],
+            x,
+            frames,
+        )
     }
 }
 
@@ -348,8 +373,18 @@ impl TransformerTemporalModel {
     /// - output: `[B, in_channels, F, H, W]`
     pub fn forward(&self, x: Tensor<5>, hook: &dyn TemporalHook, layer: &str) -> Result<Tensor<5>> {
         let shape = expect_video(&x, self.in_channels)?;
+        let fused = cpu::enabled(&x.device(), x.dtype());
         let normed = if self.per_frame_norm {
-            batch_to_frames(self.norm.forward(frames_to_batch(x.clone())), shape.frames)
+            let frames = frames_to_batch(x.clone());
+            let normed = if fused {
+                cpu::group_norm(&self.norm, frames, 1, false)
+            } else {
+                self.norm.forward(frames)
+            };
+            batch_to_frames(normed, shape.frames)
+        } else if fused {
+            // [B, C, F·H·W]: the groups are contiguous, statistics across all frames.
+            cpu::group_norm(&self.norm, x.clone(), 1, false)
         } else {
             self.norm.forward(x.clone())
         };

@@ -14,6 +14,7 @@ use crate::attention::{
     BasicTransformerBlock, BasicTransformerBlockConfig, ensure_eps, ensure_groups, ensure_nonzero,
     expect_images,
 };
+use crate::cpu;
 
 /// `proj_in` / `proj_out` of a [`Transformer2DModel`]: a Linear on tokens
 /// (`use_linear_projection=True`: ModelScope's UNet3D, SD 2.x; checkpoint weight `[out, in]`)
@@ -146,34 +147,46 @@ impl Transformer2DModel {
     ///
     /// # Shapes
     /// - `x`: `[N, in_channels, H, W]` (`N = B·F` in video UNets)
-    /// - `context`: `[N, S, cross_attention_dim]` (text states repeated per frame)
+    /// - `context`: `[N, S, cross_attention_dim]` (one text context per frame), or
+    ///   `[N / r, S, cross_attention_dim]` shared by each `r` consecutive frames (keys and
+    ///   values are then projected once per context, see [`crate::attention::Attention::forward`])
     /// - output: `[N, in_channels, H, W]`
     pub fn forward(&self, x: Tensor<4>, context: Option<Tensor<3>>) -> Result<Tensor<4>> {
         expect_images("hidden_states", &x, self.in_channels)?;
         let [n, _, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let fused = cpu::enabled(&x.device(), x.dtype());
+        let x = if fused {
+            cpu::group_norm(&self.norm, x, 1, false)
+        } else {
+            self.norm.forward(x)
+        };
         let mut t = match &self.proj_in {
+            // Fused: the projection reads the channels-first pixels as tokens.
+            Projection::Linear(lin) if fused => cpu::linear_from_channels_first(lin, x),
             Projection::Linear(lin) => lin.forward(to_tokens(x)),
             Projection::Conv(conv) => to_tokens(conv.forward(x)),
         };
         if let Some(c) = &context
-            && c.dims()[0] != n
+            && !n.is_multiple_of(c.dims()[0])
         {
             return Err(Error::shape(
                 "encoder_hidden_states",
-                format!("[N, S, D] with N = {n} (one context per frame)"),
+                format!(
+                    "[M, S, D] with M dividing N = {n} (one context per frame, or one per \
+                     group of consecutive frames)"
+                ),
                 &c.dims(),
             ));
         }
         for block in &self.transformer_blocks {
             t = block.forward(t, context.clone())?;
         }
-        let out = match &self.proj_out {
-            Projection::Linear(lin) => from_tokens(lin.forward(t), h, w),
-            Projection::Conv(conv) => conv.forward(from_tokens(t, h, w)),
-        };
-        Ok(out + residual)
+        Ok(match &self.proj_out {
+            Projection::Linear(lin) if fused => cpu::linear_to_channels_first(lin, t, residual),
+            Projection::Linear(lin) => from_tokens(lin.forward(t), h, w) + residual,
+            Projection::Conv(conv) => conv.forward(from_tokens(t, h, w)) + residual,
+        })
     }
 }
 
@@ -229,7 +242,7 @@ mod tests {
                 .unwrap();
             assert_eq!(y.dims(), [6, 16, 3, 5]);
             let e = model
-                .forward(rand([6, 16, 3, 5]), Some(rand([2, 7, 12])))
+                .forward(rand([6, 16, 3, 5]), Some(rand([4, 7, 12])))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("encoder_hidden_states"), "{e}");

@@ -42,6 +42,8 @@ pub(crate) struct Pass<'h, 't> {
     pub temb: Tensor<2>,
     /// Text context per frame, `[B·F, S, D]`.
     pub context: Tensor<3>,
+    /// The text context per video `[B, S, D]`, when all frames of a video share it.
+    pub shared_context: Option<Tensor<3>>,
     /// The temporal strategy.
     pub hook: &'h dyn TemporalHook,
     /// Chunk sizes.
@@ -73,13 +75,33 @@ impl Pass<'_, '_> {
     /// A spatial transformer over chunks of frames, with the matching text contexts.
     pub fn spatial(&self, attn: &Transformer2DModel, x: Tensor<4>) -> Result<Tensor<4>> {
         map_chunks(x, self.chunking.frames, |x, r| {
-            let context = if r.len() == self.context.dims()[0] {
-                self.context.clone()
-            } else {
-                self.context.clone().narrow(0, r.start, r.len())
-            };
-            attn.forward(x, Some(context))
+            attn.forward(x, Some(self.context_for(r)))
         })
+    }
+
+    /// The text context of the frames `r` (of `[B·F, …]`): one row per video when the frames
+    /// of a video share it and `r` covers whole videos or lies inside one, else one row per
+    /// frame.
+    fn context_for(&self, r: std::ops::Range<usize>) -> Tensor<3> {
+        let f = self.frames;
+        if let Some(shared) = &self.shared_context {
+            let (first, last) = (r.start / f, (r.end - 1) / f);
+            if r.start.is_multiple_of(f) && r.end.is_multiple_of(f) {
+                return if last + 1 - first == shared.dims()[0] {
+                    shared.clone()
+                } else {
+                    shared.clone().narrow(0, first, last + 1 - first)
+                };
+            }
+            if first == last {
+                return shared.clone().narrow(0, first, 1);
+            }
+        }
+        if r.len() == self.context.dims()[0] {
+            self.context.clone()
+        } else {
+            self.context.clone().narrow(0, r.start, r.len())
+        }
     }
 
     /// ModelScope's temporal convolution (frames mixed by a `(3, 1, 1)` kernel). Its
@@ -138,21 +160,19 @@ pub fn temporal_transformer(
     }
     let b = bf / frames;
     let hw = h * w;
-    let normed = if model.per_frame_norm {
+    let normed = if crate::cpu::enabled(&x.device(), x.dtype()) {
+        let pooled = if model.per_frame_norm { 1 } else { frames };
+        crate::cpu::group_norm(&model.norm, x.clone(), pooled, false)
+    } else if model.per_frame_norm {
         model.norm.forward(x.clone())
     } else {
         group_norm_across_frames(&model.norm, x.clone(), frames)
     };
-    let tokens = normed
-        .reshape([b, frames, c, hw])
-        .permute([0, 3, 1, 2])
-        .reshape([b * hw, frames, c]);
     let mut site = TemporalSite::new(layer, frames);
     if let Some(max) = model.max_positions() {
         site = site.with_max_positions(max);
     }
-    let out = map_chunks(tokens, positions, |t, _| {
-        let mut t = model.proj_in.forward(t);
+    let run_blocks = |mut t: Tensor<3>| -> Result<Tensor<3>> {
         for block in &model.transformer_blocks {
             let fused = hook.apply(&site, t, block)?;
             if fused.dims()[1] != frames {
@@ -164,7 +184,31 @@ pub fn temporal_transformer(
             }
             t = block.feed_forward(fused);
         }
-        Ok(model.proj_out.forward(t))
+        Ok(t)
+    };
+    if crate::cpu::enabled(&x.device(), x.dtype()) {
+        // Fused: the projections read / write the frame layout directly (no token permutes),
+        // the output projection adds the residual, and chunks of `positions` token sequences
+        // never exist as full-size token tensors.
+        let seqs = b * hw;
+        let per_call = positions.unwrap_or(seqs).clamp(1, seqs);
+        let mut io =
+            crate::cpu::FrameTokens::new(&model.proj_in, &model.proj_out, normed, x, frames);
+        for s0 in (0..seqs).step_by(per_call) {
+            let chunk = s0..(s0 + per_call).min(seqs);
+            let t = run_blocks(io.tokens(chunk.clone()))?;
+            io.write(chunk, t);
+        }
+        return Ok(io.finish());
+    }
+    let tokens = normed
+        .reshape([b, frames, c, hw])
+        .permute([0, 3, 1, 2])
+        .reshape([b * hw, frames, c]);
+    let out = map_chunks(tokens, positions, |t, _| {
+        Ok(model
+            .proj_out
+            .forward(run_blocks(model.proj_in.forward(t))?))
     })?;
     let out = out
         .reshape([b, hw, frames, c])

@@ -61,9 +61,11 @@ pub use config::{
 };
 
 use crate::chunking::{Chunking, map_chunks};
+use crate::cpu;
 use crate::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, TimestepProjection};
 use crate::keymap::{DIFFUSERS_KEY_REMAP, SKIP_ENUM_VARIANTS};
 use crate::loading::{KeyRemap, LoadOptions, LoadReport, load_safetensors};
+use crate::resnet::conv2d;
 use crate::temporal::{TransformerTemporalModel, TransformerTemporalModelConfig};
 use blocks::Pass;
 
@@ -423,7 +425,9 @@ impl UNet3DConditionModel {
         let values = timesteps.per_frame(b, f)?;
         let temb = self.time_embedding_per_frame(&values, &mut tap, &device, dtype)?;
         let d = self.config.cross_attention_dim;
-        let text_context = |conditioning: &Conditioning| -> Result<Tensor<3>> {
+        // Text context per frame `[B·F, S, D]`, plus `[B, S, D]` when the frames of each video
+        // share it (the spatial transformers then project keys and values once per video).
+        let text_context = |conditioning: &Conditioning| -> Result<(Tensor<3>, Option<Tensor<3>>)> {
             let context = conditioning.per_frame(b, f)?.ok_or_else(|| {
                 Error::invalid(
                     "encoder_hidden_states",
@@ -438,7 +442,11 @@ impl UNet3DConditionModel {
                     &context.dims(),
                 ));
             }
-            Ok(context.cast(float))
+            let shared = match conditioning {
+                Conditioning::Shared(c) => Some(c.clone().cast(float)),
+                _ => None,
+            };
+            Ok((context.cast(float), shared))
         };
         let context = text_context(conditioning)?;
         // Motion injection: some blocks may see another conditioning.
@@ -451,10 +459,12 @@ impl UNet3DConditionModel {
             _ => context.clone(),
         };
 
+        let (encoder_context, encoder_shared) = context_for(BlockKind::Encoder);
         let mut pass = Pass {
             frames: f,
             temb,
-            context: context_for(BlockKind::Encoder),
+            context: encoder_context,
+            shared_context: encoder_shared,
             hook,
             chunking: self.chunking,
             tap,
@@ -463,7 +473,7 @@ impl UNet3DConditionModel {
 
         // 2. pre-process
         let x = frames_to_batch(sample.cast(float));
-        let x = map_chunks(x, chunk, |x, _| Ok(self.conv_in.forward(x)))?;
+        let x = map_chunks(x, chunk, |x, _| Ok(conv2d(&self.conv_in, x)))?;
         pass.emit(|| "conv_in".into(), &x);
         let x = pass.temporal(&self.transformer_in, x, "transformer_in")?;
         pass.emit(|| "transformer_in".into(), &x);
@@ -476,9 +486,9 @@ impl UNet3DConditionModel {
         }
 
         // 4. mid
-        pass.context = context_for(BlockKind::Middle);
+        (pass.context, pass.shared_context) = context_for(BlockKind::Middle);
         x = self.mid_block.forward(x, &mut pass)?;
-        pass.context = context_for(BlockKind::Decoder);
+        (pass.context, pass.shared_context) = context_for(BlockKind::Decoder);
 
         // 5. up: skips are popped from the end; odd latent sizes force the upsampler output
         // to the size of the next skip (diffusers' `forward_upsample_size`).
@@ -519,12 +529,19 @@ impl UNet3DConditionModel {
             )?;
         }
 
-        // 6. post-process
-        let x = map_chunks(x, chunk, |x, _| Ok(self.conv_norm_out.forward(x)))?;
-        pass.emit(|| "conv_norm_out".into(), &x);
-        let x = silu(x);
-        pass.emit(|| "conv_act".into(), &x);
-        let x = map_chunks(x, chunk, |x, _| Ok(self.conv_out.forward(x)))?;
+        // 6. post-process (GroupNorm and SiLU fused on the flex backend unless observed)
+        let x = if pass.tap.is_none() && cpu::enabled(&x.device(), x.dtype()) {
+            map_chunks(x, chunk, |x, _| {
+                Ok(cpu::group_norm(&self.conv_norm_out, x, 1, true))
+            })?
+        } else {
+            let x = map_chunks(x, chunk, |x, _| Ok(self.conv_norm_out.forward(x)))?;
+            pass.emit(|| "conv_norm_out".into(), &x);
+            let x = silu(x);
+            pass.emit(|| "conv_act".into(), &x);
+            x
+        };
+        let x = map_chunks(x, chunk, |x, _| Ok(conv2d(&self.conv_out, x)))?;
         pass.emit(|| "conv_out".into(), &x);
         Ok(batch_to_frames(x, f).cast(out_dtype))
     }
