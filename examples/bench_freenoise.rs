@@ -22,7 +22,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_freenoise [-- [--rounds N] [--frames 16,24,32]
-//!     [--batching stacked,stacked:2,sequential] [--breakdown]]
+//!     [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown]]
 //! ```
 //!
 //! Compare with diffusers (same model config and the pipeline's own FreeNoise code, PyTorch
@@ -34,11 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use vdm::burn::module::Module;
-use vdm::burn::tensor::{Device, Tensor};
+use vdm::burn::tensor::{Bool, Device, Tensor};
 use vdm::core::noise::{SeededNoise, draw};
-use vdm::core::temporal::{AllFrames, FrameWindow, TemporalHook, TemporalSite, TemporalStages};
+use vdm::core::temporal::{
+    AllFrames, AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages,
+};
 use vdm::core::{Conditioning, DenoiserInput, Result, Timesteps};
-use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, WindowBatching};
+use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, FusionVariant, WindowBatching};
 use vdm::models::unet_motion::{
     MotionAdapterConfig, PerBlock, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
 };
@@ -104,6 +106,58 @@ impl TemporalStages for TimedStages<'_> {
         let ns = t0.elapsed().as_nanos() as u64;
         self.clock.stages.fetch_add(ns, Ordering::Relaxed);
         y
+    }
+    fn attention_stage(&self, stage: usize) -> Option<Box<dyn AttentionStage + '_>> {
+        let inner = self.inner.attention_stage(stage)?;
+        Some(Box::new(TimedAttention {
+            inner,
+            clock: self.clock,
+        }))
+    }
+}
+
+/// An [`AttentionStage`] whose parts count as stage time.
+struct TimedAttention<'a> {
+    inner: Box<dyn AttentionStage + 'a>,
+    clock: &'a Clock,
+}
+
+/// Time in the [`AttentionStage`] parts (project, positions, attend, output), ns.
+static PARTS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+impl TimedAttention<'_> {
+    fn timed<T>(&self, part: usize, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let y = f();
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.clock.stages.fetch_add(ns, Ordering::Relaxed);
+        PARTS[part].fetch_add(ns, Ordering::Relaxed);
+        y
+    }
+}
+
+impl AttentionStage for TimedAttention<'_> {
+    fn projection_width(&self) -> usize {
+        self.inner.projection_width()
+    }
+    fn attention_width(&self) -> usize {
+        self.inner.attention_width()
+    }
+    fn project(&self, tokens: Tensor<3>) -> Result<Tensor<3>> {
+        self.timed(0, || self.inner.project(tokens))
+    }
+    fn project_positions(
+        &self,
+        positions: std::ops::Range<usize>,
+        device: &Device,
+    ) -> Result<Option<Tensor<2>>> {
+        self.timed(1, || self.inner.project_positions(positions, device))
+    }
+    fn attend(&self, p: Tensor<3>, mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>> {
+        self.timed(2, || self.inner.attend(p, mask))
+    }
+    fn output(&self, a: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
+        self.timed(3, || self.inner.output(a, residual))
     }
 }
 
@@ -256,6 +310,7 @@ struct Args {
     rounds: usize,
     frames: Vec<usize>,
     batchings: Vec<(String, WindowBatching)>,
+    per_stage: bool,
     breakdown: bool,
 }
 
@@ -277,6 +332,7 @@ fn args() -> Args {
         rounds: 7,
         frames: vec![16, 24, 32],
         batchings: Vec::new(),
+        per_stage: false,
         breakdown: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -302,9 +358,14 @@ fn args() -> Args {
                 i += 1;
                 continue;
             }
+            "--per-stage" => {
+                a.per_stage = true;
+                i += 1;
+                continue;
+            }
             other => panic!(
                 "unknown argument {other}; usage: [--rounds N] [--frames 16,24,32] \
-                 [--batching stacked,stacked:2,sequential] [--breakdown]"
+                 [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown]"
             ),
         }
         i += 2;
@@ -325,6 +386,14 @@ fn main() -> Result<()> {
         variants.push((
             name.clone(),
             Box::new(FreeNoiseHook::new(default.with_batching(*batching))?),
+        ));
+    }
+    if args.per_stage {
+        variants.push((
+            "fn per-stage".into(),
+            Box::new(FreeNoiseHook::new(
+                default.with_variant(FusionVariant::PerStage),
+            )?),
         ));
     }
     println!(
@@ -461,6 +530,7 @@ fn main() -> Result<()> {
         if args.breakdown {
             println!("breakdown (one traced forward each, s):");
             for (name, hook) in &variants {
+                PARTS.iter().for_each(|p| p.store(0, Ordering::Relaxed));
                 let kinds = bench.breakdown(&x, hook.as_ref())?;
                 let total: f64 = kinds.values().sum();
                 let parts: Vec<String> = kinds
@@ -468,6 +538,16 @@ fn main() -> Result<()> {
                     .map(|(k, s)| format!("{k} {s:.2} ({:.0} %)", 100.0 * s / total))
                     .collect();
                 println!("  {name} (total {total:.2}): {}", parts.join(", "));
+                let p = |i: usize| PARTS[i].load(Ordering::Relaxed) as f64 * 1e-9;
+                if p(0) + p(2) > 0.0 {
+                    println!(
+                        "    shared-projection stages: project {:.3}, positions {:.3}, attend {:.3}, output {:.3}",
+                        p(0),
+                        p(1),
+                        p(2),
+                        p(3)
+                    );
+                }
             }
         }
     }

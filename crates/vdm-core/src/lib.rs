@@ -45,4 +45,4 @@ pub use error::{Error, Result};
 pub use layout::VideoShape;
 pub use noise::{NoiseSource, SeededNoise};
 pub use prediction::PredictionType;
-pub use temporal::{AllFrames, TemporalHook};
+pub use temporal::{AllFrames, AttentionStage, TemporalHook};

@@ -155,6 +155,109 @@ pub trait TemporalStages {
     /// - output: `[N, f, C]`
     fn run_stage(&self, stage: usize, tokens: Tensor<3>, window: &FrameWindow)
     -> Result<Tensor<3>>;
+
+    /// Stage `stage` split into its per-token and its frame-mixing parts, when it has the
+    /// form of [`AttentionStage`]; `None` (the default) when it does not.
+    ///
+    /// Optional: a hook that runs a stage over many overlapping windows (FreeNoise) uses it
+    /// to compute the per-token projections once per frame instead of once per window, and
+    /// the output projection once after fusing the windows. Without it, the hook calls
+    /// [`run_stage`](Self::run_stage) per window; the results are the same up to float
+    /// rounding.
+    fn attention_stage(&self, stage: usize) -> Option<Box<dyn AttentionStage + '_>> {
+        let _ = stage;
+        None
+    }
+}
+
+/// A stage of the form `x + out(attend(qkv(x) + pos(p)))`, taken apart so that the per-token
+/// work can be shared between overlapping windows (see
+/// [`TemporalStages::attention_stage`]):
+///
+/// - [`project`](Self::project): everything per token up to the attention, e.g.
+///   `[to_q | to_k | to_v](norm(x))`, on all frames at once;
+/// - [`project_positions`](Self::project_positions): what the positional embedding of window
+///   positions `p` adds to those projections (`W·pe[p]`, no bias), which is what makes the
+///   per-token projections independent of the window;
+/// - [`attend`](Self::attend): the frame-mixing part on one window;
+/// - [`output`](Self::output): `residual + out(a)`, affine in `a`, so a weighted average of
+///   windows (weights summing to 1) may be taken before it.
+///
+/// An implementation must satisfy, for every window `w` with positions `p`:
+/// `run_stage(x_w, w) == output(attend(project(x)_w + project_positions(p), w.mask), x_w)`.
+pub trait AttentionStage {
+    /// Width `P` of the per-token projections.
+    fn projection_width(&self) -> usize;
+
+    /// Width `A` of the attention output (the input of [`output`](Self::output)).
+    fn attention_width(&self) -> usize;
+
+    /// Per-token projections.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[N, F, C]`
+    /// - output: `[N, F, P]`
+    fn project(&self, tokens: Tensor<3>) -> Result<Tensor<3>>;
+
+    /// The projections' positional terms for `positions` (`None` when the stage has no
+    /// positional embedding).
+    ///
+    /// # Shapes
+    /// - output: `[f, P]` with `f = positions.len()`
+    fn project_positions(
+        &self,
+        positions: Range<usize>,
+        device: &burn::tensor::Device,
+    ) -> Result<Option<Tensor<2>>>;
+
+    /// The frame-mixing part on one window of projections.
+    ///
+    /// # Shapes
+    /// - `projections`: `[N, f, P]`
+    /// - `mask`: `[f, f]`, `true` = may not attend
+    /// - output: `[N, f, A]`
+    fn attend(&self, projections: Tensor<3>, mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>>;
+
+    /// `residual + out(attended)`.
+    ///
+    /// # Shapes
+    /// - `attended`: `[N, f, A]`
+    /// - `residual`: `[N, f, C]`
+    /// - output: `[N, f, C]`
+    fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>>;
+}
+
+/// Runs `stage` on one window through its [`AttentionStage`] parts, given the projections of
+/// the window's frames (e.g. sliced from projections of all frames).
+///
+/// # Shapes
+/// - `projections`: `[N, f, P]`, `residual`: `[N, f, C]`, output: `[N, f, C]`
+pub fn run_attention_stage(
+    stage: &dyn AttentionStage,
+    projections: Tensor<3>,
+    residual: Tensor<3>,
+    window: &FrameWindow,
+) -> Result<Tensor<3>> {
+    let attended = attend_window(stage, projections, window)?;
+    stage.output(attended, residual)
+}
+
+/// [`AttentionStage::attend`] on one window after adding the positional terms of
+/// `window.positions` to `projections` (`[N, f, P]` → `[N, f, A]`).
+pub fn attend_window(
+    stage: &dyn AttentionStage,
+    projections: Tensor<3>,
+    window: &FrameWindow,
+) -> Result<Tensor<3>> {
+    let projections =
+        match stage.project_positions(window.positions.clone(), &projections.device())? {
+            Some(pos) => {
+                let [f, p] = pos.dims();
+                projections + pos.reshape([1, f, p])
+            }
+            None => projections,
+        };
+    stage.attend(projections, window.mask.as_ref())
 }
 
 /// Runs every stage in order on one window (the "chain" of a transformer block).

@@ -16,7 +16,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use vdm_core::temporal::{FrameWindow, TemporalStages};
+use vdm_core::temporal::{AttentionStage, FrameWindow, TemporalStages};
 use vdm_core::{Error, Result};
 
 use crate::cpu;
@@ -483,6 +483,184 @@ impl Attention {
     }
 
     /// `[N, L, heads·head_dim] -> [N, heads, L, head_dim]`.
+    /// Self-attention projections side by side, `[to_q | to_k | to_v](x)` (biases included).
+    ///
+    /// # Shapes
+    /// - `x`: `[N, L, query_dim]`
+    /// - output: `[N, L, 3·heads·head_dim]`
+    pub fn project_qkv(&self, x: Tensor<3>) -> Result<Tensor<3>> {
+        self.expect_self_attention()?;
+        expect_tokens("hidden_states", &x, self.query_dim)?;
+        let [n, l, _] = x.dims();
+        let inner = self.heads * self.head_dim;
+        if !cpu::enabled(&x.device(), x.dtype()) {
+            return Ok(Tensor::cat(
+                vec![
+                    self.to_q.forward(x.clone()),
+                    self.to_k.forward(x.clone()),
+                    self.to_v.forward(x),
+                ],
+                2,
+            ));
+        }
+        let device = x.device();
+        let xd = cpu::host(x);
+        let xs = cpu::f32s(&xd);
+        let threads = cpu::threads();
+        let buf = cpu::filled(n * l * 3 * inner, |buf| {
+            for (i, lin) in [&self.to_q, &self.to_k, &self.to_v].into_iter().enumerate() {
+                let w = cpu::LinearHost::new(lin);
+                // SAFETY: `buf` holds n·l rows of 3·inner; column block i·inner.. of every
+                // row is written once.
+                unsafe {
+                    w.apply(
+                        n * l,
+                        cpu::Mat::rows(xs, self.query_dim),
+                        cpu::MatMut::rows(buf, 3 * inner).offset(i * inner),
+                        None,
+                        threads,
+                    )
+                }
+            }
+        });
+        Ok(cpu::tensor(
+            TensorData::new(buf, [n, l, 3 * inner]),
+            &device,
+        ))
+    }
+
+    /// The linear part (no bias) of [`project_qkv`](Self::project_qkv) on rows: what adding
+    /// `rows` to its input adds to its output.
+    ///
+    /// # Shapes
+    /// - `rows`: `[L, query_dim]`
+    /// - output: `[L, 3·heads·head_dim]`
+    pub fn project_qkv_linear(&self, rows: Tensor<2>) -> Result<Tensor<2>> {
+        self.expect_self_attention()?;
+        if rows.dims()[1] != self.query_dim {
+            return Err(Error::shape(
+                "rows",
+                format!("[L, {}]", self.query_dim),
+                &rows.dims(),
+            ));
+        }
+        Ok(Tensor::cat(
+            [&self.to_q, &self.to_k, &self.to_v]
+                .into_iter()
+                .map(|lin| rows.clone().matmul(lin.weight.val()))
+                .collect(),
+            1,
+        ))
+    }
+
+    /// Attention over packed projections (the output of [`project_qkv`](Self::project_qkv),
+    /// possibly plus positional terms), heads merged, before `to_out`.
+    ///
+    /// # Shapes
+    /// - `qkv`: `[N, L, 3·heads·head_dim]`
+    /// - `mask`: `[L, L]`, `true` = may not attend
+    /// - output: `[N, L, heads·head_dim]`
+    pub fn attend_packed(
+        &self,
+        qkv: Tensor<3>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
+        let inner = self.heads * self.head_dim;
+        expect_tokens("qkv", &qkv, 3 * inner)?;
+        let [n, l, _] = qkv.dims();
+        if let Some(m) = mask
+            && m.dims() != [l, l]
+        {
+            return Err(Error::shape(
+                "attention_mask",
+                format!("[L, L] = [{l}, {l}]"),
+                &m.dims(),
+            ));
+        }
+        if mask.is_none() && cpu::enabled(&qkv.device(), qkv.dtype()) {
+            let device = qkv.device();
+            let d = cpu::host(qkv);
+            let data = cpu::f32s(&d);
+            let o = cpu::attention(
+                cpu::HeadLayout::packed(data, l, 3 * inner, 0),
+                cpu::HeadLayout::packed(data, l, 3 * inner, inner),
+                cpu::HeadLayout::packed(data, l, 3 * inner, 2 * inner),
+                cpu::AttentionShape {
+                    batch: n,
+                    heads: self.heads,
+                    lq: l,
+                    lk: l,
+                    head_dim: self.head_dim,
+                    scale: self.scale() as f32,
+                },
+            );
+            return Ok(cpu::tensor(TensorData::new(o, [n, l, inner]), &device));
+        }
+        let part = |i: usize| self.split_heads(qkv.clone().narrow(2, i * inner, inner));
+        let mask = mask.map(|m| {
+            m.clone()
+                .reshape([1, 1, l, l])
+                .expand([n, self.heads, l, l])
+        });
+        let options = AttentionModuleOptions {
+            scale: Some(self.scale()),
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(part(0), part(1), part(2), mask, None, options);
+        Ok(out.swap_dims(1, 2).reshape([n, l, inner]))
+    }
+
+    /// `residual + to_out(attended)`.
+    ///
+    /// # Shapes
+    /// - `attended`: `[N, L, heads·head_dim]`
+    /// - `residual`: `[N, L, query_dim]`
+    /// - output: `[N, L, query_dim]`
+    pub fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
+        let inner = self.heads * self.head_dim;
+        expect_tokens("attended", &attended, inner)?;
+        let [n, l, _] = attended.dims();
+        if residual.dims() != [n, l, self.query_dim] {
+            return Err(Error::shape(
+                "residual",
+                format!("[{n}, {l}, {}]", self.query_dim),
+                &residual.dims(),
+            ));
+        }
+        if !cpu::enabled(&attended.device(), attended.dtype()) {
+            return Ok(residual + self.to_out.forward(attended));
+        }
+        let device = attended.device();
+        let (ad, rd) = (cpu::host(attended), cpu::host(residual));
+        let wo = cpu::LinearHost::new(&self.to_out);
+        let out = cpu::filled(n * l * self.query_dim, |buf| {
+            // SAFETY: `buf` holds n·l rows of query_dim; the input and residual match.
+            unsafe {
+                wo.apply(
+                    n * l,
+                    cpu::Mat::rows(cpu::f32s(&ad), inner),
+                    cpu::MatMut::rows(buf, self.query_dim),
+                    Some(cpu::Mat::rows(cpu::f32s(&rd), self.query_dim)),
+                    cpu::threads(),
+                )
+            }
+        });
+        Ok(cpu::tensor(
+            TensorData::new(out, [n, l, self.query_dim]),
+            &device,
+        ))
+    }
+
+    fn expect_self_attention(&self) -> Result<()> {
+        if self.kv_dim != self.query_dim {
+            return Err(Error::Unsupported(
+                "packed q/k/v projections need a self-attention layer".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
         let [n, l, _] = x.dims();
         x.reshape([n, l, self.heads, self.head_dim]).swap_dims(1, 2)
@@ -772,9 +950,68 @@ impl BasicTransformerBlock {
     }
 }
 
+/// Stage 0 (`norm1`, `attn1`) or 1 (`norm2`, `attn2`) of a temporal [`BasicTransformerBlock`]
+/// taken apart as an [`AttentionStage`].
+struct TemporalAttention<'a> {
+    block: &'a BasicTransformerBlock,
+    norm: &'a LayerNorm,
+    attn: &'a Attention,
+}
+
+impl AttentionStage for TemporalAttention<'_> {
+    fn projection_width(&self) -> usize {
+        3 * self.attn.heads * self.attn.head_dim
+    }
+
+    fn attention_width(&self) -> usize {
+        self.attn.heads * self.attn.head_dim
+    }
+
+    fn project(&self, tokens: Tensor<3>) -> Result<Tensor<3>> {
+        expect_tokens("temporal tokens", &tokens, self.block.dim)?;
+        self.attn.project_qkv(self.block.norm(self.norm, tokens))
+    }
+
+    fn project_positions(
+        &self,
+        positions: std::ops::Range<usize>,
+        _device: &Device,
+    ) -> Result<Option<Tensor<2>>> {
+        match &self.block.pos_embed {
+            Some(pe) => Ok(Some(self.attn.project_qkv_linear(pe.rows(positions)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn attend(&self, projections: Tensor<3>, mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>> {
+        self.attn.attend_packed(projections, mask)
+    }
+
+    fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
+        self.attn.output(attended, residual)
+    }
+}
+
 impl TemporalStages for BasicTransformerBlock {
     fn num_stages(&self) -> usize {
         1 + usize::from(self.attn2.is_some())
+    }
+
+    fn attention_stage(&self, stage: usize) -> Option<Box<dyn AttentionStage + '_>> {
+        let (norm, attn) = match (stage, &self.norm2, &self.attn2) {
+            (0, _, _) if self.attn1.kv_dim == self.attn1.query_dim => (&self.norm1, &self.attn1),
+            (1, Some(norm2), Some(attn2))
+                if self.double_self_attention && attn2.kv_dim == attn2.query_dim =>
+            {
+                (norm2, attn2)
+            }
+            _ => return None,
+        };
+        Some(Box::new(TemporalAttention {
+            block: self,
+            norm,
+            attn,
+        }))
     }
 
     fn run_stage(&self, stage: usize, x: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
@@ -812,9 +1049,54 @@ mod tests {
     use super::*;
     use burn::tensor::activation::softmax;
     use burn::tensor::{Distribution, TensorData, Tolerance};
+    use vdm_core::temporal::run_attention_stage;
 
     fn dev() -> Device {
         Device::flex()
+    }
+
+    /// The [`AttentionStage`] contract: both stages of a temporal block with a positional
+    /// table, taken apart, equal `run_stage` on a window with offset positions (fused CPU
+    /// path without a mask, Burn path with one).
+    #[test]
+    fn temporal_stages_taken_apart_equal_run_stage() {
+        let block = BasicTransformerBlockConfig::new(12, 3, 4)
+            .with_double_self_attention(true)
+            .with_num_positional_embeddings(Some(24))
+            .try_init(&dev())
+            .unwrap();
+        // Non-zero biases and positional rows, so that both terms are exercised.
+        let x = rand([5, 7, 12]);
+        let mask =
+            Tensor::<2>::random([7, 7], Distribution::Uniform(0.0, 1.0), &dev()).greater_elem(0.7);
+        for mask in [None, Some(mask)] {
+            let window = FrameWindow {
+                start: 3,
+                end: 10,
+                positions: 9..16,
+                mask: mask.clone(),
+            };
+            for stage in 0..2 {
+                let parts = block
+                    .attention_stage(stage)
+                    .expect("a self-attention stage");
+                let want = block.run_stage(stage, x.clone(), &window).unwrap();
+                let got = run_attention_stage(
+                    parts.as_ref(),
+                    parts.project(x.clone()).unwrap(),
+                    x.clone(),
+                    &window,
+                )
+                .unwrap();
+                got.into_data()
+                    .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+            }
+        }
+        let spatial = BasicTransformerBlockConfig::new(12, 3, 4)
+            .with_cross_attention_dim(Some(6))
+            .try_init(&dev())
+            .unwrap();
+        assert!(spatial.attention_stage(1).is_none());
     }
 
     fn rand<const D: usize>(shape: [usize; D]) -> Tensor<D> {

@@ -1844,8 +1844,8 @@ pub(crate) fn attention(
     if out.is_empty() || lk == 0 {
         return out;
     }
-    // Split long query sequences so that every thread gets work even for one (item, head).
     let bh = batch * heads;
+    // Split long query sequences so that every thread gets work even for one (item, head).
     let threads = max_threads();
     let want = (4 * threads).div_ceil(bh).max(1);
     let q_chunk = lq.div_ceil(want).max(64).min(lq).div_ceil(ROWS) * ROWS;
@@ -2106,7 +2106,14 @@ mod tests {
 
     #[test]
     fn attention_matches_naive_softmax() {
-        let (batch, heads, lq, lk, d) = (2, 3, 21, 13, 5);
+        // Short and long sequences, key counts below, at and above the vector blocks.
+        for (lq, lk) in [(21, 13), (16, 16), (3, 64), (70, 65), (9, 130)] {
+            attention_case(lq, lk);
+        }
+    }
+
+    fn attention_case(lq: usize, lk: usize) {
+        let (batch, heads, d) = (2, 3, 5);
         let inner = heads * d;
         let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
         // Q, K, V fused in one [batch, L, 3·inner] buffer (lq = lk rows used for K/V).

@@ -269,7 +269,7 @@ impl SinusoidalPositionalEmbedding {
     /// - `x`: `[N, L, embed_dim]` with `L = positions.len()`
     /// - output: `[N, L, embed_dim]`
     pub fn forward(&self, x: Tensor<3>, positions: Range<usize>) -> Result<Tensor<3>> {
-        let [_, max, dim] = self.pe.dims();
+        let [_, _, dim] = self.pe.dims();
         let [_, l, c] = x.dims();
         if c != dim || l != positions.len() {
             return Err(Error::shape(
@@ -281,6 +281,16 @@ impl SinusoidalPositionalEmbedding {
                 &x.dims(),
             ));
         }
+        let l = positions.len();
+        Ok(x + self.rows(positions)?.reshape([1, l, dim]))
+    }
+
+    /// Table rows `positions`.
+    ///
+    /// # Shapes
+    /// - output: `[positions.len(), embed_dim]`
+    pub fn rows(&self, positions: Range<usize>) -> Result<Tensor<2>> {
+        let [_, max, dim] = self.pe.dims();
         if positions.end > max {
             return Err(Error::invalid(
                 "num_frames",
@@ -291,8 +301,12 @@ impl SinusoidalPositionalEmbedding {
                 ),
             ));
         }
-        let rows = self.pe.val().slice([0..1, positions, 0..dim]);
-        Ok(x + rows)
+        let l = positions.len();
+        Ok(self
+            .pe
+            .val()
+            .slice([0..1, positions, 0..dim])
+            .reshape([l, dim]))
     }
 }
 

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::ops::PadMode;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use vdm_core::temporal::{FrameWindow, TemporalHook, TemporalSite, TemporalStages, run_chain};
+use vdm_core::temporal::{
+    AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages, attend_window,
+    run_attention_stage, run_chain,
+};
 use vdm_core::{Error, Result};
 
 use super::windows::{WeightingScheme, WindowPlan};
@@ -305,18 +308,43 @@ impl TemporalHook for FreeNoiseHook {
             return Ok(tokens);
         }
         let schedule = self.schedule(frames)?;
+        // Sharing per-token work between windows relies on the fused weights of every frame
+        // summing to 1 (then the fused residual is the input and the output projection can
+        // follow the fusion); the compat normaliser breaks that, so it runs every window in full.
+        let share = schedule.weights_sum_to_one;
+        let k = stages.num_stages();
         match self.config.variant {
-            FusionVariant::Chain => schedule.fuse(tokens, &|x, w| run_chain(stages, x, w), site),
+            FusionVariant::Chain if share && k == 1 => match stages.attention_stage(0) {
+                Some(a) => schedule.fuse_attention(tokens, a.as_ref(), site),
+                None => schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site),
+            },
+            FusionVariant::Chain if share => {
+                match (stages.attention_stage(0), stages.attention_stage(k - 1)) {
+                    (Some(first), Some(last)) => {
+                        schedule.fuse_chain(tokens, stages, first.as_ref(), last.as_ref(), site)
+                    }
+                    _ => schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site),
+                }
+            }
+            FusionVariant::Chain => {
+                schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site)
+            }
             FusionVariant::PerStage => {
                 let mut x = tokens;
-                for stage in 0..stages.num_stages() {
-                    x = schedule.fuse(x, &|x, w| stages.run_stage(stage, x, w), site)?;
+                for stage in 0..k {
+                    x = match stages.attention_stage(stage) {
+                        Some(a) if share => schedule.fuse_attention(x, a.as_ref(), site)?,
+                        _ => schedule.fuse_one(x, &|x, w| stages.run_stage(stage, x, w), site)?,
+                    };
                 }
                 Ok(x)
             }
         }
     }
 }
+
+/// A window function over several inputs sliced alike, with several outputs.
+type WindowFn<'a> = dyn Fn(Vec<Tensor<3>>, &FrameWindow) -> Result<Vec<Tensor<3>>> + 'a;
 
 /// The windows of one stage call, their value weights and accumulation runs.
 #[derive(Debug, Clone)]
@@ -350,6 +378,8 @@ struct Run {
 struct Schedule {
     plan: WindowPlan,
     chunks: Vec<Chunk>,
+    /// Whether every frame's fused weights sum to 1 (false with the compat normaliser).
+    weights_sum_to_one: bool,
 }
 
 impl Schedule {
@@ -419,82 +449,180 @@ impl Schedule {
                     runs,
                 }
             })
-            .collect();
-        Self { plan, chunks }
+            .collect::<Vec<Chunk>>();
+        let mut sums = vec![0.0f64; plan.num_frames()];
+        for chunk in &chunks {
+            for r in &chunk.runs {
+                for (i, &f) in r.frames.iter().enumerate() {
+                    sums[f as usize] += f64::from(chunk.weights[r.offset + i]);
+                }
+            }
+        }
+        let weights_sum_to_one = sums.iter().all(|s| (s - 1.0).abs() < 1e-5);
+        Self {
+            plan,
+            chunks,
+            weights_sum_to_one,
+        }
     }
 
     /// Runs `run` on every window of `tokens` (`[N, F, C]`) and fuses the outputs.
-    fn fuse(
+    fn fuse_one(
         &self,
         tokens: Tensor<3>,
         run: &dyn Fn(Tensor<3>, &FrameWindow) -> Result<Tensor<3>>,
         site: &TemporalSite<'_>,
     ) -> Result<Tensor<3>> {
-        let [n, f, c] = tokens.dims();
+        let c = tokens.dims()[2];
+        let fused = self.fuse(
+            vec![tokens],
+            &|mut x, w| Ok(vec![run(x.remove(0), w)?]),
+            &[c],
+            site,
+        )?;
+        Ok(fused.into_iter().next().expect("one output"))
+    }
+
+    /// One attention stage over every window, its per-token projections computed once for
+    /// all frames and its output projection once after the fusion (exact when the weights
+    /// of every frame sum to 1; VideoCrafter fuses at the same point).
+    fn fuse_attention(
+        &self,
+        tokens: Tensor<3>,
+        stage: &dyn AttentionStage,
+        site: &TemporalSite<'_>,
+    ) -> Result<Tensor<3>> {
+        let projections = stage.project(tokens.clone())?;
+        let attended = self.fuse(
+            vec![projections],
+            &|mut p, w| Ok(vec![attend_window(stage, p.remove(0), w)?]),
+            &[stage.attention_width()],
+            site,
+        )?;
+        stage.output(attended.into_iter().next().expect("one output"), tokens)
+    }
+
+    /// The chain of `stages` over every window (the `Chain` variant) with the first stage's
+    /// projections computed once for all frames and the last stage's output projection once
+    /// after the fusion: for windows `w` with weights `c_w` summing to 1,
+    /// `Σ c_w (h_w + out(a_w)) = Σ c_w h_w + out(Σ c_w a_w)`.
+    fn fuse_chain(
+        &self,
+        tokens: Tensor<3>,
+        stages: &dyn TemporalStages,
+        first: &dyn AttentionStage,
+        last: &dyn AttentionStage,
+        site: &TemporalSite<'_>,
+    ) -> Result<Tensor<3>> {
+        let c = tokens.dims()[2];
+        let k = stages.num_stages();
+        let projections = first.project(tokens.clone())?;
+        let fused = self.fuse(
+            vec![tokens, projections],
+            &|mut inputs, w| {
+                let p = inputs.pop().expect("projections");
+                let x = inputs.pop().expect("tokens");
+                let mut h = run_attention_stage(first, p, x, w)?;
+                for stage in 1..k - 1 {
+                    h = stages.run_stage(stage, h, w)?;
+                }
+                let a = attend_window(last, last.project(h.clone())?, w)?;
+                Ok(vec![h, a])
+            },
+            &[c, last.attention_width()],
+            site,
+        )?;
+        let [h, a]: [Tensor<3>; 2] = fused.try_into().expect("two outputs");
+        last.output(a, h)
+    }
+
+    /// Runs `run` on every window of `inputs` (each `[N, F, C_i]`, sliced alike) and fuses
+    /// each of its outputs (`[N·m, L, widths[j]]` for `m` windows per call) over the windows.
+    fn fuse(
+        &self,
+        inputs: Vec<Tensor<3>>,
+        run: &WindowFn<'_>,
+        widths: &[usize],
+        site: &TemporalSite<'_>,
+    ) -> Result<Vec<Tensor<3>>> {
+        let [n, f, _] = inputs[0].dims();
         let l = self.plan.context_length();
-        let device = tokens.device();
+        let device = inputs[0].device();
         let ints = |v: &[i64]| {
             Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
         };
-        let mut acc: Option<Tensor<3>> = None;
+        let mut acc: Vec<Option<Tensor<3>>> = vec![None; widths.len()];
         for chunk in &self.chunks {
             let m = chunk.windows;
-            let (x, window) = match &chunk.single {
+            let (xs, window) = match &chunk.single {
                 Some(r) => (
-                    tokens.clone().narrow(1, r.start, l),
+                    inputs
+                        .iter()
+                        .map(|t| t.clone().narrow(1, r.start, l))
+                        .collect(),
                     FrameWindow::relative(r.start, r.end),
                 ),
-                None => (
+                None => {
                     // Gathered frames: [N, m·L, C], row n holds token n's m windows.
-                    tokens
-                        .clone()
-                        .select(1, ints(&chunk.gather))
-                        .reshape([n * m, l, c]),
-                    FrameWindow::relative(0, l),
-                ),
+                    let gather = ints(&chunk.gather);
+                    (
+                        inputs
+                            .iter()
+                            .map(|t| {
+                                let c = t.dims()[2];
+                                t.clone().select(1, gather.clone()).reshape([n * m, l, c])
+                            })
+                            .collect(),
+                        FrameWindow::relative(0, l),
+                    )
+                }
             };
-            let y = run(x, &window)?;
-            if y.dims() != [n * m, l, c] {
-                return Err(Error::shape(
-                    format!("output of a temporal stage of `{}`", site.layer),
-                    format!("[{}, {l}, {c}] (the shape of its input)", n * m),
-                    &y.dims(),
-                ));
-            }
+            let ys = run(xs, &window)?;
             let w =
                 Tensor::<1>::from_data(TensorData::new(chunk.weights.clone(), [m * l]), &device)
                     .reshape([1, m * l, 1]);
-            let y = y.reshape([n, m * l, c]) * w;
-            for r in &chunk.runs {
-                let values = y.clone().narrow(1, r.offset, r.frames.len());
-                acc = Some(match (acc, &r.contiguous) {
-                    (None, Some(range)) => values.pad(
-                        [(0, 0), (range.start, f - range.end), (0, 0)],
-                        PadMode::Constant(0.0),
-                    ),
-                    (Some(acc), Some(range)) => {
-                        let slice = [0..n, range.clone(), 0..c];
-                        acc.clone()
-                            .slice_assign(slice.clone(), acc.slice(slice) + values)
-                    }
-                    (acc, None) => acc.unwrap_or_else(|| tokens.zeros_like()).select_assign(
-                        1,
-                        ints(&r.frames),
-                        values,
-                        IndexingUpdateOp::Add,
-                    ),
-                });
+            for ((y, &c), acc) in ys.into_iter().zip(widths).zip(&mut acc) {
+                if y.dims() != [n * m, l, c] {
+                    return Err(Error::shape(
+                        format!("output of a temporal stage of `{}`", site.layer),
+                        format!("[{}, {l}, {c}]", n * m),
+                        &y.dims(),
+                    ));
+                }
+                let y = y.reshape([n, m * l, c]) * w.clone();
+                for r in &chunk.runs {
+                    let values = y.clone().narrow(1, r.offset, r.frames.len());
+                    *acc = Some(match (acc.take(), &r.contiguous) {
+                        (None, Some(range)) => values.pad(
+                            [(0, 0), (range.start, f - range.end), (0, 0)],
+                            PadMode::Constant(0.0),
+                        ),
+                        (Some(acc), Some(range)) => {
+                            // The sum is computed before `slice_assign` so that `acc` is
+                            // uniquely owned by then and can be updated in place.
+                            let slice = [0..n, range.clone(), 0..c];
+                            let sum = acc.clone().slice(slice.clone()) + values;
+                            acc.slice_assign(slice, sum)
+                        }
+                        (acc, None) => acc
+                            .unwrap_or_else(|| Tensor::zeros([n, f, c], &device))
+                            .select_assign(1, ints(&r.frames), values, IndexingUpdateOp::Add),
+                    });
+                }
             }
         }
         // The weights already include the normaliser.
-        Ok(acc.expect("every plan has a window"))
+        Ok(acc
+            .into_iter()
+            .map(|a| a.expect("every plan has a window"))
+            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Device;
+    use burn::tensor::{Bool, Device};
 
     /// Stage `s` maps `x ↦ (s + 2)·x + position` (position window-relative): linear, so its
     /// fusion is easy to reason about, and different stages do different things.
@@ -547,6 +675,119 @@ mod tests {
         }
         for i in 2..outs.len() {
             assert!(max_diff(outs[i].clone(), outs[i % 2].clone()) < 1e-5);
+        }
+    }
+
+    /// A toy attention-shaped layer of `stages` stages, `C = 4` → `P = 6` → `A = 3`: a
+    /// non-linear per-token projection, positional terms, a frame-mixing `attend` and an
+    /// affine output. Exposes its [`AttentionStage`] parts.
+    struct ToyAttention {
+        stages: usize,
+    }
+
+    /// The same layer without the parts (every window runs in full).
+    struct Opaque<'a>(&'a ToyAttention);
+
+    struct ToyStage(usize);
+
+    fn mat(rows: usize, cols: usize, seed: usize) -> Tensor<2> {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 + seed * 13) as f32 * 0.61).sin() * 0.5)
+            .collect();
+        Tensor::from_data(TensorData::new(v, [rows, cols]), &Device::flex())
+    }
+
+    fn batched(x: Tensor<3>, m: Tensor<2>) -> Tensor<3> {
+        let [n, f, c] = x.dims();
+        let k = m.dims()[1];
+        x.reshape([n * f, c]).matmul(m).reshape([n, f, k])
+    }
+
+    impl AttentionStage for ToyStage {
+        fn projection_width(&self) -> usize {
+            6
+        }
+        fn attention_width(&self) -> usize {
+            3
+        }
+        fn project(&self, tokens: Tensor<3>) -> Result<Tensor<3>> {
+            Ok(batched(tokens.tanh(), mat(4, 6, self.0)))
+        }
+        fn project_positions(
+            &self,
+            positions: Range<usize>,
+            device: &Device,
+        ) -> Result<Option<Tensor<2>>> {
+            let f = positions.len();
+            let v: Vec<f32> = positions
+                .flat_map(|p| (0..4).map(move |c| ((p + c) as f32).sin()))
+                .collect();
+            let pe = Tensor::<2>::from_data(TensorData::new(v, [f, 4]), device);
+            Ok(Some(pe.matmul(mat(4, 6, self.0))))
+        }
+        fn attend(&self, p: Tensor<3>, _mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>> {
+            let [n, f, _] = p.dims();
+            let gate = p.clone().narrow(2, 3, 3).mean_dim(1).tanh();
+            Ok(p.narrow(2, 0, 3) * gate.expand([n, f, 3]))
+        }
+        fn output(&self, a: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
+            Ok(residual + batched(a, mat(3, 4, self.0 + 5)).add_scalar(0.1 * self.0 as f32))
+        }
+    }
+
+    impl TemporalStages for ToyAttention {
+        fn num_stages(&self) -> usize {
+            self.stages
+        }
+        fn run_stage(&self, stage: usize, x: Tensor<3>, w: &FrameWindow) -> Result<Tensor<3>> {
+            let s = ToyStage(stage);
+            run_attention_stage(&s, s.project(x.clone())?, x, w)
+        }
+        fn attention_stage(&self, stage: usize) -> Option<Box<dyn AttentionStage + '_>> {
+            Some(Box::new(ToyStage(stage)))
+        }
+    }
+
+    impl TemporalStages for Opaque<'_> {
+        fn num_stages(&self) -> usize {
+            self.0.stages
+        }
+        fn run_stage(&self, stage: usize, x: Tensor<3>, w: &FrameWindow) -> Result<Tensor<3>> {
+            self.0.run_stage(stage, x, w)
+        }
+    }
+
+    #[test]
+    fn shared_projections_equal_full_windows() {
+        let x = ramp(3, 29, 4);
+        let site = TemporalSite::new("t", 29);
+        for stages in [1, 2, 3] {
+            let toy = ToyAttention { stages };
+            for batching in [
+                WindowBatching::Sequential,
+                WindowBatching::Stacked {
+                    max_windows: Some(2),
+                },
+            ] {
+                for variant in [FusionVariant::Chain, FusionVariant::PerStage] {
+                    for compat in [false, true] {
+                        let hook = FreeNoiseHook::new(
+                            FreeNoiseConfig::new(8, 3)
+                                .with_batching(batching)
+                                .with_variant(variant)
+                                .with_compat_diffusers_tail_bug(compat),
+                        )
+                        .unwrap();
+                        let shared = hook.apply(&site, x.clone(), &toy).unwrap();
+                        let full = hook.apply(&site, x.clone(), &Opaque(&toy)).unwrap();
+                        let d = max_diff(shared, full);
+                        assert!(
+                            d < 1e-5,
+                            "{stages} stages, {batching:?}, {variant:?}, compat {compat}: {d}"
+                        );
+                    }
+                }
+            }
         }
     }
 
