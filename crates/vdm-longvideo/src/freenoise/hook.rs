@@ -555,13 +555,19 @@ impl Schedule {
         for chunk in &self.chunks {
             let m = chunk.windows;
             let (xs, window) = match &chunk.single {
-                Some(r) => (
-                    inputs
-                        .iter()
-                        .map(|t| t.clone().narrow(1, r.start, l))
-                        .collect(),
-                    FrameWindow::relative(r.start, r.end),
-                ),
+                Some(r) => {
+                    // `select` rather than `narrow`: it writes the window contiguously in one
+                    // pass, where materialising a strided `narrow` view is several times
+                    // slower on the flex backend.
+                    let frames = ints(&chunk.gather);
+                    (
+                        inputs
+                            .iter()
+                            .map(|t| t.clone().select(1, frames.clone()))
+                            .collect(),
+                        FrameWindow::relative(r.start, r.end),
+                    )
+                }
                 None => {
                     // Gathered frames: [N, m·L, C], row n holds token n's m windows.
                     let gather = ints(&chunk.gather);
