@@ -336,27 +336,37 @@ impl Attention {
         context: Option<Tensor<3>>,
         mask: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
-        let [n, lq, _] = x.dims();
         let kv = context.unwrap_or_else(|| x.clone());
-        let lk = kv.dims()[1];
+        let q = self.split_heads(self.to_q.forward(x));
+        let k = self.split_heads(self.to_k.forward(kv.clone()));
+        let v = self.split_heads(self.to_v.forward(kv));
+        self.to_out.forward(self.attention_heads(q, k, v, mask))
+    }
+
+    /// Burn's fused attention op on split heads (`[N, heads, L, head_dim]`), heads merged
+    /// into `[N, Lq, heads·head_dim]`; `mask` (`[Lq, Lk]`) is shared by every item and head.
+    fn attention_heads(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let [n, _, lq, _] = q.dims();
+        let lk = k.dims()[2];
         let mask = mask.map(|m| {
             m.clone()
                 .reshape([1, 1, lq, lk])
                 .expand([n, self.heads, lq, lk])
         });
-        let q = self.split_heads(self.to_q.forward(x));
-        let k = self.split_heads(self.to_k.forward(kv.clone()));
-        let v = self.split_heads(self.to_v.forward(kv));
         let options = AttentionModuleOptions {
             scale: Some(self.scale()),
             softcap: None,
             is_causal: false,
         };
-        let out = attention(q, k, v, mask, None, options);
-        let out = out
+        attention(q, k, v, mask, None, options)
             .swap_dims(1, 2)
-            .reshape([n, lq, self.heads * self.head_dim]);
-        self.to_out.forward(out)
+            .reshape([n, lq, self.heads * self.head_dim])
     }
 
     /// [`attend`](Self::attend) without a mask on the flex backend, plus `residual`: the
@@ -372,82 +382,72 @@ impl Attention {
         let device = x.device();
         let [n, lq, _] = x.dims();
         let inner = self.heads * self.head_dim;
-        let threads = cpu::threads();
-        let (wq, wk, wv) = (
-            cpu::LinearHost::new(&self.to_q),
-            cpu::LinearHost::new(&self.to_k),
-            cpu::LinearHost::new(&self.to_v),
-        );
-        let (kv_items, lk) = context
-            .as_ref()
-            .map_or((n, lq), |c| (c.dims()[0], c.dims()[1]));
         let xd = cpu::host(x);
         let xs = cpu::f32s(&xd);
-        let cd = context.map(cpu::host);
-        // Self-attention: q, k, v side by side in one [n·lq, 3·inner] buffer; cross-attention:
-        // q alone and k, v side by side in [m·lk, 2·inner].
-        let kv_src = cd.as_ref().map_or(xs, cpu::f32s);
-        let q_width = if cd.is_none() { 3 * inner } else { inner };
-        let proj = |w: &cpu::LinearHost, src: &[f32], rows: usize, buf: *mut f32, width, col| {
-            // SAFETY: `buf` holds rows·width values; column block `col..col + inner` of every
-            // row is written once.
-            unsafe {
-                w.apply(
-                    rows,
-                    cpu::Mat::rows(src, w.d_in),
-                    cpu::MatMut::rows(buf, width).offset(col),
-                    None,
-                    threads,
-                )
+        let o = match context {
+            // Self-attention: q, k, v side by side in one [n·lq, 3·inner] buffer.
+            None => {
+                let qkv = project_host(&[&self.to_q, &self.to_k, &self.to_v], xs, n * lq);
+                let head = |col| cpu::HeadLayout::packed(&qkv, lq, 3 * inner, col);
+                self.attention_host(head(0), head(inner), head(2 * inner), n, lq, lq)
+            }
+            // Cross-attention: q alone, k and v side by side in [m·lk, 2·inner].
+            Some(c) => {
+                let [m, lk, _] = c.dims();
+                let cd = cpu::host(c);
+                let q = project_host(&[&self.to_q], xs, n * lq);
+                let kv = project_host(&[&self.to_k, &self.to_v], cpu::f32s(&cd), m * lk);
+                let head = |col| cpu::HeadLayout::packed(&kv, lk, 2 * inner, col);
+                let q = cpu::HeadLayout::packed(&q, lq, inner, 0);
+                self.attention_host(q, head(0), head(inner), n, lq, lk)
             }
         };
-        let q_buf = cpu::filled(n * lq * q_width, |buf| {
-            proj(&wq, xs, n * lq, buf, q_width, 0);
-            if cd.is_none() {
-                proj(&wk, xs, n * lq, buf, q_width, inner);
-                proj(&wv, xs, n * lq, buf, q_width, 2 * inner);
-            }
-        });
-        let kv_buf = match &cd {
-            Some(_) => cpu::filled(kv_items * lk * 2 * inner, |buf| {
-                proj(&wk, kv_src, kv_items * lk, buf, 2 * inner, 0);
-                proj(&wv, kv_src, kv_items * lk, buf, 2 * inner, inner);
-            }),
-            None => Vec::new(),
-        };
-        let (k_data, k_width, k_off) = match &cd {
-            Some(_) => (&kv_buf[..], 2 * inner, 0),
-            None => (&q_buf[..], 3 * inner, inner),
-        };
-        let o = cpu::attention(
-            cpu::HeadLayout::packed(&q_buf, lq, q_width, 0),
-            cpu::HeadLayout::packed(k_data, lk, k_width, k_off),
-            cpu::HeadLayout::packed(k_data, lk, k_width, k_off + inner),
+        let rd = residual.map(cpu::host);
+        let out = self.output_host(&o, n * lq, rd.as_ref().map(cpu::f32s));
+        cpu::tensor(TensorData::new(out, [n, lq, self.query_dim]), &device)
+    }
+
+    /// The CPU attention kernel on heads read in place; merged heads `[n·lq, heads·head_dim]`.
+    fn attention_host(
+        &self,
+        q: cpu::HeadLayout<'_>,
+        k: cpu::HeadLayout<'_>,
+        v: cpu::HeadLayout<'_>,
+        batch: usize,
+        lq: usize,
+        lk: usize,
+    ) -> Vec<f32> {
+        cpu::attention(
+            q,
+            k,
+            v,
             cpu::AttentionShape {
-                batch: n,
+                batch,
                 heads: self.heads,
                 lq,
                 lk,
                 head_dim: self.head_dim,
                 scale: self.scale() as f32,
             },
-        );
+        )
+    }
+
+    /// `residual + to_out(o)` for `rows` rows of merged heads, on the host.
+    fn output_host(&self, o: &[f32], rows: usize, residual: Option<&[f32]>) -> Vec<f32> {
+        let inner = self.heads * self.head_dim;
         let wo = cpu::LinearHost::new(&self.to_out);
-        let rd = residual.map(cpu::host);
-        let out = cpu::filled(n * lq * self.query_dim, |buf| {
-            // SAFETY: `buf` holds n·lq rows of query_dim; `o` and the residual match.
+        cpu::filled(rows * self.query_dim, |buf| {
+            // SAFETY: `buf` holds rows·query_dim values; `o` and the residual match.
             unsafe {
                 wo.apply(
-                    n * lq,
-                    cpu::Mat::rows(&o, inner),
+                    rows,
+                    cpu::Mat::rows(o, inner),
                     cpu::MatMut::rows(buf, self.query_dim),
-                    rd.as_ref()
-                        .map(|r| cpu::Mat::rows(cpu::f32s(r), self.query_dim)),
-                    threads,
+                    residual.map(|r| cpu::Mat::rows(r, self.query_dim)),
+                    cpu::threads(),
                 )
             }
-        });
-        cpu::tensor(TensorData::new(out, [n, lq, self.query_dim]), &device)
+        })
     }
 
     /// The score scale `1 / sqrt(head_dim)`.
@@ -505,26 +505,9 @@ impl Attention {
         }
         let device = x.device();
         let xd = cpu::host(x);
-        let xs = cpu::f32s(&xd);
-        let threads = cpu::threads();
-        let buf = cpu::filled(n * l * 3 * inner, |buf| {
-            for (i, lin) in [&self.to_q, &self.to_k, &self.to_v].into_iter().enumerate() {
-                let w = cpu::LinearHost::new(lin);
-                // SAFETY: `buf` holds n·l rows of 3·inner; column block i·inner.. of every
-                // row is written once.
-                unsafe {
-                    w.apply(
-                        n * l,
-                        cpu::Mat::rows(xs, self.query_dim),
-                        cpu::MatMut::rows(buf, 3 * inner).offset(i * inner),
-                        None,
-                        threads,
-                    )
-                }
-            }
-        });
+        let qkv = project_host(&[&self.to_q, &self.to_k, &self.to_v], cpu::f32s(&xd), n * l);
         Ok(cpu::tensor(
-            TensorData::new(buf, [n, l, 3 * inner]),
+            TensorData::new(qkv, [n, l, 3 * inner]),
             &device,
         ))
     }
@@ -580,35 +563,12 @@ impl Attention {
         if mask.is_none() && cpu::enabled(&qkv.device(), qkv.dtype()) {
             let device = qkv.device();
             let d = cpu::host(qkv);
-            let data = cpu::f32s(&d);
-            let o = cpu::attention(
-                cpu::HeadLayout::packed(data, l, 3 * inner, 0),
-                cpu::HeadLayout::packed(data, l, 3 * inner, inner),
-                cpu::HeadLayout::packed(data, l, 3 * inner, 2 * inner),
-                cpu::AttentionShape {
-                    batch: n,
-                    heads: self.heads,
-                    lq: l,
-                    lk: l,
-                    head_dim: self.head_dim,
-                    scale: self.scale() as f32,
-                },
-            );
+            let head = |col| cpu::HeadLayout::packed(cpu::f32s(&d), l, 3 * inner, col);
+            let o = self.attention_host(head(0), head(inner), head(2 * inner), n, l, l);
             return Ok(cpu::tensor(TensorData::new(o, [n, l, inner]), &device));
         }
         let part = |i: usize| self.split_heads(qkv.clone().narrow(2, i * inner, inner));
-        let mask = mask.map(|m| {
-            m.clone()
-                .reshape([1, 1, l, l])
-                .expand([n, self.heads, l, l])
-        });
-        let options = AttentionModuleOptions {
-            scale: Some(self.scale()),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(part(0), part(1), part(2), mask, None, options);
-        Ok(out.swap_dims(1, 2).reshape([n, l, inner]))
+        Ok(self.attention_heads(part(0), part(1), part(2), mask))
     }
 
     /// `residual + to_out(attended)`.
@@ -633,19 +593,7 @@ impl Attention {
         }
         let device = attended.device();
         let (ad, rd) = (cpu::host(attended), cpu::host(residual));
-        let wo = cpu::LinearHost::new(&self.to_out);
-        let out = cpu::filled(n * l * self.query_dim, |buf| {
-            // SAFETY: `buf` holds n·l rows of query_dim; the input and residual match.
-            unsafe {
-                wo.apply(
-                    n * l,
-                    cpu::Mat::rows(cpu::f32s(&ad), inner),
-                    cpu::MatMut::rows(buf, self.query_dim),
-                    Some(cpu::Mat::rows(cpu::f32s(&rd), self.query_dim)),
-                    cpu::threads(),
-                )
-            }
-        });
+        let out = self.output_host(cpu::f32s(&ad), n * l, Some(cpu::f32s(&rd)));
         Ok(cpu::tensor(
             TensorData::new(out, [n, l, self.query_dim]),
             &device,
@@ -665,6 +613,31 @@ impl Attention {
         let [n, l, _] = x.dims();
         x.reshape([n, l, self.heads, self.head_dim]).swap_dims(1, 2)
     }
+}
+
+/// `[lins[0] | lins[1] | …](src)` for `rows` rows of `src`, written side by side into one
+/// host buffer of `rows × Σ d_out` (the packed layout the CPU attention kernel reads).
+fn project_host(lins: &[&Linear], src: &[f32], rows: usize) -> Vec<f32> {
+    let hosts: Vec<cpu::LinearHost> = lins.iter().map(|l| cpu::LinearHost::new(l)).collect();
+    let width: usize = hosts.iter().map(|h| h.d_out).sum();
+    let threads = cpu::threads();
+    cpu::filled(rows * width, |buf| {
+        let mut col = 0;
+        for w in &hosts {
+            // SAFETY: `buf` holds rows·width values; column block col..col + d_out of every
+            // row is written once; `src` holds rows·d_in values.
+            unsafe {
+                w.apply(
+                    rows,
+                    cpu::Mat::rows(src, w.d_in),
+                    cpu::MatMut::rows(buf, width).offset(col),
+                    None,
+                    threads,
+                )
+            };
+            col += w.d_out;
+        }
+    })
 }
 
 /// Configuration of a [`FeedForward`] (diffusers `FeedForward` with `activation_fn="geglu"`).

@@ -313,33 +313,24 @@ impl TemporalHook for FreeNoiseHook {
         // follow the fusion); the compat normaliser breaks that, so it runs every window in full.
         let share = schedule.weights_sum_to_one;
         let k = stages.num_stages();
-        match self.config.variant {
-            FusionVariant::Chain if share && k == 1 => match stages.attention_stage(0) {
-                Some(a) => schedule.fuse_attention(tokens, a.as_ref(), site),
-                None => schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site),
-            },
-            FusionVariant::Chain if share => {
-                match (stages.attention_stage(0), stages.attention_stage(k - 1)) {
-                    (Some(first), Some(last)) => {
-                        schedule.fuse_chain(tokens, stages, first.as_ref(), last.as_ref(), site)
-                    }
-                    _ => schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site),
-                }
+        // With one stage the two variants are the same computation.
+        if self.config.variant == FusionVariant::PerStage || k == 1 {
+            let mut x = tokens;
+            for stage in 0..k {
+                x = match stages.attention_stage(stage) {
+                    Some(a) if share => schedule.fuse_attention(x, a.as_ref(), site)?,
+                    _ => schedule.fuse_one(x, &|x, w| stages.run_stage(stage, x, w), site)?,
+                };
             }
-            FusionVariant::Chain => {
-                schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site)
-            }
-            FusionVariant::PerStage => {
-                let mut x = tokens;
-                for stage in 0..k {
-                    x = match stages.attention_stage(stage) {
-                        Some(a) if share => schedule.fuse_attention(x, a.as_ref(), site)?,
-                        _ => schedule.fuse_one(x, &|x, w| stages.run_stage(stage, x, w), site)?,
-                    };
-                }
-                Ok(x)
-            }
+            return Ok(x);
         }
+        if share
+            && let (Some(first), Some(last)) =
+                (stages.attention_stage(0), stages.attention_stage(k - 1))
+        {
+            return schedule.fuse_chain(tokens, stages, first.as_ref(), last.as_ref(), site);
+        }
+        schedule.fuse_one(tokens, &|x, w| run_chain(stages, x, w), site)
     }
 }
 
@@ -351,7 +342,7 @@ type WindowFn<'a> = dyn Fn(Vec<Tensor<3>>, &FrameWindow) -> Result<Vec<Tensor<3>
 struct Chunk {
     /// Number of windows `m`.
     windows: usize,
-    /// The one window of a single-window call (sliced with `narrow`, real `FrameWindow`).
+    /// The one window of a single-window call (its call gets the real `FrameWindow`).
     single: Option<Range<usize>>,
     /// Frame of every stacked position (`m·L`): the indices of the one `select` that stacks
     /// the windows (much cheaper than concatenating `m` strided slices).
@@ -554,34 +545,20 @@ impl Schedule {
         let mut acc: Vec<Option<Tensor<3>>> = vec![None; widths.len()];
         for chunk in &self.chunks {
             let m = chunk.windows;
-            let (xs, window) = match &chunk.single {
-                Some(r) => {
-                    // `select` rather than `narrow`: it writes the window contiguously in one
-                    // pass, where materialising a strided `narrow` view is several times
-                    // slower on the flex backend.
-                    let frames = ints(&chunk.gather);
-                    (
-                        inputs
-                            .iter()
-                            .map(|t| t.clone().select(1, frames.clone()))
-                            .collect(),
-                        FrameWindow::relative(r.start, r.end),
-                    )
-                }
-                None => {
-                    // Gathered frames: [N, m·L, C], row n holds token n's m windows.
-                    let gather = ints(&chunk.gather);
-                    (
-                        inputs
-                            .iter()
-                            .map(|t| {
-                                let c = t.dims()[2];
-                                t.clone().select(1, gather.clone()).reshape([n * m, l, c])
-                            })
-                            .collect(),
-                        FrameWindow::relative(0, l),
-                    )
-                }
+            // The windows' frames gathered into [N, m·L, C] (row n holds token n's m
+            // windows) and viewed as [N·m, L, C]. `select` writes them contiguously in one
+            // pass; materialising a strided `narrow` view is several times slower on flex.
+            let gather = ints(&chunk.gather);
+            let xs = inputs
+                .iter()
+                .map(|t| {
+                    let c = t.dims()[2];
+                    t.clone().select(1, gather.clone()).reshape([n * m, l, c])
+                })
+                .collect();
+            let window = match &chunk.single {
+                Some(r) => FrameWindow::relative(r.start, r.end),
+                None => FrameWindow::relative(0, l),
             };
             let ys = run(xs, &window)?;
             let w =
