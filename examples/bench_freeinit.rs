@@ -25,15 +25,7 @@ use vdm::core::noise::{SeededNoise, draw};
 use vdm::longvideo::freeinit::{
     FftPrecision, LowPassFilter, SpectralMixer, apply_frequency_filter,
 };
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().cloned().fold(f64::INFINITY, f64::min)
-}
+use vdm_examples::measure::{median, min};
 
 fn ms(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
@@ -104,17 +96,17 @@ fn main() -> Result<()> {
                 host64_ms.push(host64);
             }
         }
-        let cell = |v: &Vec<f64>| format!("{:.2} / {:.2}", median(v.clone()), min(v));
+        let cell = |v: &Vec<f64>| format!("{:.2} / {:.2}", median(v), min(v));
         println!(
             "| {:<10} | {:>13} | {:>15} | {:>15} | {:>8.2} | {:>8.2} | {:>10.2} | {:>8.2} |",
             format!("{f}x{h}x{w}"),
             cell(&mask_ms),
             cell(&mix_ms),
             cell(&total_ms),
-            median(setup_ms),
-            median(host_ms),
-            median(host1_ms),
-            median(host64_ms),
+            median(&setup_ms),
+            median(&host_ms),
+            median(&host1_ms),
+            median(&host64_ms),
         );
     }
     println!(

@@ -41,34 +41,9 @@ use vdm::core::temporal::{
 };
 use vdm::core::{Conditioning, DenoiserInput, Result, Timesteps};
 use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, FusionVariant, WindowBatching};
-use vdm::models::unet_motion::{
-    MotionAdapterConfig, PerBlock, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
-};
-
-/// BASELINE.md "Exact configs": MOTION_U2 merged with MOTION_MA (`UNetMotionModel.from_unet2d`).
-fn bench_config() -> Result<UNetMotionConfig> {
-    let channels = vec![32, 64, 128, 128];
-    let unet = UNet2DConditionConfig {
-        sample_size: Some(32.into()),
-        block_out_channels: channels.clone(),
-        layers_per_block: PerBlock::Same(2),
-        cross_attention_dim: PerBlock::Same(128),
-        attention_head_dim: PerBlock::Same(8),
-        norm_num_groups: Some(32),
-        ..Default::default()
-    };
-    let adapter = MotionAdapterConfig {
-        block_out_channels: channels,
-        motion_layers_per_block: PerBlock::Same(2),
-        motion_mid_block_layers_per_block: 1,
-        motion_num_attention_heads: PerBlock::Same(8),
-        motion_norm_num_groups: 32,
-        motion_max_seq_length: 32,
-        use_motion_mid_block: true,
-        ..Default::default()
-    };
-    UNetMotionConfig::from_unet2d(&unet, &adapter)
-}
+use vdm::models::unet_motion::UNetMotionModel;
+use vdm_examples::measure::{load_average, median, min, process_cpu_seconds};
+use vdm_examples::motion_bench::bench_motion_config;
 
 /// Nanoseconds spent inside the hook and inside the stages it ran.
 #[derive(Default)]
@@ -180,44 +155,6 @@ impl TemporalHook for Timed<'_> {
     }
 }
 
-/// User + system CPU time of this process (all threads), seconds (10 ms resolution).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    let Some(end) = stat.rfind(')') else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / 100.0,
-        _ => f64::NAN,
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
-fn min(v: &[f64]) -> f64 {
-    v.iter().cloned().fold(f64::INFINITY, f64::min)
-}
-
-fn load1() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(String::from))
-        .unwrap_or_else(|| "?".into())
-}
-
 /// One timed run.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -249,12 +186,12 @@ impl Bench<'_> {
             inner: hook,
             clock: &self.clock,
         };
-        let c0 = cpu_seconds();
+        let c0 = process_cpu_seconds();
         let t0 = Instant::now();
         let y = self.model.forward(self.input(x, &timed))?;
         let y = Tensor::<5>::from_data(y.into_data(), &x.device());
         let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds() - c0;
+        let cpu = process_cpu_seconds() - c0;
         let (hook, stages) = self.clock.take();
         let sample = Sample {
             wall,
@@ -376,7 +313,7 @@ fn args() -> Args {
 fn main() -> Result<()> {
     let args = args();
     let device: Device = vdm::device();
-    let config = bench_config()?;
+    let config = bench_motion_config()?;
     let model = UNetMotionModel::new(&config, &device)?;
     let default = FreeNoiseConfig::new(16, 4);
     let mut variants: Vec<(String, Box<dyn TemporalHook>)> =
@@ -419,7 +356,7 @@ fn main() -> Result<()> {
 
     let mut summary = Vec::new();
     for &f in &args.frames {
-        let load0 = load1();
+        let load0 = load_average(1);
         let mut noise = SeededNoise::new(8100);
         let x: Tensor<5> = draw(&mut noise, [1, 4, f, 32, 32], &device)?;
         let windows = if f > default.context_length {
@@ -449,7 +386,7 @@ fn main() -> Result<()> {
                 samples[v].push(bench.run(&x, variants[v].1.as_ref())?.0);
             }
         }
-        let load1 = load1();
+        let load1 = load_average(1);
         let col =
             |v: usize, get: fn(&Sample) -> f64| samples[v].iter().map(get).collect::<Vec<_>>();
         let d_wall = median(&col(0, |s| s.wall));

@@ -13,6 +13,7 @@ use vdm::burn::tensor::Tensor;
 use vdm::core::Result;
 use vdm::core::noise::{SeededNoise, draw};
 use vdm::schedulers::from_config_json;
+use vdm_examples::measure::median;
 
 const CASES: &[(&str, &str, usize)] = &[
     (
@@ -41,11 +42,6 @@ const CASES: &[(&str, &str, usize)] = &[
         8,
     ),
 ];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() -> Result<()> {
     let repeats: usize = std::env::args()
@@ -98,11 +94,11 @@ fn main() -> Result<()> {
             }
         }
         let min = loops.iter().cloned().fold(f64::INFINITY, f64::min);
-        let med = median(loops);
+        let med = median(&loops);
         println!(
             "| {name:<26} | {steps:>5} | {med:>14.2} | {min:>8.2} | {:>9.3} | {:>17.3} |",
             med / *steps as f64,
-            median(sets)
+            median(&sets)
         );
     }
     println!(

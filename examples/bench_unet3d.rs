@@ -41,6 +41,7 @@ use vdm::models::resnet::ResnetBlock2D;
 use vdm::models::temporal::{TemporalConvLayer, TransformerTemporalModel};
 use vdm::models::transformer_2d::{Projection, Transformer2DModel};
 use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig, temporal_transformer};
+use vdm_examples::measure::{load_average, median, process_cpu_seconds, reset_hwm, rss_mib};
 
 /// `UNET3D_BENCH` of `shared/bench/baseline.py`.
 const BENCH_CONFIG: &str = r#"{
@@ -95,41 +96,6 @@ fn parse_args() -> Args {
     }
     args.repeats = args.repeats.max(1);
     args
-}
-
-/// `(VmHWM, VmRSS)` in MiB, from `/proc/self/status`.
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-/// Resets the peak-RSS mark (`VmHWM`) to the current RSS, if permitted.
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,17 +219,6 @@ fn unet_flops(m: &UNet3DConditionModel, frames: usize, size: usize) -> f64 {
 // Instrumented copy of the forward (--profile).
 // ---------------------------------------------------------------------------------------------
 
-/// CPU time of the whole process (all threads), in seconds.
-fn process_cpu_s() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
 /// Accumulated wall time, process CPU time and call count per layer kind.
 #[derive(Default)]
 struct Prof {
@@ -272,11 +227,11 @@ struct Prof {
 
 impl Prof {
     fn time<T>(&mut self, kind: &str, f: impl FnOnce() -> T) -> T {
-        let (t0, c0) = (Instant::now(), process_cpu_s());
+        let (t0, c0) = (Instant::now(), process_cpu_seconds());
         let out = f();
         let e = self.t.entry(kind.to_string()).or_default();
         e.0 += t0.elapsed().as_secs_f64();
-        e.1 += process_cpu_s() - c0;
+        e.1 += process_cpu_seconds() - c0;
         e.2 += 1;
         out
     }
@@ -441,7 +396,7 @@ fn profile(m: &UNet3DConditionModel, frames: usize, size: usize, runs: usize) ->
     println!(
         "\nprofile F={frames} {size}x{size}: {total:.3} s per forward ({runs} runs; instrumented \
          output vs model: max |diff| = {diff:.2e}); load {}",
-        load_average()
+        load_average(3)
     );
     let mut groups: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     println!(
@@ -494,7 +449,7 @@ fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.warmup,
         args.repeats,
-        load_average(),
+        load_average(3),
     );
     if args.profile {
         for &f in &args.frames {
@@ -522,7 +477,7 @@ fn main() -> Result<()> {
         let gflop = unet_flops(&model, f, args.size) / 1e9;
         let (_, rss_before) = rss_mib();
         let reset = reset_hwm();
-        let load0 = load_average();
+        let load0 = load_average(3);
         let mut times = Vec::new();
         for r in 0..args.warmup + args.repeats {
             let t0 = Instant::now();
@@ -534,7 +489,7 @@ fn main() -> Result<()> {
         }
         let (hwm, _) = rss_mib();
         let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let med = median(times);
+        let med = median(&times);
         println!(
             "| {f:>3} | {:<16} | {gflop:>6.1} | {med:>8.3} | {min:>8.3} | {:>7.1} | {hwm:>8.0} | {:>10} | {:>12} |",
             format!("{shape:?}").replace(' ', ""),
@@ -547,6 +502,6 @@ fn main() -> Result<()> {
             format!("{load0}"),
         );
     }
-    println!("load after: {}", load_average());
+    println!("load after: {}", load_average(3));
     Ok(())
 }

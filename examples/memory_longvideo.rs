@@ -35,54 +35,9 @@ use vdm::core::noise::{SeededNoise, draw};
 use vdm::core::{Conditioning, Denoiser, DenoiserInput, Result, Timesteps};
 use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, WindowBatching};
 use vdm::models::chunking::Chunking;
-use vdm::models::unet_motion::{
-    MotionAdapterConfig, PerBlock, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
-};
-
-/// BASELINE.md "Exact configs": MOTION_U2 merged with MOTION_MA (`UNetMotionModel.from_unet2d`).
-fn bench_config() -> Result<UNetMotionConfig> {
-    let channels = vec![32, 64, 128, 128];
-    let unet = UNet2DConditionConfig {
-        sample_size: Some(32.into()),
-        block_out_channels: channels.clone(),
-        layers_per_block: PerBlock::Same(2),
-        cross_attention_dim: PerBlock::Same(128),
-        attention_head_dim: PerBlock::Same(8),
-        norm_num_groups: Some(32),
-        ..Default::default()
-    };
-    let adapter = MotionAdapterConfig {
-        block_out_channels: channels,
-        motion_layers_per_block: PerBlock::Same(2),
-        motion_mid_block_layers_per_block: 1,
-        motion_num_attention_heads: PerBlock::Same(8),
-        motion_norm_num_groups: 32,
-        motion_max_seq_length: 32,
-        use_motion_mid_block: true,
-        ..Default::default()
-    };
-    UNetMotionConfig::from_unet2d(&unet, &adapter)
-}
-
-/// A `/proc/self/status` field in MiB (`VmRSS`, `VmHWM`).
-fn status_mib(field: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn load1() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(String::from))
-        .unwrap_or_else(|| "?".into())
-}
+use vdm::models::unet_motion::UNetMotionModel;
+use vdm_examples::measure::{linear_fit, load_average, reset_hwm, status_mib};
+use vdm_examples::motion_bench::bench_motion_config;
 
 #[derive(Debug, Clone)]
 struct Options {
@@ -182,7 +137,7 @@ impl Options {
 fn measure(o: &Options, frames: usize) -> Result<()> {
     let device = vdm::device();
     let rss_start = status_mib("VmRSS");
-    let model = UNetMotionModel::new(&bench_config()?, &device)?.with_chunking(o.chunking);
+    let model = UNetMotionModel::new(&bench_motion_config()?, &device)?.with_chunking(o.chunking);
     let hook = FreeNoiseHook::new(FreeNoiseConfig::new(16, 4).with_batching(o.batching))?;
     let mut noise = SeededNoise::new(8100);
     let x: Tensor<5> = draw(&mut noise, [1, 4, frames, 32, 32], &device)?;
@@ -198,8 +153,8 @@ fn measure(o: &Options, frames: usize) -> Result<()> {
     );
     let _ = model.predict(warm)?.into_data();
     let rss_built = status_mib("VmRSS");
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let load_before = load1();
+    let reset = reset_hwm();
+    let load_before = load_average(1);
     let t0 = Instant::now();
     let input = DenoiserInput::new(x, Timesteps::Shared(500.0), Conditioning::Shared(text))
         .with_temporal(&hook);
@@ -238,7 +193,7 @@ fn measure(o: &Options, frames: usize) -> Result<()> {
         "peak_reached_in": peak_in,
         "rss_at_block_ends_mib": blocks,
         "load_before": load_before,
-        "load_after": load1(),
+        "load_after": load_average(1),
         "config": o.describe(),
     });
     println!("RESULT {result}");
@@ -307,18 +262,15 @@ fn drive(o: &Options) -> Result<()> {
     }
     if rows.len() >= 2 {
         // Least-squares slope of peak RSS and of time over F.
-        let xs: Vec<f64> = rows.iter().map(|r| get(r, "frames")).collect();
-        let fit = |ys: Vec<f64>| {
-            let n = xs.len() as f64;
-            let mx = xs.iter().sum::<f64>() / n;
-            let my = ys.iter().sum::<f64>() / n;
-            let sxy: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-            let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
-            let slope = sxy / sxx;
-            (slope, my - slope * mx)
+        let fit = |key: &str| {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (get(r, "frames"), get(r, key)))
+                .collect();
+            linear_fit(&points)
         };
-        let (rss_slope, rss_icpt) = fit(rows.iter().map(|r| get(r, "peak_rss_mib")).collect());
-        let (t_slope, t_icpt) = fit(rows.iter().map(|r| get(r, "forward_s")).collect());
+        let (rss_slope, rss_icpt) = fit("peak_rss_mib");
+        let (t_slope, t_icpt) = fit("forward_s");
         println!(
             "\nLeast-squares fit over F: peak RSS ≈ {rss_icpt:.0} MiB + {rss_slope:.2} MiB × F; forward ≈ {t_icpt:.1} s + {t_slope:.3} s × F"
         );

@@ -28,23 +28,10 @@ use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
 use vdm::models::chunking::Chunking;
 use vdm::models::loading::LoadOptions;
 use vdm::models::unet3d::{PretrainedSource, UNet3DConditionModel};
+use vdm_examples::measure::{linear_fit, reset_hwm, rss_mib};
 
 const TEXT: [usize; 3] = [1, 77, 32];
 const SIZE: usize = 16;
-
-/// `(VmHWM, VmRSS)` in MiB.
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map_or(f64::NAN, |kib| kib / 1024.0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
 
 fn parse_pair(s: &str) -> (usize, usize) {
     let v: Vec<usize> = s
@@ -84,7 +71,7 @@ fn measure(frames: usize, chunk: Option<(usize, usize)>) -> Result<()> {
         .into_scalar();
 
     let (_, before) = rss_mib();
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let reset = reset_hwm();
     let t0 = Instant::now();
     let out = model.forward(sample, &timesteps, &conditioning, &AllFrames)?;
     let _: f32 = out.slice([0..1, 0..1, 0..1, 0..1, 0..1]).into_scalar();
@@ -95,18 +82,6 @@ fn measure(frames: usize, chunk: Option<(usize, usize)>) -> Result<()> {
         hwm - before
     );
     Ok(())
-}
-
-/// Least-squares slope of `y` against `x`.
-fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    let (mx, my) = points
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-    let (num, den) = points.iter().fold((0.0, 0.0), |(num, den), (x, y)| {
-        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
-    });
-    num / den
 }
 
 fn main() -> Result<()> {
@@ -189,7 +164,7 @@ fn main() -> Result<()> {
             points.push((f as f64, fwd));
         }
         if points.len() >= 2 {
-            summary.push((mode, slope(&points), points));
+            summary.push((mode, linear_fit(&points).0, points));
         }
     }
     println!();

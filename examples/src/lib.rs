@@ -1,5 +1,8 @@
-//! Shared helpers for the vdm examples: an analytic denoiser and small printing utilities.
+//! Shared helpers for the vdm examples: an analytic denoiser, the bench-size AnimateDiff
+//! config, and measurement utilities.
 
 #![warn(missing_docs)]
 
+pub mod measure;
 pub mod mixture;
+pub mod motion_bench;
