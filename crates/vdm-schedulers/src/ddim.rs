@@ -9,7 +9,7 @@ use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::options::TimestepSpacing;
-use crate::prediction::{Scales, add_noise, to_x0_and_eps};
+use crate::prediction::{Scales, to_x0_and_eps};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
@@ -134,19 +134,8 @@ impl Ddim {
         if t < 0.0 {
             return Ok(self.final_alpha_cumprod);
         }
-        integer_timestep(t).and_then(|t| self.schedule.alpha_cumprod(t))
+        self.schedule.alpha_cumprod_at(t)
     }
-}
-
-/// Converts an integer-valued `f64` timestep, rejecting fractions.
-pub(crate) fn integer_timestep(t: f64) -> Result<i64> {
-    if t.fract() != 0.0 || !t.is_finite() {
-        return Err(Error::invalid(
-            "timestep",
-            format!("this scheduler uses integer timesteps, got {t}"),
-        ));
-    }
-    Ok(t as i64)
 }
 
 impl Scheduler for Ddim {
@@ -216,9 +205,7 @@ impl Scheduler for Ddim {
     }
 
     fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &original)?;
-        let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
-        Ok(add_noise(original, noise, Scales::from_alpha_cumprod(a)))
+        self.schedule.add_noise(original, noise, timestep)
     }
 
     fn prediction_type(&self) -> PredictionType {

@@ -10,9 +10,8 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
-use crate::ddim::integer_timestep;
 use crate::options::{TimestepSpacing, VarianceType};
-use crate::prediction::{Scales, add_noise, velocity};
+use crate::prediction::Scales;
 use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
@@ -174,16 +173,14 @@ impl Ddpm {
         noise: Tensor<5>,
         timestep: f64,
     ) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &x0)?;
-        let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
-        Ok(velocity(x0, noise, Scales::from_alpha_cumprod(a)))
+        self.schedule.velocity(x0, noise, timestep)
     }
 
     fn alpha_at(&self, t: f64) -> Result<f32> {
         if t < 0.0 {
             return Ok(1.0);
         }
-        integer_timestep(t).and_then(|t| self.schedule.alpha_cumprod(t))
+        self.schedule.alpha_cumprod_at(t)
     }
 
     /// Splits a learned-variance model output `[B, 2C, ...]` into the prediction and the
@@ -338,9 +335,7 @@ impl Scheduler for Ddpm {
     }
 
     fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &original)?;
-        let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
-        Ok(add_noise(original, noise, Scales::from_alpha_cumprod(a)))
+        self.schedule.add_noise(original, noise, timestep)
     }
 
     fn prediction_type(&self) -> PredictionType {

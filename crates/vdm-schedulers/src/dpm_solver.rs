@@ -22,8 +22,8 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
-use crate::ddim::integer_timestep;
 use crate::options::{AlgorithmType, BetaSchedule, FinalSigmasType, SolverType, TimestepSpacing};
+use crate::schedule::integer_timestep;
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::{check_in_range, np_linspace, validate_steps};

@@ -13,11 +13,9 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
-use crate::ddim::integer_timestep;
 use crate::ddpm::predicted_x0;
 use crate::options::{BetaSchedule, TimestepSpacing};
 use crate::prediction::Scales;
-use crate::prediction::{add_noise, velocity};
 use crate::schedule::torch_sqrt;
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
@@ -176,9 +174,7 @@ impl Lcm {
         noise: Tensor<5>,
         timestep: f64,
     ) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &x0)?;
-        let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
-        Ok(velocity(x0, noise, Scales::from_alpha_cumprod(a)))
+        self.schedule.velocity(x0, noise, timestep)
     }
 
     /// diffusers' `index_for_timestep`: the position of `timestep` in the schedule (the second
@@ -203,7 +199,7 @@ impl Lcm {
         if t < 0.0 {
             return Ok(self.final_alpha_cumprod);
         }
-        integer_timestep(t).and_then(|t| self.schedule.alpha_cumprod(t))
+        self.schedule.alpha_cumprod_at(t)
     }
 }
 
@@ -307,9 +303,7 @@ impl Scheduler for Lcm {
     }
 
     fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &original)?;
-        let a = self.schedule.alpha_cumprod(integer_timestep(timestep)?)?;
-        Ok(add_noise(original, noise, Scales::from_alpha_cumprod(a)))
+        self.schedule.add_noise(original, noise, timestep)
     }
 
     fn prediction_type(&self) -> PredictionType {

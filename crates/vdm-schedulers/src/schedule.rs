@@ -1,11 +1,25 @@
 //! Beta schedules and the cumulative products derived from them, computed as diffusers does
 //! (`scheduling_ddim.py`: `betas_for_alpha_bar`, `rescale_zero_terminal_snr`).
 
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use vdm_core::error::{ensure_non_negative, ensure_positive};
+use vdm_core::layout::expect_same_shape;
 use vdm_core::{Error, Result};
 
 use crate::options::BetaSchedule;
+use crate::prediction::{Scales, add_noise, velocity};
+
+/// Converts an integer-valued `f64` timestep, rejecting fractions.
+pub(crate) fn integer_timestep(t: f64) -> Result<i64> {
+    if t.fract() != 0.0 || !t.is_finite() {
+        return Err(Error::invalid(
+            "timestep",
+            format!("this scheduler uses integer timesteps, got {t}"),
+        ));
+    }
+    Ok(t as i64)
+}
 
 /// The training noise schedule fields shared by every diffusers scheduler config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +170,34 @@ impl NoiseSchedule {
     /// Number of training timesteps `T`.
     pub fn num_train_timesteps(&self) -> usize {
         self.alphas_cumprod.len()
+    }
+
+    /// `ᾱ_t` at a timestep given as the schedulers take it (an integer-valued `f64`); a typed
+    /// error for a fraction or a timestep out of range.
+    pub fn alpha_cumprod_at(&self, t: f64) -> Result<f32> {
+        self.alpha_cumprod(integer_timestep(t)?)
+    }
+
+    /// The forward process at timestep `t`: `√ᾱ_t·x₀ + √(1 − ᾱ_t)·ε` (diffusers' `add_noise`
+    /// of the DDIM, DDPM and LCM schedulers).
+    ///
+    /// # Shapes
+    /// `x0` and `noise`: the same shape; the output likewise.
+    pub fn add_noise(&self, x0: Tensor<5>, noise: Tensor<5>, t: f64) -> Result<Tensor<5>> {
+        expect_same_shape("noise", &noise, &x0)?;
+        let s = Scales::from_alpha_cumprod(self.alpha_cumprod_at(t)?);
+        Ok(add_noise(x0, noise, s))
+    }
+
+    /// The velocity target at timestep `t`: `√ᾱ_t·ε − √(1 − ᾱ_t)·x₀` (Salimans & Ho 2022;
+    /// diffusers' `get_velocity`).
+    ///
+    /// # Shapes
+    /// `x0` and `noise`: the same shape; the output likewise.
+    pub fn velocity(&self, x0: Tensor<5>, noise: Tensor<5>, t: f64) -> Result<Tensor<5>> {
+        expect_same_shape("noise", &noise, &x0)?;
+        let s = Scales::from_alpha_cumprod(self.alpha_cumprod_at(t)?);
+        Ok(velocity(x0, noise, s))
     }
 
     /// `ᾱ_t` at integer timestep `t`, or a typed error when `t` is out of range.
