@@ -29,6 +29,23 @@ fn resnet(
         .try_init(device)
 }
 
+/// `num_layers` VAE resnets, the first mapping `in_channels → out_channels`, the rest
+/// `out_channels → out_channels`.
+fn resnet_stack(
+    in_channels: usize,
+    out_channels: usize,
+    num_layers: usize,
+    groups: usize,
+    device: &Device,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..num_layers)
+        .map(|i| {
+            let cin = if i == 0 { in_channels } else { out_channels };
+            resnet(cin, out_channels, groups, device)
+        })
+        .collect()
+}
+
 /// `num_layers` resnets followed by an optional stride-2 downsampler with diffusers' VAE
 /// padding (one zero row/column at the bottom/right, `downsample_padding=0`)
 /// (diffusers `DownEncoderBlock2D`, `unet_2d_blocks.py`).
@@ -55,12 +72,7 @@ impl DownEncoderBlock2D {
         add_downsample: bool,
         device: &Device,
     ) -> Result<Self> {
-        let resnets = (0..num_layers)
-            .map(|i| {
-                let cin = if i == 0 { in_channels } else { out_channels };
-                resnet(cin, out_channels, groups, device)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(in_channels, out_channels, num_layers, groups, device)?;
         let downsamplers = if add_downsample {
             vec![
                 Downsample2DConfig::new(out_channels)
@@ -119,12 +131,7 @@ impl UpDecoderBlock2D {
         add_upsample: bool,
         device: &Device,
     ) -> Result<Self> {
-        let resnets = (0..num_layers)
-            .map(|i| {
-                let cin = if i == 0 { in_channels } else { out_channels };
-                resnet(cin, out_channels, groups, device)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(in_channels, out_channels, num_layers, groups, device)?;
         let upsamplers = if add_upsample {
             vec![Upsample2DConfig::new(out_channels).try_init(device)?]
         } else {
