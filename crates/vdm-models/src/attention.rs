@@ -41,6 +41,14 @@ pub(crate) fn ensure_groups(field: &str, channels: usize, groups: usize) -> Resu
     Ok(())
 }
 
+/// Checks a dropout probability (`[0, 1)`), naming `field`.
+pub(crate) fn ensure_dropout(field: &str, p: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::invalid(field, format!("must be in [0, 1), got {p}")));
+    }
+    Ok(())
+}
+
 /// Checks a normalisation epsilon, naming `field`.
 pub(crate) fn ensure_eps(field: &str, eps: f64) -> Result<()> {
     vdm_core::error::ensure_positive(field, eps).map(|_| ())

@@ -14,7 +14,7 @@ use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm_core::{Error, Result};
 
-use crate::attention::{ensure_eps, ensure_groups, ensure_nonzero, expect_images};
+use crate::attention::{ensure_dropout, ensure_eps, ensure_groups, ensure_nonzero, expect_images};
 use crate::cpu;
 
 /// Configuration of a [`ResnetBlock2D`] (diffusers `ResnetBlock2D` with
@@ -69,12 +69,7 @@ impl ResnetBlock2DConfig {
         }
         ensure_eps("eps", self.eps)?;
         vdm_core::error::ensure_positive("output_scale_factor", self.output_scale_factor)?;
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::invalid(
-                "dropout",
-                format!("must be in [0, 1), got {}", self.dropout),
-            ));
-        }
+        ensure_dropout("dropout", self.dropout)?;
         Ok(())
     }
 

@@ -50,7 +50,8 @@ use vdm_core::temporal::{TemporalHook, TemporalSite};
 use vdm_core::{Error, Result};
 
 use crate::attention::{
-    BasicTransformerBlock, BasicTransformerBlockConfig, ensure_eps, ensure_groups, ensure_nonzero,
+    BasicTransformerBlock, BasicTransformerBlockConfig, ensure_dropout, ensure_eps, ensure_groups,
+    ensure_nonzero,
 };
 use crate::cpu;
 
@@ -99,12 +100,7 @@ impl TemporalConvLayerConfig {
     pub fn validate(&self) -> Result<()> {
         ensure_groups("norm_num_groups", self.channels, self.norm_num_groups)?;
         ensure_eps("norm_eps", self.norm_eps)?;
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::invalid(
-                "dropout",
-                format!("must be in [0, 1), got {}", self.dropout),
-            ));
-        }
+        ensure_dropout("dropout", self.dropout)?;
         Ok(())
     }
 
