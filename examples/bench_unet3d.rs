@@ -35,7 +35,7 @@ use vdm::burn::tensor::{Device, Tensor};
 use vdm::core::layout::{batch_to_frames, frames_to_batch};
 use vdm::core::noise::{SeededNoise, draw};
 use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
-use vdm::models::attention::{Attention, FeedForward};
+use vdm::models::attention::{Attention, BasicTransformerBlock, FeedForward};
 use vdm::models::embeddings::TimestepProjection;
 use vdm::models::resnet::ResnetBlock2D;
 use vdm::models::temporal::{TemporalConvLayer, TransformerTemporalModel};
@@ -144,26 +144,34 @@ fn spatial_flops(t: &Transformer2DModel, n: usize, h: usize, w: usize, text: usi
         Projection::Linear(l) => linear_flops(l, rows),
         Projection::Conv(c) => conv_flops(c, n, h, w),
     };
-    let mut f = proj(&t.proj_in) + proj(&t.proj_out);
-    for b in &t.transformer_blocks {
-        f += attention_flops(&b.attn1, n, h * w, h * w) + ff_flops(&b.ff, rows);
-        if let Some(a) = &b.attn2 {
-            f += attention_flops(a, n, h * w, text);
-        }
-    }
-    f
+    proj(&t.proj_in) + proj(&t.proj_out) + blocks_flops(&t.transformer_blocks, n, h * w, text)
+}
+
+/// Transformer blocks on `items` sequences of `len` tokens; `attn2` attends to `attn2_len`
+/// tokens (the text, or the same sequence).
+fn blocks_flops(
+    blocks: &[BasicTransformerBlock],
+    items: usize,
+    len: usize,
+    attn2_len: usize,
+) -> f64 {
+    blocks
+        .iter()
+        .map(|b| {
+            attention_flops(&b.attn1, items, len, len)
+                + ff_flops(&b.ff, items * len)
+                + b.attn2
+                    .as_ref()
+                    .map_or(0.0, |a| attention_flops(a, items, len, attn2_len))
+        })
+        .sum()
 }
 
 fn temporal_flops(t: &TransformerTemporalModel, frames: usize, h: usize, w: usize) -> f64 {
     let rows = frames * h * w;
-    let mut f = linear_flops(&t.proj_in, rows) + linear_flops(&t.proj_out, rows);
-    for b in &t.transformer_blocks {
-        f += attention_flops(&b.attn1, h * w, frames, frames) + ff_flops(&b.ff, rows);
-        if let Some(a) = &b.attn2 {
-            f += attention_flops(a, h * w, frames, frames);
-        }
-    }
-    f
+    linear_flops(&t.proj_in, rows)
+        + linear_flops(&t.proj_out, rows)
+        + blocks_flops(&t.transformer_blocks, h * w, frames, frames)
 }
 
 /// Counted FLOPs of one forward on `[1, C, frames, size, size]` (batch 1).
