@@ -51,6 +51,7 @@
 //! assert_eq!(y.dims(), [2, 5, 3]);
 //! ```
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use burn::tensor::{Bool, Tensor};
@@ -238,8 +239,7 @@ pub fn run_attention_stage(
     residual: Tensor<3>,
     window: &FrameWindow,
 ) -> Result<Tensor<3>> {
-    let attended = attend_window(stage, projections, window)?;
-    stage.output(attended, residual)
+    WindowAttention::new(stage).run(projections, residual, window)
 }
 
 /// [`AttentionStage::attend`] on one window after adding the positional terms of
@@ -249,15 +249,74 @@ pub fn attend_window(
     projections: Tensor<3>,
     window: &FrameWindow,
 ) -> Result<Tensor<3>> {
-    let projections =
-        match stage.project_positions(window.positions.clone(), &projections.device())? {
+    WindowAttention::new(stage).attend(projections, window)
+}
+
+/// An [`AttentionStage`] applied to window after window of one pass. The positional terms of
+/// the last positions are kept for the next window: the windows of a FreeNoise pass all use
+/// positions `0..L`, so the terms are computed once per pass instead of once per window.
+/// Use one value per pass (the kept terms live on the device of the first window).
+pub struct WindowAttention<'a> {
+    stage: &'a dyn AttentionStage,
+    /// The last positions and their terms (`None` terms: the stage has no positional table).
+    positions: RefCell<Option<(Range<usize>, Option<Tensor<2>>)>>,
+}
+
+impl<'a> WindowAttention<'a> {
+    /// A pass over windows of `stage`.
+    pub fn new(stage: &'a dyn AttentionStage) -> Self {
+        Self {
+            stage,
+            positions: RefCell::new(None),
+        }
+    }
+
+    /// [`AttentionStage::attend`] on one window, after adding the positional terms of
+    /// `window.positions`.
+    ///
+    /// # Shapes
+    /// - `projections`: `[N, f, P]`, output: `[N, f, A]`
+    pub fn attend(&self, projections: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
+        let terms = self.position_terms(&window.positions, &projections.device())?;
+        let projections = match terms {
             Some(pos) => {
                 let [f, p] = pos.dims();
                 projections + pos.reshape([1, f, p])
             }
             None => projections,
         };
-    stage.attend(projections, window.mask.as_ref())
+        self.stage.attend(projections, window.mask.as_ref())
+    }
+
+    /// `residual + output(attend(projections))` on one window.
+    ///
+    /// # Shapes
+    /// - `projections`: `[N, f, P]`, `residual`: `[N, f, C]`, output: `[N, f, C]`
+    pub fn run(
+        &self,
+        projections: Tensor<3>,
+        residual: Tensor<3>,
+        window: &FrameWindow,
+    ) -> Result<Tensor<3>> {
+        let attended = self.attend(projections, window)?;
+        self.stage.output(attended, residual)
+    }
+
+    fn position_terms(
+        &self,
+        positions: &Range<usize>,
+        device: &burn::tensor::Device,
+    ) -> Result<Option<Tensor<2>>> {
+        let mut kept = self.positions.borrow_mut();
+        if let Some((range, terms)) = kept.as_ref()
+            && range == positions
+        {
+            return Ok(terms.clone());
+        }
+        let terms = self.stage.project_positions(positions.clone(), device)?;
+        *kept = Some((positions.clone(), terms.clone()));
+        Ok(terms)
+    }
 }
 
 /// Runs every stage in order on one window (the "chain" of a transformer block).

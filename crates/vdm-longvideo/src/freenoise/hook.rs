@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use vdm_core::temporal::{
-    AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages, attend_window,
-    run_attention_stage, run_chain,
+    AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages, WindowAttention,
+    run_chain,
 };
 use vdm_core::{Error, Result};
 
@@ -484,9 +484,10 @@ impl Schedule {
         site: &TemporalSite<'_>,
     ) -> Result<Tensor<3>> {
         let projections = stage.project(tokens.clone())?;
+        let windows = WindowAttention::new(stage);
         let attended = self.fuse(
             vec![projections],
-            &|mut p, w| Ok(vec![attend_window(stage, p.remove(0), w)?]),
+            &|mut p, w| Ok(vec![windows.attend(p.remove(0), w)?]),
             &[stage.attention_width()],
             site,
         )?;
@@ -508,16 +509,18 @@ impl Schedule {
         let c = tokens.dims()[2];
         let k = stages.num_stages();
         let projections = first.project(tokens.clone())?;
+        let (first_windows, last_windows) =
+            (WindowAttention::new(first), WindowAttention::new(last));
         let fused = self.fuse(
             vec![tokens, projections],
             &|mut inputs, w| {
                 let p = inputs.pop().expect("projections");
                 let x = inputs.pop().expect("tokens");
-                let mut h = run_attention_stage(first, p, x, w)?;
+                let mut h = first_windows.run(p, x, w)?;
                 for stage in 1..k - 1 {
                     h = stages.run_stage(stage, h, w)?;
                 }
-                let a = attend_window(last, last.project(h.clone())?, w)?;
+                let a = last_windows.attend(last.project(h.clone())?, w)?;
                 Ok(vec![h, a])
             },
             &[c, last.attention_width()],
@@ -673,6 +676,11 @@ mod tests {
 
     struct ToyStage(usize);
 
+    thread_local! {
+        /// Calls of `ToyStage::project_positions` on this thread.
+        static POSITION_TERMS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     fn mat(rows: usize, cols: usize, seed: usize) -> Tensor<2> {
         let v: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7 + seed * 13) as f32 * 0.61).sin() * 0.5)
@@ -701,6 +709,7 @@ mod tests {
             positions: Range<usize>,
             device: &Device,
         ) -> Result<Option<Tensor<2>>> {
+            POSITION_TERMS.with(|n| n.set(n.get() + 1));
             let f = positions.len();
             let v: Vec<f32> = positions
                 .flat_map(|p| (0..4).map(move |c| ((p + c) as f32).sin()))
@@ -724,7 +733,7 @@ mod tests {
         }
         fn run_stage(&self, stage: usize, x: Tensor<3>, w: &FrameWindow) -> Result<Tensor<3>> {
             let s = ToyStage(stage);
-            run_attention_stage(&s, s.project(x.clone())?, x, w)
+            vdm_core::temporal::run_attention_stage(&s, s.project(x.clone())?, x, w)
         }
         fn attention_stage(&self, stage: usize) -> Option<Box<dyn AttentionStage + '_>> {
             Some(Box::new(ToyStage(stage)))
@@ -771,6 +780,20 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn positional_terms_are_computed_once_per_pass() {
+        let x = ramp(2, 29, 4);
+        let site = TemporalSite::new("t", 29);
+        let hook = FreeNoiseHook::new(FreeNoiseConfig::new(8, 3)).unwrap();
+        assert!(hook.plan(29).unwrap().windows().len() > 1);
+        for (stages, passes) in [(1, 1), (2, 2)] {
+            POSITION_TERMS.with(|n| n.set(0));
+            hook.apply(&site, x.clone(), &ToyAttention { stages })
+                .unwrap();
+            assert_eq!(POSITION_TERMS.with(|n| n.get()), passes, "{stages} stages");
         }
     }
 
