@@ -42,16 +42,10 @@ fn is_flex(device: &Device) -> bool {
     format!("{device:?}").contains("Flex")
 }
 
-/// Threads used by the kernels: `RAYON_NUM_THREADS` if set (as flex), else all cores.
+/// Threads used by the kernels: those of rayon's global pool (as flex and gemm), i.e.
+/// `RAYON_NUM_THREADS` if set, else all cores.
 fn max_threads() -> usize {
-    static N: OnceLock<usize> = OnceLock::new();
-    *N.get_or_init(|| {
-        std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    })
+    rayon::current_num_threads()
 }
 
 /// Threads the kernels use (see [`max_threads`]).
@@ -59,8 +53,9 @@ pub(crate) fn threads() -> usize {
     max_threads()
 }
 
-/// Runs `f` over contiguous ranges of `0..items` on up to [`max_threads`] threads; `cost`
-/// (≈ floating-point operations in total) keeps small jobs on the calling thread.
+/// Runs `f` over contiguous ranges of `0..items` on up to [`max_threads`] threads of rayon's
+/// global pool; `cost` (≈ floating-point operations in total) keeps small jobs on the calling
+/// thread.
 fn parallel(items: usize, cost: usize, f: impl Fn(Range<usize>) + Sync) {
     const MIN_COST_PER_THREAD: usize = 1 << 18;
     let threads = max_threads()
@@ -72,15 +67,13 @@ fn parallel(items: usize, cost: usize, f: impl Fn(Range<usize>) + Sync) {
         return;
     }
     let per = items.div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        for t in 1..threads {
-            let range = (t * per).min(items)..((t + 1) * per).min(items);
-            if !range.is_empty() {
-                s.spawn(move || f(range));
-            }
+    // Rayon's global pool (the one flex and gemm use): no threads are started per call.
+    use rayon::prelude::*;
+    (0..threads).into_par_iter().for_each(|t| {
+        let range = (t * per).min(items)..((t + 1) * per).min(items);
+        if !range.is_empty() {
+            f(range);
         }
-        f(0..per.min(items));
     });
 }
 
@@ -131,13 +124,13 @@ pub(crate) fn f32s_mut(data: &mut TensorData) -> &mut [f32] {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Isa {
+pub(crate) enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
-fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -170,17 +163,19 @@ macro_rules! dispatch {
                 fn avx2($($arg: $ty),*) {
                     $generic::<8, true>($($arg),*)
                 }
-                match isa() {
+                match $crate::cpu::isa() {
                     // SAFETY: the CPU supports the enabled features (checked by `isa`).
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Portable => {}
+                    $crate::cpu::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::cpu::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::cpu::Isa::Portable => {}
                 }
             }
             $generic::<8, false>($($arg),*)
         }
     };
 }
+
+mod winograd;
 
 #[inline(always)]
 fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -991,6 +986,31 @@ pub(crate) struct ConvHost {
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [usize; 2],
+    /// The Winograd form of a 3×3, stride-1, padding-1 convolution.
+    winograd: Option<winograd::Winograd>,
+}
+
+/// Per-thread buffers of [`ConvHost::accumulate_images`].
+#[derive(Default)]
+struct ConvScratch {
+    /// im2col columns.
+    cols: Vec<f32>,
+    winograd: winograd::Scratch,
+}
+
+thread_local! {
+    /// Each thread's convolution buffers, kept between calls (a few MiB): fresh ones would
+    /// be page-faulted in again on every call.
+    static CONV_SCRATCH: std::cell::RefCell<ConvScratch> = std::cell::RefCell::default();
+}
+
+/// `f` with this thread's [`ConvScratch`] (fresh buffers when a nested job on this thread
+/// holds them).
+fn with_conv_scratch<R>(f: impl FnOnce(&mut ConvScratch) -> R) -> R {
+    CONV_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        Err(_) => f(&mut ConvScratch::default()),
+    })
 }
 
 /// The symmetric padding of a convolution these kernels cover (groups 1, dilation 1).
@@ -1033,14 +1053,62 @@ impl ConvHost {
     /// Host copy of `conv` (check [`conv2d_output`] first).
     pub fn new(conv: &burn::nn::conv::Conv2d) -> Self {
         let [cout, cin, kh, kw] = conv.weight.dims();
+        let weight = host(conv.weight.val());
+        let pad = conv_padding(conv).expect("checked by conv2d_output");
+        let winograd = ([kh, kw] == [3, 3] && conv.stride == [1, 1] && pad == [1, 1])
+            .then(|| winograd::Winograd::new(f32s(&weight), cout, cin));
         Self {
-            weight: host(conv.weight.val()),
+            weight,
             bias: conv.bias.as_ref().map(|b| host(b.val())),
             cout,
             cin,
             kernel: [kh, kw],
             stride: conv.stride,
-            pad: conv_padding(conv).expect("checked by conv2d_output"),
+            pad,
+            winograd,
+        }
+    }
+
+    /// Images per [`accumulate_images`](Self::accumulate_images) call for `n` images of
+    /// `h × w`: several for the Winograd form (wider GEMMs), else one.
+    fn images_per_call(&self, n: usize, hw: [usize; 2]) -> usize {
+        match self.winograd {
+            Some(_) => winograd::Winograd::images_per_call(n, hw, max_threads()),
+            None => 1,
+        }
+    }
+
+    /// `out += conv(x)` for `imgs` consecutive images `x` `[imgs, cin, h, w]` into `out`
+    /// `[imgs, cout, oh, ow]` (already initialised).
+    ///
+    /// # Safety
+    /// `out` holds `imgs·cout·oh·ow` initialised values owned by the calling thread.
+    unsafe fn accumulate_images(
+        &self,
+        x: &[f32],
+        imgs: usize,
+        [h, w]: [usize; 2],
+        out: *mut f32,
+        scratch: &mut ConvScratch,
+        threads: usize,
+    ) {
+        // SAFETY (both arms): forwarded from the caller.
+        if let Some(wg) = &self.winograd {
+            unsafe { wg.accumulate(x, imgs, [h, w], out, &mut scratch.winograd, threads) };
+            return;
+        }
+        let [oh, ow] = self.out_size(h, w).expect("checked by the caller");
+        let (per_in, per_out) = (self.cin * h * w, self.cout * oh * ow);
+        for i in 0..imgs {
+            unsafe {
+                self.accumulate(
+                    &x[i * per_in..(i + 1) * per_in],
+                    [h, w],
+                    out.add(i * per_out),
+                    &mut scratch.cols,
+                    threads,
+                )
+            };
         }
     }
 
@@ -1163,26 +1231,41 @@ pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let xd = host(x);
     let xs = f32s(&xd);
     let per_out = cv.cout * oh * ow;
-    let gemm_threads = if n >= max_threads() { 1 } else { max_threads() };
+    let per_call = cv.images_per_call(n, [h, w]);
+    let calls = n.div_ceil(per_call);
+    let gemm_threads = if calls >= max_threads() {
+        1
+    } else {
+        max_threads()
+    };
     let cost = 2 * n * per_out * c * cv.kernel[0] * cv.kernel[1];
     let out = filled(n * per_out, |ptr| {
         let out = SharedOut(ptr);
-        parallel(n, cost, |items| {
-            let mut cols = Vec::new();
-            for i in items {
-                // SAFETY: image i owns its output block.
-                unsafe {
-                    let o = std::slice::from_raw_parts_mut(out.at(i * per_out), per_out);
-                    cv.init_bias(o, None);
-                    cv.accumulate(
-                        &xs[i * c * h * w..(i + 1) * c * h * w],
-                        [h, w],
-                        o.as_mut_ptr(),
-                        &mut cols,
-                        gemm_threads,
-                    );
+        parallel(calls, cost, |items| {
+            with_conv_scratch(|scratch| {
+                for call in items {
+                    let images = call * per_call..((call + 1) * per_call).min(n);
+                    let imgs = images.len();
+                    // SAFETY: these images own their output block.
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(
+                            out.at(images.start * per_out),
+                            imgs * per_out,
+                        );
+                        for image in o.chunks_exact_mut(per_out) {
+                            cv.init_bias(image, None);
+                        }
+                        cv.accumulate_images(
+                            &xs[images.start * c * h * w..images.end * c * h * w],
+                            imgs,
+                            [h, w],
+                            o.as_mut_ptr(),
+                            scratch,
+                            gemm_threads,
+                        );
+                    }
                 }
-            }
+            })
         });
     });
     tensor(TensorData::new(out, [n, cv.cout, oh, ow]), &device)
@@ -1210,27 +1293,42 @@ pub(crate) fn resnet(
     let xd = host(x);
     let td = temb.map(host);
     let (xs, as_) = (f32s(&xd), f32s(&ad));
-    let gemm_threads = if n >= max_threads() { 1 } else { max_threads() };
+    let per_call = conv1.images_per_call(n, [h, w]);
+    let calls = n.div_ceil(per_call);
+    let gemm_threads = if calls >= max_threads() {
+        1
+    } else {
+        max_threads()
+    };
     let cost = 2 * n * cout * s * 9 * (cin + cout);
+    let images = |call: usize| call * per_call..((call + 1) * per_call).min(n);
     // h = conv1(a) + b1 + temb
     let hid = filled(n * cout * s, |ptr| {
         let out = SharedOut(ptr);
-        parallel(n, cost / 2, |items| {
-            let mut cols = Vec::new();
-            for i in items {
-                // SAFETY: image i owns its output block.
-                unsafe {
-                    let o = std::slice::from_raw_parts_mut(out.at(i * cout * s), cout * s);
-                    conv1.init_bias(o, td.as_ref().map(|t| &f32s(t)[i * cout..(i + 1) * cout]));
-                    conv1.accumulate(
-                        &as_[i * cin * s..(i + 1) * cin * s],
-                        [h, w],
-                        o.as_mut_ptr(),
-                        &mut cols,
-                        gemm_threads,
-                    );
+        parallel(calls, cost / 2, |items| {
+            with_conv_scratch(|scratch| {
+                for images in items.map(images) {
+                    // SAFETY: these images own their output block.
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(
+                            out.at(images.start * cout * s),
+                            images.len() * cout * s,
+                        );
+                        for (i, image) in images.clone().zip(o.chunks_exact_mut(cout * s)) {
+                            let t = td.as_ref().map(|t| &f32s(t)[i * cout..(i + 1) * cout]);
+                            conv1.init_bias(image, t);
+                        }
+                        conv1.accumulate_images(
+                            &as_[images.start * cin * s..images.end * cin * s],
+                            images.len(),
+                            [h, w],
+                            o.as_mut_ptr(),
+                            scratch,
+                            gemm_threads,
+                        );
+                    }
                 }
-            }
+            })
         });
     });
     let b = group_norm(
@@ -1245,38 +1343,54 @@ pub(crate) fn resnet(
     // out = shortcut(x) + conv2(b) + b2
     let out = filled(n * cout * s, |ptr| {
         let out = SharedOut(ptr);
-        parallel(n, cost / 2, |items| {
-            let mut cols = Vec::new();
-            for i in items {
-                // SAFETY: image i owns its output block.
-                unsafe {
-                    let o = std::slice::from_raw_parts_mut(out.at(i * cout * s), cout * s);
-                    let xi = &xs[i * cin * s..(i + 1) * cin * s];
-                    match &shortcut {
-                        Some(sc) => {
-                            sc.init_bias(o, None);
-                            sc.accumulate(xi, [h, w], o.as_mut_ptr(), &mut cols, gemm_threads);
+        parallel(calls, cost / 2, |items| {
+            with_conv_scratch(|scratch| {
+                for images in items.map(images) {
+                    // SAFETY: these images own their output block.
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(
+                            out.at(images.start * cout * s),
+                            images.len() * cout * s,
+                        );
+                        let xi = &xs[images.start * cin * s..images.end * cin * s];
+                        match &shortcut {
+                            Some(sc) => {
+                                for image in o.chunks_exact_mut(cout * s) {
+                                    sc.init_bias(image, None);
+                                }
+                                sc.accumulate_images(
+                                    xi,
+                                    images.len(),
+                                    [h, w],
+                                    o.as_mut_ptr(),
+                                    scratch,
+                                    gemm_threads,
+                                );
+                            }
+                            None => o.copy_from_slice(xi),
                         }
-                        None => o.copy_from_slice(xi),
-                    }
-                    if let Some(b2) = conv2.bias.as_ref().map(f32s) {
-                        add_channel_bias(o, b2);
-                    }
-                    conv2.accumulate(
-                        &bs[i * cout * s..(i + 1) * cout * s],
-                        [h, w],
-                        o.as_mut_ptr(),
-                        &mut cols,
-                        gemm_threads,
-                    );
-                    if scale != 1.0 {
-                        let inv = (1.0 / scale) as f32;
-                        for v in o.iter_mut() {
-                            *v *= inv;
+                        if let Some(b2) = conv2.bias.as_ref().map(f32s) {
+                            for image in o.chunks_exact_mut(cout * s) {
+                                add_channel_bias(image, b2);
+                            }
+                        }
+                        conv2.accumulate_images(
+                            &bs[images.start * cout * s..images.end * cout * s],
+                            images.len(),
+                            [h, w],
+                            o.as_mut_ptr(),
+                            scratch,
+                            gemm_threads,
+                        );
+                        if scale != 1.0 {
+                            let inv = (1.0 / scale) as f32;
+                            for v in o.iter_mut() {
+                                *v *= inv;
+                            }
                         }
                     }
                 }
-            }
+            })
         });
     });
     tensor(TensorData::new(out, [n, cout, h, w]), &device)
