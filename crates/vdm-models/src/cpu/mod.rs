@@ -94,10 +94,54 @@ impl SharedOut {
     }
 }
 
-/// The host `f32` values of `t` (zero-copy when `t` is a contiguous, uniquely owned flex
-/// tensor).
-pub(crate) fn host<const D: usize>(t: Tensor<D>) -> TensorData {
-    t.into_data()
+/// The `f32` values of a tensor on the host. With the `flex` feature a contiguous flex tensor
+/// is read in place (its buffer is shared, not copied: weights, residuals); anything else is
+/// copied out by `into_data` (zero-copy when uniquely owned).
+pub(crate) struct Host {
+    repr: HostRepr,
+    len: usize,
+}
+
+enum HostRepr {
+    Data(TensorData),
+    #[cfg(feature = "flex")]
+    Flex(burn::backend::flex::FlexTensor),
+}
+
+/// The host values of `t` (see [`Host`]).
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host {
+    let len = t.shape().num_elements();
+    #[cfg(feature = "flex")]
+    if t.dtype() == DType::F32 {
+        use burn::backend::Flex;
+        if let Ok(p) = t.clone().try_into_primitive::<Flex>()
+            && p.is_contiguous()
+            && p.layout().start_offset() == 0
+        {
+            drop(t);
+            let repr = if p.is_unique() {
+                HostRepr::Data(p.into_data())
+            } else {
+                HostRepr::Flex(p)
+            };
+            return Host { repr, len };
+        }
+    }
+    Host {
+        repr: HostRepr::Data(t.into_data()),
+        len,
+    }
+}
+
+impl Host {
+    /// The tensor of these values (the same buffer), on `device`.
+    pub fn into_tensor<const D: usize>(self, device: &Device) -> Tensor<D> {
+        match self.repr {
+            HostRepr::Data(data) => tensor(data, device),
+            #[cfg(feature = "flex")]
+            HostRepr::Flex(p) => Tensor::from_primitive::<burn::backend::Flex>(p),
+        }
+    }
 }
 
 /// A flex tensor owning `data`.
@@ -105,16 +149,27 @@ pub(crate) fn tensor<const D: usize>(data: TensorData, device: &Device) -> Tenso
     Tensor::from_data(data, device)
 }
 
-/// `TensorData` as `f32`s.
-pub(crate) fn f32s(data: &TensorData) -> &[f32] {
-    data.as_slice::<f32>()
-        .expect("cpu kernels run on f32 tensors only")
+/// The values of `data`.
+pub(crate) fn f32s(data: &Host) -> &[f32] {
+    match &data.repr {
+        HostRepr::Data(d) => d
+            .as_slice::<f32>()
+            .expect("cpu kernels run on f32 tensors only"),
+        #[cfg(feature = "flex")]
+        HostRepr::Flex(p) => &p.storage::<f32>()[..data.len],
+    }
 }
 
-/// `TensorData` as mutable `f32`s.
-pub(crate) fn f32s_mut(data: &mut TensorData) -> &mut [f32] {
-    data.as_mut_slice::<f32>()
-        .expect("cpu kernels run on f32 tensors only")
+/// The values of `data`, mutable (copied first if the buffer is shared).
+pub(crate) fn f32s_mut(data: &mut Host) -> &mut [f32] {
+    let len = data.len;
+    match &mut data.repr {
+        HostRepr::Data(d) => d
+            .as_mut_slice::<f32>()
+            .expect("cpu kernels run on f32 tensors only"),
+        #[cfg(feature = "flex")]
+        HostRepr::Flex(p) => &mut p.storage_mut::<f32>()[..len],
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,8 +405,8 @@ pub(crate) unsafe fn gemm_into(
 
 /// Host copies of a Burn [`Linear`](burn::nn::Linear)'s weight `[d_in, d_out]` and bias.
 pub(crate) struct LinearHost {
-    pub weight: TensorData,
-    pub bias: Option<TensorData>,
+    pub weight: Host,
+    pub bias: Option<Host>,
     pub d_in: usize,
     pub d_out: usize,
 }
@@ -544,8 +599,8 @@ pub(crate) fn linear_to_channels_first(
 pub(crate) struct FrameTokens {
     proj_in: LinearHost,
     proj_out: LinearHost,
-    normed: TensorData,
-    out: TensorData,
+    normed: Host,
+    out: Host,
     dims: [usize; 4],
     frames: usize,
     device: Device,
@@ -675,7 +730,7 @@ impl FrameTokens {
 
     /// The output frames `[B·F, C, H, W]`.
     pub fn finish(self) -> Tensor<4> {
-        tensor(self.out, &self.device)
+        self.out.into_tensor(&self.device)
     }
 }
 
@@ -714,8 +769,8 @@ dispatch!(fn layer_norm_rows(x: &[f32], out: *mut f32, dim: usize, gamma: Option
 
 /// Host copies of a Burn [`LayerNorm`](burn::nn::LayerNorm)'s parameters.
 pub(crate) struct LayerNormHost {
-    gamma: TensorData,
-    beta: Option<TensorData>,
+    gamma: Host,
+    beta: Option<Host>,
     eps: f32,
 }
 
@@ -969,7 +1024,7 @@ pub(crate) fn group_norm<const D: usize>(
             silu,
         },
     );
-    tensor(data, &device)
+    data.into_tensor(&device)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -979,8 +1034,8 @@ pub(crate) fn group_norm<const D: usize>(
 /// Host copy of a Burn [`Conv2d`](burn::nn::conv::Conv2d) with groups 1, dilation 1 and
 /// symmetric padding (what the UNets use).
 pub(crate) struct ConvHost {
-    weight: TensorData,
-    bias: Option<TensorData>,
+    weight: Host,
+    bias: Option<Host>,
     cout: usize,
     cin: usize,
     kernel: [usize; 2],
