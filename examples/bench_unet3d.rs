@@ -60,6 +60,8 @@ struct Args {
     repeats: usize,
     warmup: usize,
     profile: bool,
+    /// Print every timed forward, not only the median and minimum.
+    times: bool,
     size: usize,
 }
 
@@ -69,6 +71,7 @@ fn parse_args() -> Args {
         repeats: 5,
         warmup: 1,
         profile: false,
+        times: false,
         size: 32,
     };
     let mut it = std::env::args().skip(1);
@@ -85,9 +88,10 @@ fn parse_args() -> Args {
             "--warmup" => args.warmup = value().parse().expect("--warmup N"),
             "--size" => args.size = value().parse().expect("--size H (= W)"),
             "--profile" => args.profile = true,
+            "--times" => args.times = true,
             "-h" | "--help" => {
                 println!(
-                    "bench_unet3d [--frames 16,32,64] [--repeats 5] [--warmup 1] [--size 32] [--profile]"
+                    "bench_unet3d [--frames 16,32,64] [--repeats 5] [--warmup 1] [--size 32] [--profile] [--times]"
                 );
                 std::process::exit(0);
             }
@@ -509,6 +513,10 @@ fn main() -> Result<()> {
             },
             format!("{load0}"),
         );
+        if args.times {
+            let all: Vec<String> = times.iter().map(|t| format!("{t:.3}")).collect();
+            println!("  F = {f}, every forward (s): {}", all.join(" "));
+        }
     }
     println!("load after: {}", load_average(3));
     Ok(())

@@ -841,47 +841,51 @@ pub(crate) fn feed_forward<const D: usize>(
     let xs = f32s(&xd);
     let rows = xs.len() / dim;
     dims[D - 1] = w2.d_out;
-    // Rows per block: the 2·hidden activations of a block take at most 4 MiB.
-    let block = ((1 << 20) / w1.d_out).clamp(16, rows.max(16));
+    // Rows per block: the 2·hidden activations of a block take at most 1 MiB (they stay in
+    // the core's cache between the two GEMMs).
+    let block = ((1 << 18) / w1.d_out).clamp(16, rows.max(16));
     let blocks = rows.div_ceil(block);
     let cost = 2 * rows * (w1.d_in * w1.d_out + hidden * w2.d_out);
     let out = filled(rows * w2.d_out, |ptr| {
         let out = SharedOut(ptr);
         parallel(blocks, cost, |range| {
-            let mut normed = vec![0.0f32; if ln.is_some() { block * dim } else { 0 }];
-            let mut h = vec![0.0f32; block * w1.d_out];
-            let mut g = vec![0.0f32; block * hidden];
-            for b in range {
-                let r0 = b * block;
-                let n = block.min(rows - r0);
-                let xb = &xs[r0 * dim..(r0 + n) * dim];
-                let input = match &ln {
-                    Some(ln) => {
-                        ln.apply(xb, normed.as_mut_ptr(), dim);
-                        &normed[..n * dim]
+            with_scratch(|scratch| {
+                let [normed, h, g] = &mut scratch.ff;
+                let normed = sized(normed, if ln.is_some() { block * dim } else { 0 });
+                let h = sized(h, block * w1.d_out);
+                let g = sized(g, block * hidden);
+                for b in range {
+                    let r0 = b * block;
+                    let n = block.min(rows - r0);
+                    let xb = &xs[r0 * dim..(r0 + n) * dim];
+                    let input = match &ln {
+                        Some(ln) => {
+                            ln.apply(xb, normed.as_mut_ptr(), dim);
+                            &normed[..n * dim]
+                        }
+                        None => xb,
+                    };
+                    // SAFETY: block buffers hold n rows; output rows r0..r0+n belong to this
+                    // block; the residual has the output's shape (dim == d_out when residual).
+                    unsafe {
+                        w1.apply(
+                            n,
+                            Mat::rows(input, dim),
+                            MatMut::rows(h.as_mut_ptr(), w1.d_out),
+                            None,
+                            1,
+                        );
+                        geglu_rows(&h[..n * w1.d_out], &mut g[..n * hidden], hidden);
+                        w2.apply(
+                            n,
+                            Mat::rows(g, hidden),
+                            MatMut::rows(out.at(r0 * w2.d_out), w2.d_out),
+                            residual.then(|| Mat::rows(xb, dim)),
+                            1,
+                        );
                     }
-                    None => xb,
-                };
-                // SAFETY: block buffers hold n rows; output rows r0..r0+n belong to this
-                // block; the residual has the output's shape (dim == d_out when residual).
-                unsafe {
-                    w1.apply(
-                        n,
-                        Mat::rows(input, dim),
-                        MatMut::rows(h.as_mut_ptr(), w1.d_out),
-                        None,
-                        1,
-                    );
-                    geglu_rows(&h[..n * w1.d_out], &mut g[..n * hidden], hidden);
-                    w2.apply(
-                        n,
-                        Mat::rows(&g, hidden),
-                        MatMut::rows(out.at(r0 * w2.d_out), w2.d_out),
-                        residual.then(|| Mat::rows(xb, dim)),
-                        1,
-                    );
                 }
-            }
+            })
         });
     });
     tensor(TensorData::new(out, dims), &device)
@@ -1045,26 +1049,36 @@ pub(crate) struct ConvHost {
     winograd: Option<winograd::Winograd>,
 }
 
-/// Per-thread buffers of [`ConvHost::accumulate_images`].
+/// Per-thread buffers of the kernels, kept between calls (see [`with_scratch`]).
 #[derive(Default)]
-struct ConvScratch {
+struct Scratch {
     /// im2col columns.
     cols: Vec<f32>,
     winograd: winograd::Scratch,
+    /// Feed-forward blocks: normed input, GEGLU input, GEGLU output.
+    ff: [Vec<f32>; 3],
+}
+
+/// The first `len` values of `buf`, grown (never shrunk) as needed.
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 thread_local! {
-    /// Each thread's convolution buffers, kept between calls (a few MiB): fresh ones would
-    /// be page-faulted in again on every call.
-    static CONV_SCRATCH: std::cell::RefCell<ConvScratch> = std::cell::RefCell::default();
+    /// Each thread's kernel buffers, kept between calls (a few MiB): fresh ones would be
+    /// page-faulted in again on every call.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
-/// `f` with this thread's [`ConvScratch`] (fresh buffers when a nested job on this thread
-/// holds them).
-fn with_conv_scratch<R>(f: impl FnOnce(&mut ConvScratch) -> R) -> R {
-    CONV_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+/// `f` with this thread's [`Scratch`] (fresh buffers when a nested job on this thread holds
+/// them).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => f(&mut scratch),
-        Err(_) => f(&mut ConvScratch::default()),
+        Err(_) => f(&mut Scratch::default()),
     })
 }
 
@@ -1144,7 +1158,7 @@ impl ConvHost {
         imgs: usize,
         [h, w]: [usize; 2],
         out: *mut f32,
-        scratch: &mut ConvScratch,
+        scratch: &mut Scratch,
         threads: usize,
     ) {
         // SAFETY (both arms): forwarded from the caller.
@@ -1297,7 +1311,7 @@ pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let out = filled(n * per_out, |ptr| {
         let out = SharedOut(ptr);
         parallel(calls, cost, |items| {
-            with_conv_scratch(|scratch| {
+            with_scratch(|scratch| {
                 for call in items {
                     let images = call * per_call..((call + 1) * per_call).min(n);
                     let imgs = images.len();
@@ -1361,7 +1375,7 @@ pub(crate) fn resnet(
     let hid = filled(n * cout * s, |ptr| {
         let out = SharedOut(ptr);
         parallel(calls, cost / 2, |items| {
-            with_conv_scratch(|scratch| {
+            with_scratch(|scratch| {
                 for images in items.map(images) {
                     // SAFETY: these images own their output block.
                     unsafe {
@@ -1399,7 +1413,7 @@ pub(crate) fn resnet(
     let out = filled(n * cout * s, |ptr| {
         let out = SharedOut(ptr);
         parallel(calls, cost / 2, |items| {
-            with_conv_scratch(|scratch| {
+            with_scratch(|scratch| {
                 for images in items.map(images) {
                     // SAFETY: these images own their output block.
                     unsafe {
