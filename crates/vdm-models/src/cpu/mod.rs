@@ -230,6 +230,7 @@ macro_rules! dispatch {
     };
 }
 
+mod short_attention;
 mod winograd;
 
 #[inline(always)]
@@ -2028,6 +2029,21 @@ pub(crate) fn attention(
         return out;
     }
     let bh = batch * heads;
+    if short_attention::suits(&shape) {
+        let items = batch.div_ceil(short_attention::lanes()) * heads;
+        let job = short_attention::ShortJob {
+            q,
+            k,
+            v,
+            shape,
+            out: SharedOut(out.as_mut_ptr()),
+        };
+        parallel(items, 4 * bh * lq * lk * head_dim, |items| {
+            let mut scratch = short_attention::ShortScratch::default();
+            short_attention::blocks(&job, items, &mut scratch);
+        });
+        return out;
+    }
     // Split long query sequences so that every thread gets work even for one (item, head).
     let threads = max_threads();
     let want = (4 * threads).div_ceil(bh).max(1);
@@ -2291,12 +2307,25 @@ mod tests {
     fn attention_matches_naive_softmax() {
         // Short and long sequences, key counts below, at and above the vector blocks.
         for (lq, lk) in [(21, 13), (16, 16), (3, 64), (70, 65), (9, 130)] {
-            attention_case(lq, lk);
+            attention_case(2, lq, lk, 5);
+        }
+        // Many short sequences (the lane-per-sequence kernel), with a ragged last block.
+        for (batch, lq, lk) in [(19, 16, 16), (40, 7, 33), (8, 64, 64)] {
+            let shape = AttentionShape {
+                batch,
+                heads: 3,
+                lq,
+                lk,
+                head_dim: 4,
+                scale: 1.0,
+            };
+            assert!(short_attention::suits(&shape));
+            attention_case(batch, lq, lk, 4);
         }
     }
 
-    fn attention_case(lq: usize, lk: usize) {
-        let (batch, heads, d) = (2, 3, 5);
+    fn attention_case(batch: usize, lq: usize, lk: usize, d: usize) {
+        let heads = 3;
         let inner = heads * d;
         let val = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
         // Q, K, V fused in one [batch, L, 3·inner] buffer (lq = lk rows used for K/V).
