@@ -99,18 +99,17 @@ impl SharedOut {
 /// copied out by `into_data` (zero-copy when uniquely owned).
 pub(crate) struct Host {
     repr: HostRepr,
-    len: usize,
 }
 
 enum HostRepr {
     Data(TensorData),
+    /// A contiguous flex tensor and its number of values (its buffer may be longer).
     #[cfg(feature = "flex")]
-    Flex(burn::backend::flex::FlexTensor),
+    Flex(burn::backend::flex::FlexTensor, usize),
 }
 
 /// The host values of `t` (see [`Host`]).
 pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host {
-    let len = t.shape().num_elements();
     #[cfg(feature = "flex")]
     if t.dtype() == DType::F32 {
         use burn::backend::Flex;
@@ -122,14 +121,14 @@ pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host {
             let repr = if p.is_unique() {
                 HostRepr::Data(p.into_data())
             } else {
-                HostRepr::Flex(p)
+                let len = p.layout().num_elements();
+                HostRepr::Flex(p, len)
             };
-            return Host { repr, len };
+            return Host { repr };
         }
     }
     Host {
         repr: HostRepr::Data(t.into_data()),
-        len,
     }
 }
 
@@ -139,7 +138,7 @@ impl Host {
         match self.repr {
             HostRepr::Data(data) => tensor(data, device),
             #[cfg(feature = "flex")]
-            HostRepr::Flex(p) => Tensor::from_primitive::<burn::backend::Flex>(p),
+            HostRepr::Flex(p, _) => Tensor::from_primitive::<burn::backend::Flex>(p),
         }
     }
 }
@@ -156,19 +155,18 @@ pub(crate) fn f32s(data: &Host) -> &[f32] {
             .as_slice::<f32>()
             .expect("cpu kernels run on f32 tensors only"),
         #[cfg(feature = "flex")]
-        HostRepr::Flex(p) => &p.storage::<f32>()[..data.len],
+        HostRepr::Flex(p, len) => &p.storage::<f32>()[..*len],
     }
 }
 
 /// The values of `data`, mutable (copied first if the buffer is shared).
 pub(crate) fn f32s_mut(data: &mut Host) -> &mut [f32] {
-    let len = data.len;
     match &mut data.repr {
         HostRepr::Data(d) => d
             .as_mut_slice::<f32>()
             .expect("cpu kernels run on f32 tensors only"),
         #[cfg(feature = "flex")]
-        HostRepr::Flex(p) => &mut p.storage_mut::<f32>()[..len],
+        HostRepr::Flex(p, len) => &mut p.storage_mut::<f32>()[..*len],
     }
 }
 

@@ -65,7 +65,10 @@ fn gather<const W: usize>(
         src.offset + (n0 + lane.min(valid - 1)) * src.batch_stride + h * d
     });
     let last = start[W - 1] + (rows - 1) * src.row_stride + d;
-    assert!(rows > 0 && last <= src.data.len(), "attention input too short");
+    assert!(
+        rows > 0 && last <= src.data.len(),
+        "attention input too short"
+    );
     let data = src.data.as_ptr();
     for i in 0..rows {
         for c in 0..d {
@@ -107,9 +110,33 @@ fn block_impl<const W: usize, const FMA: bool>(
         let (block, h) = (item % blocks, item / blocks);
         let n0 = block * W;
         let valid = W.min(batch - n0);
-        gather::<W>(&job.q, n0, valid, lq, h, d, sc.q[..lq * d * W].as_chunks_mut().0);
-        gather::<W>(&job.k, n0, valid, lk, h, d, sc.k[..lk * d * W].as_chunks_mut().0);
-        gather::<W>(&job.v, n0, valid, lk, h, d, sc.v[..lk * d * W].as_chunks_mut().0);
+        gather::<W>(
+            &job.q,
+            n0,
+            valid,
+            lq,
+            h,
+            d,
+            sc.q[..lq * d * W].as_chunks_mut().0,
+        );
+        gather::<W>(
+            &job.k,
+            n0,
+            valid,
+            lk,
+            h,
+            d,
+            sc.k[..lk * d * W].as_chunks_mut().0,
+        );
+        gather::<W>(
+            &job.v,
+            n0,
+            valid,
+            lk,
+            h,
+            d,
+            sc.v[..lk * d * W].as_chunks_mut().0,
+        );
         let (k, _) = sc.k[..lk * d * W].as_chunks::<W>();
         let (v, _) = sc.v[..lk * d * W].as_chunks::<W>();
         let (qs, _) = sc.q[..lq * d * W].as_chunks::<W>();

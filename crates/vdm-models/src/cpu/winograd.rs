@@ -123,7 +123,7 @@ impl Winograd {
             // SAFETY: image i's output block, owned by the caller's thread.
             let image =
                 unsafe { std::slice::from_raw_parts_mut(out.add(i * cout * h * w), cout * h * w) };
-            output_transform(m, cout, total, i * per_image, h, w, image, rows);
+            output_transform(m, cout, total, i * per_image, [h, w], image, rows);
         }
     }
 }
@@ -277,14 +277,12 @@ dispatch!(fn input_transform(
 /// `out[o, 2·ty + r, 2·tx + s] += (Aᵀ·M[·][o][t0 + t]·A)[r][s]` for every tile `t` of one
 /// image `out` `[cout, h, w]`, with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn output_transform_impl<const W: usize, const FMA: bool>(
     m: &[f32],
     cout: usize,
     total: usize,
     t0: usize,
-    h: usize,
-    w: usize,
+    [h, w]: [usize; 2],
     out: &mut [f32],
     rows: &mut [f32],
 ) {
@@ -342,8 +340,7 @@ dispatch!(fn output_transform(
     cout: usize,
     total: usize,
     t0: usize,
-    h: usize,
-    w: usize,
+    hw: [usize; 2],
     out: &mut [f32],
     rows: &mut [f32],
 ) => output_transform_impl);
