@@ -33,6 +33,7 @@
 
 pub mod denoiser;
 pub mod error;
+pub mod host;
 pub mod layout;
 pub mod noise;
 pub mod prediction;

@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use burn::tensor::ops::PadMode;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use vdm_core::host::{HostF32, cpu_kernels};
 use vdm_core::temporal::{
     AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages, WindowAttention,
     run_chain,
 };
 use vdm_core::{Error, Result};
+
+use super::host_fusion;
 
 use super::windows::{WeightingScheme, WindowPlan};
 
@@ -334,6 +337,10 @@ impl TemporalHook for FreeNoiseHook {
     }
 }
 
+/// An input of [`Schedule::fuse`]: tokens `[N, F, C]` and optional rows `[L, C]` added to
+/// every window (positional terms).
+type WindowInput = (Tensor<3>, Option<Tensor<2>>);
+
 /// A window function over several inputs sliced alike, with several outputs.
 type WindowFn<'a> = dyn Fn(Vec<Tensor<3>>, &FrameWindow) -> Result<Vec<Tensor<3>>> + 'a;
 
@@ -352,6 +359,29 @@ struct Chunk {
     weights: Vec<f32>,
     /// Groups of non-overlapping contributions, each a contiguous range of stacked positions.
     runs: Vec<Run>,
+}
+
+impl Chunk {
+    /// The `FrameWindow` its stage call gets: the real one for a single window, else the
+    /// window-relative `0..L` of stacked windows.
+    fn window(&self, l: usize) -> FrameWindow {
+        match &self.single {
+            Some(r) => FrameWindow::relative(r.start, r.end),
+            None => FrameWindow::relative(0, l),
+        }
+    }
+}
+
+/// A stage output of the expected `[N·m, L, C]`, or a shape error naming the layer.
+fn check_output(y: &Tensor<3>, want: [usize; 3], site: &TemporalSite<'_>) -> Result<()> {
+    if y.dims() == want {
+        return Ok(());
+    }
+    Err(Error::shape(
+        format!("output of a temporal stage of `{}`", site.layer),
+        format!("[{}, {}, {}]", want[0], want[1], want[2]),
+        &y.dims(),
+    ))
 }
 
 /// Stacked positions `offset..offset + frames.len()` are added to `frames` (all distinct).
@@ -466,7 +496,7 @@ impl Schedule {
     ) -> Result<Tensor<3>> {
         let c = tokens.dims()[2];
         let fused = self.fuse(
-            vec![tokens],
+            vec![(tokens, None)],
             &|mut x, w| Ok(vec![run(x.remove(0), w)?]),
             &[c],
             site,
@@ -484,10 +514,11 @@ impl Schedule {
         site: &TemporalSite<'_>,
     ) -> Result<Tensor<3>> {
         let projections = stage.project(tokens.clone())?;
-        let windows = WindowAttention::new(stage);
+        // Every window sees positions 0..L: their terms are added as the windows are cut out.
+        let positions = stage.project_positions(0..self.plan.context_length(), &tokens.device())?;
         let attended = self.fuse(
-            vec![projections],
-            &|mut p, w| Ok(vec![windows.attend(p.remove(0), w)?]),
+            vec![(projections, positions)],
+            &|mut p, w| Ok(vec![stage.attend(p.remove(0), w.mask.as_ref())?]),
             &[stage.attention_width()],
             site,
         )?;
@@ -509,14 +540,16 @@ impl Schedule {
         let c = tokens.dims()[2];
         let k = stages.num_stages();
         let projections = first.project(tokens.clone())?;
-        let (first_windows, last_windows) =
-            (WindowAttention::new(first), WindowAttention::new(last));
+        // Every window sees positions 0..L: the first stage's terms are added as the windows
+        // are cut out; the last stage's are kept across the windows of this pass.
+        let positions = first.project_positions(0..self.plan.context_length(), &tokens.device())?;
+        let last_windows = WindowAttention::new(last);
         let fused = self.fuse(
-            vec![tokens, projections],
+            vec![(tokens, None), (projections, positions)],
             &|mut inputs, w| {
                 let p = inputs.pop().expect("projections");
                 let x = inputs.pop().expect("tokens");
-                let mut h = first_windows.run(p, x, w)?;
+                let mut h = first.output(first.attend(p, w.mask.as_ref())?, x)?;
                 for stage in 1..k - 1 {
                     h = stages.run_stage(stage, h, w)?;
                 }
@@ -530,18 +563,26 @@ impl Schedule {
         last.output(a, h)
     }
 
-    /// Runs `run` on every window of `inputs` (each `[N, F, C_i]`, sliced alike) and fuses
-    /// each of its outputs (`[N·m, L, widths[j]]` for `m` windows per call) over the windows.
+    /// Runs `run` on every window of `inputs` (each `[N, F, C_i]`, sliced alike, with its
+    /// optional per-position rows `[L, C_i]` added to every window) and fuses each of its
+    /// outputs (`[N·m, L, widths[j]]` for `m` windows per call) over the windows.
     fn fuse(
         &self,
-        inputs: Vec<Tensor<3>>,
+        inputs: Vec<WindowInput>,
         run: &WindowFn<'_>,
         widths: &[usize],
         site: &TemporalSite<'_>,
     ) -> Result<Vec<Tensor<3>>> {
-        let [n, f, _] = inputs[0].dims();
+        #[cfg(test)]
+        let host = !tests::TENSOR_OPS.with(|t| t.get());
+        #[cfg(not(test))]
+        let host = true;
+        if host && cpu_kernels(&inputs[0].0.device(), inputs[0].0.dtype()) {
+            return self.fuse_on_host(inputs, run, widths, site);
+        }
+        let [n, f, _] = inputs[0].0.dims();
         let l = self.plan.context_length();
-        let device = inputs[0].device();
+        let device = inputs[0].0.device();
         let ints = |v: &[i64]| {
             Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
         };
@@ -554,27 +595,21 @@ impl Schedule {
             let gather = ints(&chunk.gather);
             let xs = inputs
                 .iter()
-                .map(|t| {
+                .map(|(t, rows)| {
                     let c = t.dims()[2];
-                    t.clone().select(1, gather.clone()).reshape([n * m, l, c])
+                    let x = t.clone().select(1, gather.clone()).reshape([n * m, l, c]);
+                    match rows {
+                        Some(r) => x + r.clone().reshape([1, l, c]),
+                        None => x,
+                    }
                 })
                 .collect();
-            let window = match &chunk.single {
-                Some(r) => FrameWindow::relative(r.start, r.end),
-                None => FrameWindow::relative(0, l),
-            };
-            let ys = run(xs, &window)?;
+            let ys = run(xs, &chunk.window(l))?;
             let w =
                 Tensor::<1>::from_data(TensorData::new(chunk.weights.clone(), [m * l]), &device)
                     .reshape([1, m * l, 1]);
             for ((y, &c), acc) in ys.into_iter().zip(widths).zip(&mut acc) {
-                if y.dims() != [n * m, l, c] {
-                    return Err(Error::shape(
-                        format!("output of a temporal stage of `{}`", site.layer),
-                        format!("[{}, {l}, {c}]", n * m),
-                        &y.dims(),
-                    ));
-                }
+                check_output(&y, [n * m, l, c], site)?;
                 let y = y.reshape([n, m * l, c]) * w.clone();
                 for r in &chunk.runs {
                     let values = y.clone().narrow(1, r.offset, r.frames.len());
@@ -601,6 +636,57 @@ impl Schedule {
         Ok(acc
             .into_iter()
             .map(|a| a.expect("every plan has a window"))
+            .collect())
+    }
+
+    /// [`fuse`](Self::fuse) on the host (flex backend): each window gathered in one pass and
+    /// its weighted outputs added straight into host accumulators ([`host_fusion`]).
+    fn fuse_on_host(
+        &self,
+        inputs: Vec<WindowInput>,
+        run: &WindowFn<'_>,
+        widths: &[usize],
+        site: &TemporalSite<'_>,
+    ) -> Result<Vec<Tensor<3>>> {
+        let [n, f, _] = inputs[0].0.dims();
+        let l = self.plan.context_length();
+        let device = inputs[0].0.device();
+        let inputs = inputs
+            .into_iter()
+            .map(|(t, rows)| {
+                let c = t.dims()[2];
+                let rows = rows.map(HostF32::new).transpose()?;
+                Ok((HostF32::new(t)?, rows, c))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut acc: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * f * c]).collect();
+        for chunk in &self.chunks {
+            let m = chunk.windows;
+            let xs = inputs
+                .iter()
+                .map(|(x, rows, c)| {
+                    let rows = rows.as_ref().map(HostF32::as_slice);
+                    let data = host_fusion::gather(x.as_slice(), [n, f, *c], &chunk.gather, rows);
+                    Tensor::from_data(TensorData::new(data, [n * m, l, *c]), &device)
+                })
+                .collect();
+            let ys = run(xs, &chunk.window(l))?;
+            for ((y, &c), acc) in ys.into_iter().zip(widths).zip(&mut acc) {
+                check_output(&y, [n * m, l, c], site)?;
+                let y = HostF32::new(y)?;
+                host_fusion::accumulate(
+                    acc,
+                    [n, f, c],
+                    y.as_slice(),
+                    &chunk.gather,
+                    &chunk.weights,
+                );
+            }
+        }
+        Ok(acc
+            .into_iter()
+            .zip(widths)
+            .map(|(a, &c)| Tensor::from_data(TensorData::new(a, [n, f, c]), &device))
             .collect())
     }
 }
@@ -776,6 +862,49 @@ mod tests {
                         assert!(
                             d < 1e-5,
                             "{stages} stages, {batching:?}, {variant:?}, compat {compat}: {d}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    thread_local! {
+        /// Makes `fuse` take its tensor-op path on this thread even on flex.
+        pub(super) static TENSOR_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn host_fusion_equals_the_tensor_op_path() {
+        let x = ramp(3, 29, 4);
+        let site = TemporalSite::new("t", 29);
+        assert!(cpu_kernels(&x.device(), x.dtype()));
+        for (stages, opaque) in [(1, false), (2, false), (2, true), (3, false)] {
+            let toy = ToyAttention { stages };
+            let opaque_toy = Opaque(&toy);
+            let model: &dyn TemporalStages = if opaque { &opaque_toy } else { &toy };
+            for batching in [
+                WindowBatching::Sequential,
+                WindowBatching::Stacked { max_windows: None },
+            ] {
+                for variant in [FusionVariant::Chain, FusionVariant::PerStage] {
+                    for compat in [false, true] {
+                        let hook = FreeNoiseHook::new(
+                            FreeNoiseConfig::new(8, 3)
+                                .with_batching(batching)
+                                .with_variant(variant)
+                                .with_compat_diffusers_tail_bug(compat),
+                        )
+                        .unwrap();
+                        let host = hook.apply(&site, x.clone(), model).unwrap();
+                        TENSOR_OPS.with(|t| t.set(true));
+                        let ops = hook.apply(&site, x.clone(), model);
+                        TENSOR_OPS.with(|t| t.set(false));
+                        let d = max_diff(host, ops.unwrap());
+                        assert!(
+                            d < 1e-5,
+                            "{stages} stages (opaque {opaque}), {batching:?}, {variant:?}, \
+                             compat {compat}: {d}"
                         );
                     }
                 }

@@ -90,6 +90,7 @@
 //!   is one call per window, as diffusers.
 
 pub mod hook;
+mod host_fusion;
 pub mod noise;
 pub mod prompts;
 pub mod windows;

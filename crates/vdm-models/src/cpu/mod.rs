@@ -1,12 +1,16 @@
 //! Fused `f32` kernels for Burn's flex (CPU) backend: multi-head attention straight from the
-//! projection layouts, the GEGLU gate, GroupNorm (+ SiLU) in place, and the frame-shift sum of
+//! projection layouts (plus a lane-per-sequence kernel for many short sequences,
+//! [`short_attention`]), the GEGLU gate, GroupNorm (+ SiLU) in place, im2col and Winograd
+//! `F(2×2, 3×3)` convolutions ([`winograd`]), resnet blocks, and the frame-shift sum of
 //! ModelScope's temporal convolution.
 //!
 //! Why: flex runs these as chains of single-threaded scalar element-wise ops (libm `expf` /
 //! `erff`), each allocating a fresh activation-sized buffer, and its attention packs small GEMM
 //! tiles per key block. These kernels do one or two passes over the data instead, vectorise
 //! (the hot loops are compiled for AVX-512 and for AVX2 + FMA, selected at run time) and use
-//! every core (`std::thread::scope`; the thread count follows `RAYON_NUM_THREADS` like flex).
+//! every core of rayon's global pool (the one flex and gemm use; `RAYON_NUM_THREADS` sets its
+//! size). With the `flex` feature they read flex tensors in place ([`Host`]): weights and
+//! shared activations are not copied. Per-thread buffers are kept between calls.
 //!
 //! They run only when [`enabled`]: tensors on the flex device, `f32`, no autodiff, and the
 //! environment variable `VDM_NO_CPU_KERNELS` unset (or `0`). Every caller keeps its plain Burn
@@ -20,26 +24,14 @@ use std::sync::OnceLock;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-/// Whether the fused kernels apply to tensors of `dtype` on `device`.
+/// Whether the fused kernels apply to tensors of `dtype` on `device`
+/// ([`vdm_core::host::cpu_kernels`]).
 pub(crate) fn enabled(device: &Device, dtype: DType) -> bool {
     #[cfg(test)]
     if tests::FORCE_BURN.with(|f| f.get()) {
         return false;
     }
-    dtype == DType::F32 && switched_on() && !device.is_autodiff() && is_flex(device)
-}
-
-fn switched_on() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("VDM_NO_CPU_KERNELS").map_or(true, |v| v.is_empty() || v == "0")
-    })
-}
-
-fn is_flex(device: &Device) -> bool {
-    // `Device` exposes its backend only through `Debug` (`Device<Flex(..)>`) without naming
-    // backend-specific types, which this backend-agnostic crate cannot.
-    format!("{device:?}").contains("Flex")
+    vdm_core::host::cpu_kernels(device, dtype)
 }
 
 /// Threads used by the kernels: those of rayon's global pool (as flex and gemm), i.e.
@@ -94,53 +86,13 @@ impl SharedOut {
     }
 }
 
-/// The `f32` values of a tensor on the host. With the `flex` feature a contiguous flex tensor
-/// is read in place (its buffer is shared, not copied: weights, residuals); anything else is
-/// copied out by `into_data` (zero-copy when uniquely owned).
-pub(crate) struct Host {
-    repr: HostRepr,
-}
+/// The `f32` values of a tensor on the host ([`vdm_core::host::HostF32`]: flex tensors are
+/// read in place).
+pub(crate) type Host = vdm_core::host::HostF32;
 
-enum HostRepr {
-    Data(TensorData),
-    /// A contiguous flex tensor and its number of values (its buffer may be longer).
-    #[cfg(feature = "flex")]
-    Flex(burn::backend::flex::FlexTensor, usize),
-}
-
-/// The host values of `t` (see [`Host`]).
+/// The host values of `t` (an `f32` tensor: the kernels run only when [`enabled`]).
 pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Host {
-    #[cfg(feature = "flex")]
-    if t.dtype() == DType::F32 {
-        use burn::backend::Flex;
-        if let Ok(p) = t.clone().try_into_primitive::<Flex>()
-            && p.is_contiguous()
-            && p.layout().start_offset() == 0
-        {
-            drop(t);
-            let repr = if p.is_unique() {
-                HostRepr::Data(p.into_data())
-            } else {
-                let len = p.layout().num_elements();
-                HostRepr::Flex(p, len)
-            };
-            return Host { repr };
-        }
-    }
-    Host {
-        repr: HostRepr::Data(t.into_data()),
-    }
-}
-
-impl Host {
-    /// The tensor of these values (the same buffer), on `device`.
-    pub fn into_tensor<const D: usize>(self, device: &Device) -> Tensor<D> {
-        match self.repr {
-            HostRepr::Data(data) => tensor(data, device),
-            #[cfg(feature = "flex")]
-            HostRepr::Flex(p, _) => Tensor::from_primitive::<burn::backend::Flex>(p),
-        }
-    }
+    Host::new(t).expect("cpu kernels run on f32 tensors only")
 }
 
 /// A flex tensor owning `data`.
@@ -150,24 +102,12 @@ pub(crate) fn tensor<const D: usize>(data: TensorData, device: &Device) -> Tenso
 
 /// The values of `data`.
 pub(crate) fn f32s(data: &Host) -> &[f32] {
-    match &data.repr {
-        HostRepr::Data(d) => d
-            .as_slice::<f32>()
-            .expect("cpu kernels run on f32 tensors only"),
-        #[cfg(feature = "flex")]
-        HostRepr::Flex(p, len) => &p.storage::<f32>()[..*len],
-    }
+    data.as_slice()
 }
 
 /// The values of `data`, mutable (copied first if the buffer is shared).
 pub(crate) fn f32s_mut(data: &mut Host) -> &mut [f32] {
-    match &mut data.repr {
-        HostRepr::Data(d) => d
-            .as_mut_slice::<f32>()
-            .expect("cpu kernels run on f32 tensors only"),
-        #[cfg(feature = "flex")]
-        HostRepr::Flex(p, len) => &mut p.storage_mut::<f32>()[..*len],
-    }
+    data.as_mut_slice()
 }
 
 // ---------------------------------------------------------------------------------------------

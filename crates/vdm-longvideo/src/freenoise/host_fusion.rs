@@ -1,0 +1,117 @@
+//! FreeNoise's window gather and weighted accumulation on the host, for the flex (CPU)
+//! backend ([`vdm_core::host::cpu_kernels`]): one pass over a window each, in parallel over
+//! the tokens, where the tensor-op path takes several strided copies per window (select,
+//! scale, slice, add, slice-assign). Per frame, the windows are added in the same order as on
+//! the tensor-op path, so both are deterministic.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// Windows of fewer values run on the calling thread (a hand-over to the thread pool costs
+/// more than copying them).
+const SERIAL_BELOW: usize = 1 << 16;
+
+/// Rows `frames` (along dim 1) of every token of `x` `[n, f, c]`: `[n, frames.len(), c]`,
+/// plus `rows[s mod L]` (`[L, c]`) at stacked position `s` when given.
+pub(super) fn gather(
+    x: &[f32],
+    [n, f, c]: [usize; 3],
+    frames: &[i64],
+    rows: Option<&[f32]>,
+) -> Vec<f32> {
+    debug_assert_eq!(x.len(), n * f * c);
+    let k = frames.len();
+    if c == 0 || k == 0 {
+        return vec![0.0; n * k * c];
+    }
+    let one = |(dst, src): (&mut [MaybeUninit<f32>], &[f32])| {
+        for (s, (row, &frame)) in dst.chunks_exact_mut(c).zip(frames).enumerate() {
+            let at = frame as usize * c;
+            let add = rows.map(|rows| {
+                let l = rows.len() / c;
+                &rows[(s % l) * c..(s % l + 1) * c]
+            });
+            for (i, (v, &x)) in row.iter_mut().zip(&src[at..at + c]).enumerate() {
+                v.write(x + add.map_or(0.0, |a| a[i]));
+            }
+        }
+    };
+    // Written once, without zeroing first: every element is set by `one`.
+    let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(n * k * c);
+    // SAFETY: `MaybeUninit` needs no initialisation.
+    unsafe { out.set_len(n * k * c) };
+    if out.len() < SERIAL_BELOW {
+        out.chunks_mut(k * c).zip(x.chunks(f * c)).for_each(one);
+    } else {
+        out.par_chunks_mut(k * c)
+            .zip(x.par_chunks(f * c))
+            .for_each(one);
+    }
+    // SAFETY: every element was written above (rows of n tokens × k positions × c values);
+    // `MaybeUninit<f32>` and `f32` have the same layout.
+    unsafe {
+        let mut out = std::mem::ManuallyDrop::new(out);
+        Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), out.len(), out.capacity())
+    }
+}
+
+/// `acc[t, frames[s], :] += weights[s] · y[t, s, :]` for every token `t` and stacked position
+/// `s` with a non-zero weight; `acc` is `[n, f, c]`, `y` `[n, frames.len(), c]`.
+pub(super) fn accumulate(
+    acc: &mut [f32],
+    [n, f, c]: [usize; 3],
+    y: &[f32],
+    frames: &[i64],
+    weights: &[f32],
+) {
+    let k = frames.len();
+    debug_assert_eq!(acc.len(), n * f * c);
+    debug_assert_eq!(y.len(), n * k * c);
+    if c == 0 {
+        return;
+    }
+    let one = |(dst, src): (&mut [f32], &[f32])| {
+        for ((row, &frame), &w) in src.chunks_exact(c).zip(frames).zip(weights) {
+            if w == 0.0 {
+                continue;
+            }
+            let at = frame as usize * c;
+            for (a, &v) in dst[at..at + c].iter_mut().zip(row) {
+                *a += w * v;
+            }
+        }
+    };
+    if y.len() < SERIAL_BELOW {
+        acc.chunks_mut(f * c).zip(y.chunks(k * c)).for_each(one);
+    } else {
+        acc.par_chunks_mut(f * c)
+            .zip(y.par_chunks(k * c))
+            .for_each(one);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_and_accumulate_move_rows_by_frame() {
+        // Two tokens, three frames, two channels.
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let frames = [2, 0, 2];
+        let g = gather(&x, [2, 3, 2], &frames, None);
+        assert_eq!(g, vec![4., 5., 0., 1., 4., 5., 10., 11., 6., 7., 10., 11.]);
+        // Rows of two positions added to stacked positions 0, 1, 0.
+        let with_rows = gather(&x, [2, 3, 2], &frames, Some(&[0.5, 0.5, -1.0, -1.0]));
+        assert_eq!(&with_rows[..6], &[4.5, 5.5, -1., 0., 4.5, 5.5]);
+        let mut acc = vec![1.0f32; 12];
+        accumulate(&mut acc, [2, 3, 2], &g, &frames, &[0.5, 2.0, 0.0]);
+        // Frame 2 of token 0 gets 0.5·[4, 5]; frame 0 gets 2·[0, 1]; the zero weight adds
+        // nothing.
+        assert_eq!(
+            acc,
+            vec![1., 3., 1., 1., 3., 3.5, 13., 15., 1., 1., 6., 6.5]
+        );
+    }
+}
