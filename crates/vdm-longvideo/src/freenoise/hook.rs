@@ -188,7 +188,9 @@ impl FreeNoiseConfig {
 ///   and cached.
 /// - The accumulation is deterministic on every backend: windows are accumulated in groups of
 ///   non-overlapping windows (slice-adds, or a `select_assign` that never sees a duplicate
-///   index).
+///   index). On the flex CPU backend ([`vdm_core::host::cpu_kernels`]) windows are cut out
+///   and accumulated on the host instead, one pass each, adding the windows of every frame in
+///   the same order.
 /// - Memory: with the default [`WindowBatching::Sequential`] a stage call holds one window
 ///   (`L` frames); [`WindowBatching::Stacked`] windows hold about `L/S` times the layer's
 ///   tokens (4× for 16/4), capped by `max_windows`.
