@@ -1016,9 +1016,33 @@ thread_local! {
 /// them).
 fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => f(&mut scratch),
+        Ok(mut scratch) => {
+            let r = f(&mut scratch);
+            scratch.trim();
+            r
+        }
         Err(_) => f(&mut Scratch::default()),
     })
+}
+
+/// Values a kept buffer may hold (16 MiB); larger ones (im2col columns of a large image) are
+/// freed after the call.
+const KEEP: usize = 1 << 22;
+
+/// Frees `buf` if it holds more than [`KEEP`] values.
+fn trim(buf: &mut Vec<f32>) {
+    if buf.capacity() > KEEP {
+        *buf = Vec::new();
+    }
+}
+
+impl Scratch {
+    /// Frees the buffers that grew beyond [`KEEP`].
+    fn trim(&mut self) {
+        trim(&mut self.cols);
+        self.ff.iter_mut().for_each(trim);
+        self.winograd.trim();
+    }
 }
 
 /// The symmetric padding of a convolution these kernels cover (groups 1, dilation 1).

@@ -9,6 +9,8 @@
 //! equals the direct convolution to float rounding. Tiles of several images share one GEMM
 //! so that small feature maps still give wide GEMMs.
 
+use std::ops::Range;
+
 use super::{Mat, MatMut, gemm_into};
 
 /// Tiles per GEMM worth gathering from several images (the GEMMs' `n`).
@@ -20,6 +22,9 @@ pub(super) struct Winograd {
     u: Vec<f32>,
     cout: usize,
     cin: usize,
+    /// Floats of transformed tiles and products one call may hold (bands of tile rows keep
+    /// large images under it).
+    budget: usize,
 }
 
 /// Per-thread buffers of [`Winograd::accumulate`].
@@ -32,6 +37,15 @@ pub(super) struct Scratch {
     /// Padded input rows and their combinations (input transform), or the four output rows
     /// of one tile row (output transform).
     rows: Vec<f32>,
+}
+
+impl Scratch {
+    /// Frees the buffers that grew beyond the kept size.
+    pub fn trim(&mut self) {
+        for buf in [&mut self.v, &mut self.m, &mut self.rows] {
+            super::trim(buf);
+        }
+    }
 }
 
 /// Tiles along one side of length `n`.
@@ -61,7 +75,12 @@ impl Winograd {
                 }
             });
         });
-        Self { u, cout, cin }
+        Self {
+            u,
+            cout,
+            cin,
+            budget: 1 << 21,
+        }
     }
 
     /// Images per [`accumulate`](Self::accumulate) call for `n` images of `h × w` on
@@ -89,19 +108,64 @@ impl Winograd {
         scratch: &mut Scratch,
         threads: usize,
     ) {
-        let (cin, cout) = (self.cin, self.cout);
-        let per_image = tiles(h) * tiles(w);
-        let total = imgs * per_image;
-        if total == 0 {
+        let (th, tw) = (tiles(h), tiles(w));
+        if imgs == 0 || th == 0 || tw == 0 {
             return;
         }
-        assert_eq!(x.len(), imgs * cin * h * w, "Winograd input size");
-        let Scratch { v, m, rows } = scratch;
+        assert_eq!(x.len(), imgs * self.cin * h * w, "Winograd input size");
+        // A large image goes in bands of tile rows, so that the transformed tiles (kept per
+        // thread between calls) stay a few MiB.
+        let band = if imgs == 1 {
+            (self.max_tiles() / tw).clamp(1, th)
+        } else {
+            th
+        };
+        for first in (0..th).step_by(band) {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                self.tile_rows(
+                    x,
+                    imgs,
+                    [h, w],
+                    first..(first + band).min(th),
+                    out,
+                    scratch,
+                    threads,
+                )
+            };
+        }
+    }
+
+    /// Tiles per call that keep the transformed inputs and products within the budget
+    /// (8 MiB), but at least 32 and at most 4096.
+    fn max_tiles(&self) -> usize {
+        (self.budget / (16 * (self.cin + self.cout))).clamp(32, 4096)
+    }
+
+    /// [`accumulate`](Self::accumulate) for the tile rows `rows` of every image.
+    ///
+    /// # Safety
+    /// As [`accumulate`](Self::accumulate).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows(
+        &self,
+        x: &[f32],
+        imgs: usize,
+        [h, w]: [usize; 2],
+        rows: Range<usize>,
+        out: *mut f32,
+        scratch: &mut Scratch,
+        threads: usize,
+    ) {
+        let (cin, cout) = (self.cin, self.cout);
+        let per_image = rows.len() * tiles(w);
+        let total = imgs * per_image;
+        let Scratch { v, m, rows: line } = scratch;
         v.resize(16 * cin * total, 0.0);
         m.resize(16 * cout * total, 0.0);
-        rows.resize(16 * (tiles(w) + 1), 0.0);
+        line.resize(16 * (tiles(w) + 1), 0.0);
         for (i, image) in x.chunks_exact(cin * h * w).enumerate() {
-            input_transform(image, h, w, v, total, i * per_image, rows);
+            input_transform(image, [h, w], rows.clone(), v, total, i * per_image, line);
         }
         for e in 0..16 {
             // SAFETY: U[e] is [cout, cin], V[e] is [cin, total], M[e] is [cout, total], all
@@ -123,7 +187,15 @@ impl Winograd {
             // SAFETY: image i's output block, owned by the caller's thread.
             let image =
                 unsafe { std::slice::from_raw_parts_mut(out.add(i * cout * h * w), cout * h * w) };
-            output_transform(m, cout, total, i * per_image, [h, w], image, rows);
+            output_transform(
+                m,
+                [cout, total],
+                i * per_image,
+                [h, w],
+                rows.clone(),
+                image,
+                line,
+            );
         }
     }
 }
@@ -195,21 +267,21 @@ fn filter_transform(weight: &[f32], taps: &mut [f32], planes: [&mut [f32]; 16]) 
 #[inline(always)]
 fn input_transform_impl<const W: usize, const FMA: bool>(
     x: &[f32],
-    h: usize,
-    w: usize,
+    [h, w]: [usize; 2],
+    tile_rows: Range<usize>,
     v: &mut [f32],
     total: usize,
     t0: usize,
     rows: &mut [f32],
 ) {
-    let (th, tw) = (tiles(h), tiles(w));
+    let tw = tiles(w);
     // Padded columns 0 ..= 2·tw + 1 (padded column p is image column p − 1), split into even
     // and odd ones so that every tile's four columns are unit-stride reads.
     let n = tw + 1;
     let cin = x.len() / (h * w);
     let (input, combos) = rows[..16 * n].split_at_mut(8 * n);
     for (c, plane) in x.chunks_exact(h * w).enumerate() {
-        for ty in 0..th {
+        for ty in tile_rows.clone() {
             for (i, row) in input.chunks_exact_mut(2 * n).enumerate() {
                 row.fill(0.0);
                 if let Some(y) = (2 * ty + i).checked_sub(1).filter(|&y| y < h) {
@@ -239,7 +311,7 @@ fn input_transform_impl<const W: usize, const FMA: bool>(
             }
             // ·B over the patch columns 2·tx .. 2·tx + 4 of every tile: with `e` and `o` the
             // even and odd columns these are e[tx], o[tx], e[tx + 1], o[tx + 1].
-            let base = t0 + ty * tw;
+            let base = t0 + (ty - tile_rows.start) * tw;
             for (i, s) in combos.chunks_exact(2 * n).enumerate() {
                 let (e, o) = s.split_at(n);
                 let (e0, e1, o0, o1) = (&e[..tw], &e[1..=tw], &o[..tw], &o[1..=tw]);
@@ -266,8 +338,8 @@ fn input_transform_impl<const W: usize, const FMA: bool>(
 }
 dispatch!(fn input_transform(
     x: &[f32],
-    h: usize,
-    w: usize,
+    hw: [usize; 2],
+    tile_rows: Range<usize>,
     v: &mut [f32],
     total: usize,
     t0: usize,
@@ -279,20 +351,20 @@ dispatch!(fn input_transform(
 #[inline(always)]
 fn output_transform_impl<const W: usize, const FMA: bool>(
     m: &[f32],
-    cout: usize,
-    total: usize,
+    [cout, total]: [usize; 2],
     t0: usize,
     [h, w]: [usize; 2],
+    tile_rows: Range<usize>,
     out: &mut [f32],
     rows: &mut [f32],
 ) {
-    let (th, tw) = (tiles(h), tiles(w));
+    let tw = tiles(w);
     let (y00, rest) = rows[..4 * tw].split_at_mut(tw);
     let (y01, rest) = rest.split_at_mut(tw);
     let (y10, y11) = rest.split_at_mut(tw);
     for (o, plane) in out.chunks_exact_mut(h * w).enumerate() {
-        for ty in 0..th {
-            let base = t0 + ty * tw;
+        for ty in tile_rows.clone() {
+            let base = t0 + (ty - tile_rows.start) * tw;
             let e = |e: usize| &m[(e * cout + o) * total + base..][..tw];
             let (m00, m01, m02, m03) = (e(0), e(1), e(2), e(3));
             let (m10, m11, m12, m13) = (e(4), e(5), e(6), e(7));
@@ -337,10 +409,10 @@ fn output_transform_impl<const W: usize, const FMA: bool>(
 }
 dispatch!(fn output_transform(
     m: &[f32],
-    cout: usize,
-    total: usize,
+    sizes: [usize; 2],
     t0: usize,
     hw: [usize; 2],
+    tile_rows: Range<usize>,
     out: &mut [f32],
     rows: &mut [f32],
 ) => output_transform_impl);
@@ -425,6 +497,30 @@ mod tests {
                     "n {n} cin {cin} cout {cout} {h}×{w}, element {k}: {got} vs {want}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn large_images_go_in_bands_of_tile_rows() {
+        let val = |i: usize, salt: usize| (((i * 7919 + salt) % 1013) as f32 / 506.5) - 1.0;
+        // 23 × 21: 12 tile rows of 11 tiles; a budget of 32 tiles gives bands of 2 rows.
+        let (cin, cout, h, w) = (3, 2, 23, 21);
+        let x: Vec<f32> = (0..cin * h * w).map(|i| val(i, 5)).collect();
+        let weight: Vec<f32> = (0..cout * cin * 9).map(|i| val(i, 6)).collect();
+        let want = direct(&x, &weight, 1, cin, cout, h, w);
+        let mut wg = Winograd::new(&weight, cout, cin);
+        wg.budget = 32 * 16 * (cin + cout);
+        assert_eq!(wg.max_tiles(), 32);
+        let mut out = vec![0.0f32; cout * h * w];
+        // SAFETY: `out` is this image's output, owned here.
+        unsafe {
+            wg.accumulate(&x, 1, [h, w], out.as_mut_ptr(), &mut Scratch::default(), 1);
+        }
+        for (k, (&got, &want)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (got as f64 - want).abs() < 2e-5,
+                "element {k}: {got} vs {want}"
+            );
         }
     }
 
