@@ -332,7 +332,8 @@ pub(crate) fn torch_sqrt(x: f32) -> f32 {
 /// Every step except the square root is a correctly rounded `f32` operation in PyTorch (checked
 /// op by op against torch 2.15.0 on the CPU: `cumprod`, `-=`, `*=`, `**2`, the division and
 /// `1 - t` agree bit for bit with scalar IEEE emulation, while `sqrt()` does not); the
-/// square root goes through MKL (emulated by the private `torch_sqrt` of this module). With the correctly rounded root, the
+/// square root goes through MKL (emulated by this module's private `torch_sqrt`). With the
+/// correctly rounded root, the
 /// zero-SNR `squaredcos_cap_v2` table had the wrong `ᾱ₀ = ((s0 − sT)·s0/(s0 − sT))²`, which
 /// decides DDIM's last step; with the MKL refinement `ᾱ₀` matches the oracle for all three
 /// zero-SNR tables (linear / scaled_linear / squaredcos_cap_v2 from 0.00085 to 0.012). Later
