@@ -32,9 +32,16 @@ fn switched_on() -> bool {
 }
 
 fn is_flex(device: &Device) -> bool {
-    // `Device` names its backend only through `Debug` (`Device<Flex(..)>`) when the backend
-    // types are not compiled in.
-    format!("{device:?}").contains("Flex")
+    #[cfg(feature = "flex")]
+    {
+        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    }
+    // Without this crate's `flex` feature Burn's backend types are not named here (another
+    // crate may still have switched flex on); `Debug` names the backend (`Device<Flex(..)>`).
+    #[cfg(not(feature = "flex"))]
+    {
+        format!("{device:?}").contains("Flex")
+    }
 }
 
 /// The `f32` values of a tensor on the host (see the module docs).
