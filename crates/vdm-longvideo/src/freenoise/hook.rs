@@ -837,37 +837,46 @@ mod tests {
         }
     }
 
+    /// Calls `f` with an 8/3 hook for every batching of `batchings`, both variants and both
+    /// normalisers, and a label naming them.
+    fn for_each_hook(batchings: &[WindowBatching], mut f: impl FnMut(&FreeNoiseHook, &str)) {
+        for &batching in batchings {
+            for variant in [FusionVariant::Chain, FusionVariant::PerStage] {
+                for compat in [false, true] {
+                    let hook = FreeNoiseHook::new(
+                        FreeNoiseConfig::new(8, 3)
+                            .with_batching(batching)
+                            .with_variant(variant)
+                            .with_compat_diffusers_tail_bug(compat),
+                    )
+                    .unwrap();
+                    f(
+                        &hook,
+                        &format!("{batching:?}, {variant:?}, compat {compat}"),
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn shared_projections_equal_full_windows() {
         let x = ramp(3, 29, 4);
         let site = TemporalSite::new("t", 29);
+        let batchings = [
+            WindowBatching::Sequential,
+            WindowBatching::Stacked {
+                max_windows: Some(2),
+            },
+        ];
         for stages in [1, 2, 3] {
             let toy = ToyAttention { stages };
-            for batching in [
-                WindowBatching::Sequential,
-                WindowBatching::Stacked {
-                    max_windows: Some(2),
-                },
-            ] {
-                for variant in [FusionVariant::Chain, FusionVariant::PerStage] {
-                    for compat in [false, true] {
-                        let hook = FreeNoiseHook::new(
-                            FreeNoiseConfig::new(8, 3)
-                                .with_batching(batching)
-                                .with_variant(variant)
-                                .with_compat_diffusers_tail_bug(compat),
-                        )
-                        .unwrap();
-                        let shared = hook.apply(&site, x.clone(), &toy).unwrap();
-                        let full = hook.apply(&site, x.clone(), &Opaque(&toy)).unwrap();
-                        let d = max_diff(shared, full);
-                        assert!(
-                            d < 1e-5,
-                            "{stages} stages, {batching:?}, {variant:?}, compat {compat}: {d}"
-                        );
-                    }
-                }
-            }
+            for_each_hook(&batchings, |hook, label| {
+                let shared = hook.apply(&site, x.clone(), &toy).unwrap();
+                let full = hook.apply(&site, x.clone(), &Opaque(&toy)).unwrap();
+                let d = max_diff(shared, full);
+                assert!(d < 1e-5, "{stages} stages, {label}: {d}");
+            });
         }
     }
 
@@ -881,36 +890,22 @@ mod tests {
         let x = ramp(3, 29, 4);
         let site = TemporalSite::new("t", 29);
         assert!(cpu_kernels(&x.device(), x.dtype()));
+        let batchings = [
+            WindowBatching::Sequential,
+            WindowBatching::Stacked { max_windows: None },
+        ];
         for (stages, opaque) in [(1, false), (2, false), (2, true), (3, false)] {
             let toy = ToyAttention { stages };
             let opaque_toy = Opaque(&toy);
             let model: &dyn TemporalStages = if opaque { &opaque_toy } else { &toy };
-            for batching in [
-                WindowBatching::Sequential,
-                WindowBatching::Stacked { max_windows: None },
-            ] {
-                for variant in [FusionVariant::Chain, FusionVariant::PerStage] {
-                    for compat in [false, true] {
-                        let hook = FreeNoiseHook::new(
-                            FreeNoiseConfig::new(8, 3)
-                                .with_batching(batching)
-                                .with_variant(variant)
-                                .with_compat_diffusers_tail_bug(compat),
-                        )
-                        .unwrap();
-                        let host = hook.apply(&site, x.clone(), model).unwrap();
-                        TENSOR_OPS.with(|t| t.set(true));
-                        let ops = hook.apply(&site, x.clone(), model);
-                        TENSOR_OPS.with(|t| t.set(false));
-                        let d = max_diff(host, ops.unwrap());
-                        assert!(
-                            d < 1e-5,
-                            "{stages} stages (opaque {opaque}), {batching:?}, {variant:?}, \
-                             compat {compat}: {d}"
-                        );
-                    }
-                }
-            }
+            for_each_hook(&batchings, |hook, label| {
+                let host = hook.apply(&site, x.clone(), model).unwrap();
+                TENSOR_OPS.with(|t| t.set(true));
+                let ops = hook.apply(&site, x.clone(), model);
+                TENSOR_OPS.with(|t| t.set(false));
+                let d = max_diff(host, ops.unwrap());
+                assert!(d < 1e-5, "{stages} stages (opaque {opaque}), {label}: {d}");
+            });
         }
     }
 

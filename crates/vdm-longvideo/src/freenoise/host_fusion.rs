@@ -12,6 +12,25 @@ use rayon::prelude::*;
 /// more than copying them).
 const SERIAL_BELOW: usize = 1 << 16;
 
+/// `each(dst_row, src_row)` for the token rows of `dst` (`dst_len` values each) and `src`
+/// (`src_len` each), on the thread pool unless `work` values are fewer than [`SERIAL_BELOW`].
+fn per_token<D: Send, S: Sync>(
+    (dst, dst_len): (&mut [D], usize),
+    (src, src_len): (&[S], usize),
+    work: usize,
+    each: impl Fn((&mut [D], &[S])) + Send + Sync,
+) {
+    if work < SERIAL_BELOW {
+        dst.chunks_mut(dst_len)
+            .zip(src.chunks(src_len))
+            .for_each(each);
+    } else {
+        dst.par_chunks_mut(dst_len)
+            .zip(src.par_chunks(src_len))
+            .for_each(each);
+    }
+}
+
 /// Rows `frames` (along dim 1) of every token of `x` `[n, f, c]`: `[n, frames.len(), c]`,
 /// plus `rows[s mod L]` (`[L, c]`) at stacked position `s` when given.
 pub(super) fn gather(
@@ -41,13 +60,8 @@ pub(super) fn gather(
     let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(n * k * c);
     // SAFETY: `MaybeUninit` needs no initialisation.
     unsafe { out.set_len(n * k * c) };
-    if out.len() < SERIAL_BELOW {
-        out.chunks_mut(k * c).zip(x.chunks(f * c)).for_each(one);
-    } else {
-        out.par_chunks_mut(k * c)
-            .zip(x.par_chunks(f * c))
-            .for_each(one);
-    }
+    let work = out.len();
+    per_token((&mut out, k * c), (x, f * c), work, one);
     // SAFETY: every element was written above (rows of n tokens × k positions × c values);
     // `MaybeUninit<f32>` and `f32` have the same layout.
     unsafe {
@@ -68,7 +82,7 @@ pub(super) fn accumulate(
     let k = frames.len();
     debug_assert_eq!(acc.len(), n * f * c);
     debug_assert_eq!(y.len(), n * k * c);
-    if c == 0 {
+    if c == 0 || k == 0 {
         return;
     }
     let one = |(dst, src): (&mut [f32], &[f32])| {
@@ -82,13 +96,7 @@ pub(super) fn accumulate(
             }
         }
     };
-    if y.len() < SERIAL_BELOW {
-        acc.chunks_mut(f * c).zip(y.chunks(k * c)).for_each(one);
-    } else {
-        acc.par_chunks_mut(f * c)
-            .zip(y.par_chunks(k * c))
-            .for_each(one);
-    }
+    per_token((acc, f * c), (y, k * c), y.len(), one);
 }
 
 #[cfg(test)]

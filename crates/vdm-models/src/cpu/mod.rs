@@ -36,24 +36,22 @@ pub(crate) fn enabled(device: &Device, dtype: DType) -> bool {
 
 /// Threads used by the kernels: those of rayon's global pool (as flex and gemm), i.e.
 /// `RAYON_NUM_THREADS` if set, else all cores.
-fn max_threads() -> usize {
+pub(crate) fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Threads the kernels use (see [`max_threads`]).
-pub(crate) fn threads() -> usize {
-    max_threads()
+/// Threads for each GEMM when `items` work items already run in parallel: one when there is
+/// an item per thread, else all of them.
+fn gemm_threads(items: usize) -> usize {
+    if items >= threads() { 1 } else { threads() }
 }
 
-/// Runs `f` over contiguous ranges of `0..items` on up to [`max_threads`] threads of rayon's
+/// Runs `f` over contiguous ranges of `0..items` on up to [`threads`] threads of rayon's
 /// global pool; `cost` (≈ floating-point operations in total) keeps small jobs on the calling
 /// thread.
 fn parallel(items: usize, cost: usize, f: impl Fn(Range<usize>) + Sync) {
     const MIN_COST_PER_THREAD: usize = 1 << 18;
-    let threads = max_threads()
-        .min(items)
-        .min(cost / MIN_COST_PER_THREAD)
-        .max(1);
+    let threads = threads().min(items).min(cost / MIN_COST_PER_THREAD).max(1);
     if threads == 1 {
         f(0..items);
         return;
@@ -1105,7 +1103,7 @@ impl ConvHost {
     /// `h × w`: several for the Winograd form (wider GEMMs), else one.
     fn images_per_call(&self, n: usize, hw: [usize; 2]) -> usize {
         match self.winograd {
-            Some(_) => winograd::Winograd::images_per_call(n, hw, max_threads()),
+            Some(_) => winograd::Winograd::images_per_call(n, hw, threads()),
             None => 1,
         }
     }
@@ -1265,11 +1263,7 @@ pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let per_out = cv.cout * oh * ow;
     let per_call = cv.images_per_call(n, [h, w]);
     let calls = n.div_ceil(per_call);
-    let gemm_threads = if calls >= max_threads() {
-        1
-    } else {
-        max_threads()
-    };
+    let gemm_threads = gemm_threads(calls);
     let cost = 2 * n * per_out * c * cv.kernel[0] * cv.kernel[1];
     let out = filled(n * per_out, |ptr| {
         let out = SharedOut(ptr);
@@ -1327,11 +1321,7 @@ pub(crate) fn resnet(
     let (xs, as_) = (f32s(&xd), f32s(&ad));
     let per_call = conv1.images_per_call(n, [h, w]);
     let calls = n.div_ceil(per_call);
-    let gemm_threads = if calls >= max_threads() {
-        1
-    } else {
-        max_threads()
-    };
+    let gemm_threads = gemm_threads(calls);
     let cost = 2 * n * cout * s * 9 * (cin + cout);
     let images = |call: usize| call * per_call..((call + 1) * per_call).min(n);
     // h = conv1(a) + b1 + temb
@@ -1459,7 +1449,7 @@ pub(crate) fn temporal_conv(
     let device = x.device();
     let xd = host(x.clone());
     let mut hidden = x;
-    let gemm_threads = if n >= max_threads() { 1 } else { max_threads() };
+    let gemm_threads = gemm_threads(n);
     for (i, (norm, conv)) in stages.into_iter().enumerate() {
         let ad = host(group_norm(norm, hidden, frames, true));
         let a = f32s(&ad);
@@ -2007,7 +1997,7 @@ pub(crate) fn attention(
         return out;
     }
     // Split long query sequences so that every thread gets work even for one (item, head).
-    let threads = max_threads();
+    let threads = threads();
     let want = (4 * threads).div_ceil(bh).max(1);
     let q_chunk = lq.div_ceil(want).max(64).min(lq).div_ceil(ROWS) * ROWS;
     let chunks_per_head = lq.div_ceil(q_chunk);

@@ -95,16 +95,15 @@ fn block_impl<const W: usize, const FMA: bool>(
         scale,
     } = job.shape;
     let blocks = batch.div_ceil(W);
-    let grow = |v: &mut Vec<f32>, len: usize| {
-        if v.len() < len {
-            v.resize(len, 0.0);
-        }
-    };
-    grow(&mut sc.q, lq * d * W);
-    grow(&mut sc.k, lk * d * W);
-    grow(&mut sc.v, lk * d * W);
-    grow(&mut sc.s, lk * W);
-    grow(&mut sc.o, d * W);
+    for (buf, len) in [
+        (&mut sc.q, lq * d * W),
+        (&mut sc.k, lk * d * W),
+        (&mut sc.v, lk * d * W),
+        (&mut sc.s, lk * W),
+        (&mut sc.o, d * W),
+    ] {
+        super::sized(buf, len);
+    }
     let inner = heads * d;
     for item in items {
         let (block, h) = (item % blocks, item / blocks);
@@ -198,24 +197,5 @@ fn block_impl<const W: usize, const FMA: bool>(
     }
 }
 
-/// Runs work items `items` (`block + blocks·head`) of `job`.
-pub(super) fn blocks(job: &ShortJob<'_>, items: Range<usize>, sc: &mut ShortScratch) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512(job: &ShortJob<'_>, items: Range<usize>, sc: &mut ShortScratch) {
-            block_impl::<16, true>(job, items, sc)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(job: &ShortJob<'_>, items: Range<usize>, sc: &mut ShortScratch) {
-            block_impl::<8, true>(job, items, sc)
-        }
-        match super::isa() {
-            // SAFETY: the CPU supports the enabled features (checked by `isa`).
-            super::Isa::Avx512 => return unsafe { avx512(job, items, sc) },
-            super::Isa::Avx2 => return unsafe { avx2(job, items, sc) },
-            super::Isa::Portable => {}
-        }
-    }
-    block_impl::<8, false>(job, items, sc)
-}
+// Work items `items` (`block + blocks·head`) of `job`.
+dispatch!(pub(super) fn blocks(job: &ShortJob<'_>, items: Range<usize>, sc: &mut ShortScratch) => block_impl);

@@ -229,15 +229,21 @@ fn filter_transform_impl<const W: usize, const FMA: bool>(
             *o2 = 0.5 * (a - b + c);
         }
     }
-    // Columns: cols[i][b] = Σ_a G[i][a]·g[a][b], plane (3·i + b).
-    for b in 0..3 {
+    // Columns: cols[i][b] = Σ_a G[i][a]·g[a][b], plane (4·b + i), so that the four planes
+    // of one column are consecutive.
+    for (b, col) in cols.chunks_exact_mut(4 * len).enumerate() {
         let tap = |a: usize| &taps[(3 * a + b) * len..][..len];
-        let [c0, c1, c2, c3] = pick4(cols, len, [b, 3 + b, 6 + b, 9 + b]);
-        g(tap(0), tap(1), tap(2), [c0, c1, c2, c3]);
+        let mut out = col.chunks_exact_mut(len);
+        g(
+            tap(0),
+            tap(1),
+            tap(2),
+            std::array::from_fn(|_| out.next().expect("4 planes")),
+        );
     }
     // Rows: U[4·i + j] = Σ_b G[j][b]·cols[i][b].
     for i in 0..4 {
-        let col = |b: usize| &cols[(3 * i + b) * len..][..len];
+        let col = |b: usize| &cols[(4 * b + i) * len..][..len];
         let [p0, p1, p2, p3, ..] = &mut planes[4 * i..] else {
             unreachable!("16 planes")
         };
@@ -248,12 +254,6 @@ fn filter_transform_impl<const W: usize, const FMA: bool>(
             [&mut p0[..], &mut p1[..], &mut p2[..], &mut p3[..]],
         );
     }
-}
-
-/// Four distinct `len`-long planes of `data`, by plane index.
-fn pick4(data: &mut [f32], len: usize, idx: [usize; 4]) -> [&mut [f32]; 4] {
-    let mut planes: Vec<Option<&mut [f32]>> = data.chunks_exact_mut(len).map(Some).collect();
-    idx.map(|i| planes[i].take().expect("distinct planes"))
 }
 
 fn filter_transform(weight: &[f32], taps: &mut [f32], planes: [&mut [f32]; 16]) {
