@@ -1,6 +1,6 @@
 //! Fused `f32` kernels for Burn's flex (CPU) backend: multi-head attention straight from the
-//! projection layouts (plus a lane-per-sequence kernel for many short sequences,
-//! [`short_attention`]), the GEGLU gate, GroupNorm (+ SiLU) in place, im2col and Winograd
+//! projection layouts (plus a query-per-lane kernel for short sequences with small heads,
+//! [`query_lanes`]), the GEGLU gate, GroupNorm (+ SiLU) in place, im2col and Winograd
 //! `F(2×2, 3×3)` convolutions ([`winograd`]), resnet blocks, and the frame-shift sum of
 //! ModelScope's temporal convolution.
 //!
@@ -166,7 +166,7 @@ macro_rules! dispatch {
     };
 }
 
-mod short_attention;
+mod query_lanes;
 mod winograd;
 
 #[inline(always)]
@@ -1981,19 +1981,8 @@ pub(crate) fn attention(
         return out;
     }
     let bh = batch * heads;
-    if short_attention::suits(&shape) {
-        let items = batch.div_ceil(short_attention::lanes()) * heads;
-        let job = short_attention::ShortJob {
-            q,
-            k,
-            v,
-            shape,
-            out: SharedOut(out.as_mut_ptr()),
-        };
-        parallel(items, 4 * bh * lq * lk * head_dim, |items| {
-            let mut scratch = short_attention::ShortScratch::default();
-            short_attention::blocks(&job, items, &mut scratch);
-        });
+    if query_lanes::suits(&shape) {
+        query_lanes::attention(q, k, v, shape, isa(), &mut out);
         return out;
     }
     // Split long query sequences so that every thread gets work even for one (item, head).
@@ -2261,18 +2250,20 @@ mod tests {
         for (lq, lk) in [(21, 13), (16, 16), (3, 64), (70, 65), (9, 130)] {
             attention_case(2, lq, lk, 5);
         }
-        // Many short sequences (the lane-per-sequence kernel), with a ragged last block.
-        for (batch, lq, lk) in [(19, 16, 16), (40, 7, 33), (8, 64, 64)] {
-            let shape = AttentionShape {
-                batch,
-                heads: 3,
-                lq,
-                lk,
-                head_dim: 4,
-                scale: 1.0,
-            };
-            assert!(short_attention::suits(&shape));
-            attention_case(batch, lq, lk, 4);
+        // Short sequences at the query-lanes kernel's head dims, with ragged query blocks.
+        for d in [4, 8, 16] {
+            for (batch, lq, lk) in [(19, 16, 16), (3, 7, 33), (2, 64, 64), (5, 21, 1)] {
+                let shape = AttentionShape {
+                    batch,
+                    heads: 3,
+                    lq,
+                    lk,
+                    head_dim: d,
+                    scale: 1.0,
+                };
+                assert!(query_lanes::suits(&shape));
+                attention_case(batch, lq, lk, d);
+            }
         }
     }
 
