@@ -30,6 +30,7 @@
 //! motion_pair_direct_vs_freenoise_F16,motion_pair_direct_vs_freenoise_F32`.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -130,6 +131,15 @@ impl AttentionStage for TimedAttention<'_> {
     }
     fn attend(&self, p: Tensor<3>, mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>> {
         self.timed(2, || self.inner.attend(p, mask))
+    }
+    fn attend_at(
+        &self,
+        p: &Tensor<3>,
+        frames: Range<usize>,
+        terms: Option<&Tensor<2>>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
+        self.timed(2, || self.inner.attend_at(p, frames, terms, mask))
     }
     fn output(&self, a: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
         self.timed(3, || self.inner.output(a, residual))

@@ -219,6 +219,29 @@ pub trait AttentionStage {
     /// - output: `[N, f, A]`
     fn attend(&self, projections: Tensor<3>, mask: Option<&Tensor<2, Bool>>) -> Result<Tensor<3>>;
 
+    /// [`attend`](Self::attend) on the window `frames` of `projections` after adding `terms`
+    /// (its positional terms): `attend(projections[:, frames] + terms, mask)`.
+    ///
+    /// The default cuts the window out and adds the terms (a copy of the window); a stage
+    /// whose kernel can read the window in place and add the terms as it reads overrides it
+    /// (a FreeNoise pass then copies nothing per window).
+    ///
+    /// # Shapes
+    /// - `projections`: `[N, F, P]` with `frames.end ≤ F`
+    /// - `terms`: `[f, P]` with `f = frames.len()`
+    /// - `mask`: `[f, f]`, `true` = may not attend
+    /// - output: `[N, f, A]`
+    fn attend_at(
+        &self,
+        projections: &Tensor<3>,
+        frames: Range<usize>,
+        terms: Option<&Tensor<2>>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
+        let window = cut_window(projections, frames, terms)?;
+        self.attend(window, mask)
+    }
+
     /// `residual + out(attended)`.
     ///
     /// # Shapes
@@ -226,6 +249,52 @@ pub trait AttentionStage {
     /// - `residual`: `[N, f, C]`
     /// - output: `[N, f, C]`
     fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>>;
+}
+
+/// Checks that `frames` is a non-empty window of `projections` (`[N, F, P]`) and that
+/// `terms` is `[f, P]` with `f = frames.len()`.
+pub fn check_window(
+    projections: &Tensor<3>,
+    frames: &Range<usize>,
+    terms: Option<&Tensor<2>>,
+) -> Result<()> {
+    let [_, total, p] = projections.dims();
+    if frames.end > total || frames.is_empty() {
+        return Err(Error::invalid(
+            "frames",
+            format!(
+                "window {}..{} of a sequence of {total} frames",
+                frames.start, frames.end
+            ),
+        ));
+    }
+    match terms {
+        Some(t) if t.dims() != [frames.len(), p] => Err(Error::shape(
+            "positional terms",
+            format!("[{}, {p}]", frames.len()),
+            &t.dims(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `projections[:, frames] + terms` (the window cut out of `[N, F, P]`, `terms` `[f, P]`
+/// added to every item), after [`check_window`].
+pub fn cut_window(
+    projections: &Tensor<3>,
+    frames: Range<usize>,
+    terms: Option<&Tensor<2>>,
+) -> Result<Tensor<3>> {
+    check_window(projections, &frames, terms)?;
+    let f = frames.len();
+    let window = projections.clone().narrow(1, frames.start, f);
+    Ok(match terms {
+        Some(t) => {
+            let p = t.dims()[1];
+            window + t.clone().reshape([1, f, p])
+        }
+        None => window,
+    })
 }
 
 /// Runs `stage` on one window through its [`AttentionStage`] parts, given the projections of
@@ -277,15 +346,24 @@ impl<'a> WindowAttention<'a> {
     /// # Shapes
     /// - `projections`: `[N, f, P]`, output: `[N, f, A]`
     pub fn attend(&self, projections: Tensor<3>, window: &FrameWindow) -> Result<Tensor<3>> {
+        let f = projections.dims()[1];
+        self.attend_at(&projections, 0..f, window)
+    }
+
+    /// [`AttentionStage::attend_at`] on the frames `frames` of `projections` (`[N, F, P]`)
+    /// with the positional terms of `window.positions`.
+    ///
+    /// # Shapes
+    /// - `projections`: `[N, F, P]`, output: `[N, f, A]` with `f = frames.len()`
+    pub fn attend_at(
+        &self,
+        projections: &Tensor<3>,
+        frames: Range<usize>,
+        window: &FrameWindow,
+    ) -> Result<Tensor<3>> {
         let terms = self.position_terms(&window.positions, &projections.device())?;
-        let projections = match terms {
-            Some(pos) => {
-                let [f, p] = pos.dims();
-                projections + pos.reshape([1, f, p])
-            }
-            None => projections,
-        };
-        self.stage.attend(projections, window.mask.as_ref())
+        self.stage
+            .attend_at(projections, frames, terms.as_ref(), window.mask.as_ref())
     }
 
     /// `residual + output(attend(projections))` on one window.

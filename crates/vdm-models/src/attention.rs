@@ -556,9 +556,31 @@ impl Attention {
         qkv: Tensor<3>,
         mask: Option<&Tensor<2, Bool>>,
     ) -> Result<Tensor<3>> {
+        let l = qkv.dims()[1];
+        self.attend_packed_at(&qkv, 0..l, None, mask)
+    }
+
+    /// [`attend_packed`](Self::attend_packed) on the frames `frames` of `qkv` with `terms`
+    /// added (a window and its positional terms). On the flex backend the attention kernel
+    /// reads the window in place and adds the terms as it reads; elsewhere the window is cut
+    /// out first.
+    ///
+    /// # Shapes
+    /// - `qkv`: `[N, F, 3·heads·head_dim]` with `frames.end ≤ F`
+    /// - `terms`: `[f, 3·heads·head_dim]` with `f = frames.len()`
+    /// - `mask`: `[f, f]`, `true` = may not attend
+    /// - output: `[N, f, heads·head_dim]`
+    pub fn attend_packed_at(
+        &self,
+        qkv: &Tensor<3>,
+        frames: std::ops::Range<usize>,
+        terms: Option<&Tensor<2>>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
         let inner = self.heads * self.head_dim;
-        expect_tokens("qkv", &qkv, 3 * inner)?;
-        let [n, l, _] = qkv.dims();
+        expect_tokens("qkv", qkv, 3 * inner)?;
+        let [n, total, _] = qkv.dims();
+        let l = frames.len();
         if let Some(m) = mask
             && m.dims() != [l, l]
         {
@@ -568,15 +590,27 @@ impl Attention {
                 &m.dims(),
             ));
         }
-        if mask.is_none() && cpu::enabled(&qkv.device(), qkv.dtype()) {
-            let device = qkv.device();
-            let d = cpu::host(qkv);
-            let head = |col| cpu::HeadLayout::packed(cpu::f32s(&d), l, 3 * inner, col);
-            let o = self.attention_host(head(0), head(inner), head(2 * inner), n, l, l);
-            return Ok(cpu::tensor(TensorData::new(o, [n, l, inner]), &device));
+        if mask.is_some() || !cpu::enabled(&qkv.device(), qkv.dtype()) {
+            let window = vdm_core::temporal::cut_window(qkv, frames, terms)?;
+            let part = |i: usize| self.split_heads(window.clone().narrow(2, i * inner, inner));
+            return Ok(self.attention_heads(part(0), part(1), part(2), mask));
         }
-        let part = |i: usize| self.split_heads(qkv.clone().narrow(2, i * inner, inner));
-        Ok(self.attention_heads(part(0), part(1), part(2), mask))
+        vdm_core::temporal::check_window(qkv, &frames, terms)?;
+        let device = qkv.device();
+        let d = cpu::host(qkv.clone());
+        let td = terms.map(|t| cpu::host(t.clone()));
+        let head = |col| {
+            let layout = cpu::HeadLayout {
+                offset: frames.start * 3 * inner + col,
+                ..cpu::HeadLayout::packed(cpu::f32s(&d), total, 3 * inner, 0)
+            };
+            match &td {
+                Some(t) => layout.with_terms(&cpu::f32s(t)[col..], 3 * inner),
+                None => layout,
+            }
+        };
+        let o = self.attention_host(head(0), head(inner), head(2 * inner), n, l, l);
+        Ok(cpu::tensor(TensorData::new(o, [n, l, inner]), &device))
     }
 
     /// `residual + to_out(attended)`.
@@ -968,6 +1002,16 @@ impl AttentionStage for TemporalAttention<'_> {
         self.attn.attend_packed(projections, mask)
     }
 
+    fn attend_at(
+        &self,
+        projections: &Tensor<3>,
+        frames: std::ops::Range<usize>,
+        terms: Option<&Tensor<2>>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Result<Tensor<3>> {
+        self.attn.attend_packed_at(projections, frames, terms, mask)
+    }
+
     fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
         self.attn.output(attended, residual)
     }
@@ -1078,6 +1122,32 @@ mod tests {
             .try_init(&dev())
             .unwrap();
         assert!(spatial.attention_stage(1).is_none());
+    }
+
+    /// `attend_at` reads a window of a longer sequence in place and adds the positional
+    /// terms as it reads: the same as the Burn path on the cut-out window (forced by an
+    /// all-`false` mask), for a head dim of the query-lanes kernel (4) and one of the general
+    /// kernel (5); bad windows and terms are errors.
+    #[test]
+    fn attend_at_reads_windows_in_place() {
+        for (dim, heads) in [(12, 3), (20, 4)] {
+            let block = BasicTransformerBlockConfig::new(dim, heads, dim / heads)
+                .with_double_self_attention(true)
+                .with_num_positional_embeddings(Some(24))
+                .try_init(&dev())
+                .unwrap();
+            let stage = block.attention_stage(0).expect("a self-attention stage");
+            let p = stage.project(rand([5, 20, dim])).unwrap();
+            let terms = stage.project_positions(2..9, &dev()).unwrap();
+            let none = Tensor::<2, Bool>::from_data(TensorData::from([[false; 7]; 7]), &dev());
+            let window = vdm_core::temporal::cut_window(&p, 4..11, terms.as_ref()).unwrap();
+            let want = stage.attend(window, Some(&none)).unwrap();
+            let got = stage.attend_at(&p, 4..11, terms.as_ref(), None).unwrap();
+            got.into_data()
+                .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+            assert!(stage.attend_at(&p, 15..21, None, None).is_err());
+            assert!(stage.attend_at(&p, 4..10, terms.as_ref(), None).is_err());
+        }
     }
 
     fn rand<const D: usize>(shape: [usize; D]) -> Tensor<D> {

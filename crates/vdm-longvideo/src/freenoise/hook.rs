@@ -12,7 +12,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use vdm_core::host::{HostF32, cpu_kernels};
 use vdm_core::temporal::{
     AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages, WindowAttention,
-    run_chain,
+    cut_window, run_chain,
 };
 use vdm_core::{Error, Result};
 
@@ -339,12 +339,73 @@ impl TemporalHook for FreeNoiseHook {
     }
 }
 
-/// An input of [`Schedule::fuse`]: tokens `[N, F, C]` and optional rows `[L, C]` added to
-/// every window (positional terms).
-type WindowInput = (Tensor<3>, Option<Tensor<2>>);
+/// An input of [`Schedule::fuse`].
+struct WindowInput {
+    /// `[N, F, C]`.
+    tokens: Tensor<3>,
+    /// Rows `[L, C]` added to every window (positional terms).
+    rows: Option<Tensor<2>>,
+    /// Whether a call with one window gets the whole input to read in place
+    /// ([`WindowView::Whole`]) instead of a copy of its window.
+    in_place: bool,
+}
+
+impl WindowInput {
+    /// An input whose windows are cut out for every call.
+    fn cut(tokens: Tensor<3>) -> Self {
+        Self {
+            tokens,
+            rows: None,
+            in_place: false,
+        }
+    }
+
+    /// Projections read in place by single-window calls, with their positional terms.
+    fn in_place(projections: Tensor<3>, terms: Option<Tensor<2>>) -> Self {
+        Self {
+            tokens: projections,
+            rows: terms,
+            in_place: true,
+        }
+    }
+}
+
+/// One input of a window call, as the call gets it (a few short-lived values per window,
+/// hence no boxing of the larger variant).
+#[allow(clippy::large_enum_variant)]
+enum WindowView {
+    /// The call's windows cut out and stacked, `[N·m, L, C]`, rows added.
+    Cut(Tensor<3>),
+    /// The whole input `[N, F, C]` and its rows; the call has one window, to be read in
+    /// place at the frames of its `FrameWindow`.
+    Whole(Tensor<3>, Option<Tensor<2>>),
+}
+
+impl WindowView {
+    /// [`AttentionStage::attend`] on the call's windows (in place for a whole input).
+    fn attend(self, stage: &dyn AttentionStage, window: &FrameWindow) -> Result<Tensor<3>> {
+        match self {
+            Self::Cut(p) => stage.attend(p, window.mask.as_ref()),
+            Self::Whole(p, rows) => stage.attend_at(
+                &p,
+                window.start..window.end,
+                rows.as_ref(),
+                window.mask.as_ref(),
+            ),
+        }
+    }
+
+    /// The call's windows as one tensor (cut out here for a whole input).
+    fn into_cut(self, window: &FrameWindow) -> Result<Tensor<3>> {
+        match self {
+            Self::Cut(x) => Ok(x),
+            Self::Whole(x, rows) => cut_window(&x, window.start..window.end, rows.as_ref()),
+        }
+    }
+}
 
 /// A window function over several inputs sliced alike, with several outputs.
-type WindowFn<'a> = dyn Fn(Vec<Tensor<3>>, &FrameWindow) -> Result<Vec<Tensor<3>>> + 'a;
+type WindowFn<'a> = dyn Fn(Vec<WindowView>, &FrameWindow) -> Result<Vec<Tensor<3>>> + 'a;
 
 /// The windows of one stage call, their value weights and accumulation runs.
 #[derive(Debug, Clone)]
@@ -371,6 +432,12 @@ impl Chunk {
             Some(r) => FrameWindow::relative(r.start, r.end),
             None => FrameWindow::relative(0, l),
         }
+    }
+
+    /// `input` whole, when it is read in place and this call has a single window.
+    fn whole(&self, input: &WindowInput) -> Option<WindowView> {
+        (input.in_place && self.single.is_some())
+            .then(|| WindowView::Whole(input.tokens.clone(), input.rows.clone()))
     }
 }
 
@@ -498,8 +565,8 @@ impl Schedule {
     ) -> Result<Tensor<3>> {
         let c = tokens.dims()[2];
         let fused = self.fuse(
-            vec![(tokens, None)],
-            &|mut x, w| Ok(vec![run(x.remove(0), w)?]),
+            vec![WindowInput::cut(tokens)],
+            &|mut x, w| Ok(vec![run(x.remove(0).into_cut(w)?, w)?]),
             &[c],
             site,
         )?;
@@ -516,11 +583,11 @@ impl Schedule {
         site: &TemporalSite<'_>,
     ) -> Result<Tensor<3>> {
         let projections = stage.project(tokens.clone())?;
-        // Every window sees positions 0..L: their terms are added as the windows are cut out.
+        // Every window sees positions 0..L: their terms are added as the windows are read.
         let positions = stage.project_positions(0..self.plan.context_length(), &tokens.device())?;
         let attended = self.fuse(
-            vec![(projections, positions)],
-            &|mut p, w| Ok(vec![stage.attend(p.remove(0), w.mask.as_ref())?]),
+            vec![WindowInput::in_place(projections, positions)],
+            &|mut p, w| Ok(vec![p.remove(0).attend(stage, w)?]),
             &[stage.attention_width()],
             site,
         )?;
@@ -543,15 +610,18 @@ impl Schedule {
         let k = stages.num_stages();
         let projections = first.project(tokens.clone())?;
         // Every window sees positions 0..L: the first stage's terms are added as the windows
-        // are cut out; the last stage's are kept across the windows of this pass.
+        // are read; the last stage's are kept across the windows of this pass.
         let positions = first.project_positions(0..self.plan.context_length(), &tokens.device())?;
         let last_windows = WindowAttention::new(last);
         let fused = self.fuse(
-            vec![(tokens, None), (projections, positions)],
+            vec![
+                WindowInput::cut(tokens),
+                WindowInput::in_place(projections, positions),
+            ],
             &|mut inputs, w| {
                 let p = inputs.pop().expect("projections");
-                let x = inputs.pop().expect("tokens");
-                let mut h = first.output(first.attend(p, w.mask.as_ref())?, x)?;
+                let x = inputs.pop().expect("tokens").into_cut(w)?;
+                let mut h = first.output(p.attend(first, w)?, x)?;
                 for stage in 1..k - 1 {
                     h = stages.run_stage(stage, h, w)?;
                 }
@@ -579,12 +649,13 @@ impl Schedule {
         let host = !tests::TENSOR_OPS.with(|t| t.get());
         #[cfg(not(test))]
         let host = true;
-        if host && cpu_kernels(&inputs[0].0.device(), inputs[0].0.dtype()) {
+        let first = &inputs[0].tokens;
+        if host && cpu_kernels(&first.device(), first.dtype()) {
             return self.fuse_on_host(inputs, run, widths, site);
         }
-        let [n, f, _] = inputs[0].0.dims();
+        let [n, f, _] = first.dims();
         let l = self.plan.context_length();
-        let device = inputs[0].0.device();
+        let device = first.device();
         let ints = |v: &[i64]| {
             Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device)
         };
@@ -597,13 +668,20 @@ impl Schedule {
             let gather = ints(&chunk.gather);
             let xs = inputs
                 .iter()
-                .map(|(t, rows)| {
-                    let c = t.dims()[2];
-                    let x = t.clone().select(1, gather.clone()).reshape([n * m, l, c]);
-                    match rows {
+                .map(|input| {
+                    let WindowInput { tokens, rows, .. } = input;
+                    if let Some(view) = chunk.whole(input) {
+                        return view;
+                    }
+                    let c = tokens.dims()[2];
+                    let x = tokens
+                        .clone()
+                        .select(1, gather.clone())
+                        .reshape([n * m, l, c]);
+                    WindowView::Cut(match rows {
                         Some(r) => x + r.clone().reshape([1, l, c]),
                         None => x,
-                    }
+                    })
                 })
                 .collect();
             let ys = run(xs, &chunk.window(l))?;
@@ -650,15 +728,15 @@ impl Schedule {
         widths: &[usize],
         site: &TemporalSite<'_>,
     ) -> Result<Vec<Tensor<3>>> {
-        let [n, f, _] = inputs[0].0.dims();
+        let [n, f, _] = inputs[0].tokens.dims();
         let l = self.plan.context_length();
-        let device = inputs[0].0.device();
-        let inputs = inputs
-            .into_iter()
-            .map(|(t, rows)| {
-                let c = t.dims()[2];
-                let rows = rows.map(HostF32::new).transpose()?;
-                Ok((HostF32::new(t)?, rows, c))
+        let device = inputs[0].tokens.device();
+        // The host values of every input, read when a call's windows are cut out.
+        let hosts = inputs
+            .iter()
+            .map(|input| {
+                let rows = input.rows.clone().map(HostF32::new).transpose()?;
+                Ok((HostF32::new(input.tokens.clone())?, rows))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut acc: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * f * c]).collect();
@@ -666,10 +744,18 @@ impl Schedule {
             let m = chunk.windows;
             let xs = inputs
                 .iter()
-                .map(|(x, rows, c)| {
+                .zip(&hosts)
+                .map(|(input, (x, rows))| {
+                    if let Some(view) = chunk.whole(input) {
+                        return view;
+                    }
+                    let c = input.tokens.dims()[2];
                     let rows = rows.as_ref().map(HostF32::as_slice);
-                    let data = host_fusion::gather(x.as_slice(), [n, f, *c], &chunk.gather, rows);
-                    Tensor::from_data(TensorData::new(data, [n * m, l, *c]), &device)
+                    let data = host_fusion::gather(x.as_slice(), [n, f, c], &chunk.gather, rows);
+                    WindowView::Cut(Tensor::from_data(
+                        TensorData::new(data, [n * m, l, c]),
+                        &device,
+                    ))
                 })
                 .collect();
             let ys = run(xs, &chunk.window(l))?;

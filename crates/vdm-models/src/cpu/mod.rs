@@ -1511,13 +1511,16 @@ pub(crate) fn temporal_conv(
 // ---------------------------------------------------------------------------------------------
 
 /// Where the heads of a `[N, L, ·]` projection live: head `h` of row `i` of item `n` starts at
-/// `offset + n·batch_stride + i·row_stride + h·head_dim`.
+/// `offset + n·batch_stride + i·row_stride + h·head_dim`, plus optional per-row terms added
+/// to every item (a window's positional terms, read as the kernels read the rows).
 #[derive(Clone, Copy)]
 pub(crate) struct HeadLayout<'a> {
     pub data: &'a [f32],
     pub batch_stride: usize,
     pub row_stride: usize,
     pub offset: usize,
+    /// Terms added to row `i`: its heads side by side at `terms.0[i·terms.1 ..]`.
+    pub terms: Option<(&'a [f32], usize)>,
 }
 
 impl<'a> HeadLayout<'a> {
@@ -1528,13 +1531,60 @@ impl<'a> HeadLayout<'a> {
             batch_stride: rows * width,
             row_stride: width,
             offset,
+            terms: None,
         }
     }
 
+    /// Adds `terms` to every item's rows: row `i`'s heads side by side at
+    /// `terms[i·stride ..]`.
+    pub fn with_terms(self, terms: &'a [f32], stride: usize) -> Self {
+        Self {
+            terms: Some((terms, stride)),
+            ..self
+        }
+    }
+
+    /// The stored values of head `h` of row `i` of item `n` (without the terms).
     #[inline(always)]
     fn row(&self, n: usize, i: usize, h: usize, d: usize) -> &'a [f32] {
         let start = self.offset + n * self.batch_stride + i * self.row_stride + h * d;
         &self.data[start..start + d]
+    }
+
+    /// Head `h` of row `i` of item `n`, terms added.
+    #[inline(always)]
+    fn head<const D: usize>(&self, n: usize, i: usize, h: usize) -> [f32; D] {
+        let mut x: [f32; D] = self.row(n, i, h, D).try_into().expect("D values");
+        if let Some((terms, stride)) = self.terms {
+            let t: &[f32; D] = terms[i * stride + h * D..][..D]
+                .try_into()
+                .expect("D values");
+            for c in 0..D {
+                x[c] += t[c];
+            }
+        }
+        x
+    }
+
+    /// `[batch, rows, heads·d]` with the terms added (a packed copy for kernels that read
+    /// rows as slices).
+    fn with_terms_added(&self, batch: usize, rows: usize, heads: usize, d: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(batch * rows * heads * d);
+        for n in 0..batch {
+            for i in 0..rows {
+                for h in 0..heads {
+                    let row = self.row(n, i, h, d);
+                    match self.terms {
+                        Some((terms, stride)) => {
+                            let t = &terms[i * stride + h * d..][..d];
+                            out.extend(row.iter().zip(t).map(|(x, t)| x + t));
+                        }
+                        None => out.extend_from_slice(row),
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -1985,6 +2035,17 @@ pub(crate) fn attention(
         query_lanes::attention(q, k, v, shape, isa(), &mut out);
         return out;
     }
+    if [q, k, v].iter().any(|x| x.terms.is_some()) {
+        let inner = heads * head_dim;
+        let copy = |x: HeadLayout<'_>, rows| x.with_terms_added(batch, rows, heads, head_dim);
+        let (qd, kd, vd) = (copy(q, lq), copy(k, lk), copy(v, lk));
+        return attention(
+            HeadLayout::packed(&qd, lq, inner, 0),
+            HeadLayout::packed(&kd, lk, inner, 0),
+            HeadLayout::packed(&vd, lk, inner, 0),
+            shape,
+        );
+    }
     // Split long query sequences so that every thread gets work even for one (item, head).
     let threads = threads();
     let want = (4 * threads).div_ceil(bh).max(1);
@@ -2274,12 +2335,7 @@ mod tests {
         // Q, K, V fused in one [batch, L, 3·inner] buffer (lq = lk rows used for K/V).
         let rows = lq.max(lk);
         let qkv: Vec<f32> = (0..batch * rows * 3 * inner).map(val).collect();
-        let layout = |offset| HeadLayout {
-            data: &qkv,
-            batch_stride: rows * 3 * inner,
-            row_stride: 3 * inner,
-            offset,
-        };
+        let layout = |offset| HeadLayout::packed(&qkv, rows, 3 * inner, offset);
         let scale = 0.37;
         let shape = AttentionShape {
             batch,

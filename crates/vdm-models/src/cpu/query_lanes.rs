@@ -45,12 +45,6 @@ struct QueryLanesScratch {
     s: Vec<f32>,
 }
 
-/// Head `h` of row `i` of item `n`.
-#[inline(always)]
-fn head<'a, const D: usize>(x: &HeadLayout<'a>, n: usize, i: usize, h: usize) -> &'a [f32; D] {
-    x.row(n, i, h, D).try_into().expect("a row of D values")
-}
-
 /// Keys per score block (independent accumulators for the FMA pipeline).
 const KEYS: usize = 4;
 
@@ -79,7 +73,7 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
         let nq = W.min(lq - i0);
         // Qᵀ of the block, scaled; the padding lanes repeat the last query (finite scores).
         for l in 0..W {
-            let row: &[f32; D] = head(&job.q, n, i0 + l.min(nq - 1), h);
+            let row = job.q.head::<D>(n, i0 + l.min(nq - 1), h);
             for c in 0..D {
                 t[c * W + l] = row[c] * scale;
             }
@@ -92,8 +86,8 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
         let mut j = 0;
         while j < lk {
             let nk = KEYS.min(lk - j);
-            let keys: [&[f32; D]; KEYS] =
-                std::array::from_fn(|b| head(&job.k, n, j + b.min(nk - 1), h));
+            let keys: [[f32; D]; KEYS] =
+                std::array::from_fn(|b| job.k.head::<D>(n, j + b.min(nk - 1), h));
             let mut acc = [V::zero(); KEYS];
             for c in 0..D {
                 for (acc, key) in acc.iter_mut().zip(&keys).take(nk) {
@@ -120,8 +114,8 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
                 sum[l] += e[l];
             }
             let e = unsafe { V::load(e.as_ptr()) };
-            let value: &[f32; D] = head(&job.v, n, j, h);
-            for (o, &vc) in ot.iter_mut().zip(value) {
+            let value = job.v.head::<D>(n, j, h);
+            for (o, vc) in ot.iter_mut().zip(value) {
                 *o = unsafe { V::fma(e, V::splat(vc), *o) };
             }
         }
