@@ -1625,6 +1625,75 @@ trait Vector: Copy {
     /// # Safety
     /// The CPU supports the instruction set.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+
+    /// `D` vectors from `LANES` rows of `D` values, transposed: lane `l` of vector `c` is
+    /// `row(l)[c]`.
+    ///
+    /// # Safety
+    /// `LANES ≤ 16`; the CPU supports the instruction set.
+    #[inline(always)]
+    unsafe fn load_columns<const D: usize>(row: impl Fn(usize) -> [f32; D]) -> [Self; D] {
+        // SAFETY: as this function's.
+        unsafe { load_columns_via_buffer(row) }
+    }
+
+    /// Stores `D` vectors transposed: lane `l` of vector `c` goes to `row(l) + c`, for the
+    /// first `rows` lanes.
+    ///
+    /// # Safety
+    /// `LANES ≤ 16`, `rows ≤ LANES`; `row(l) .. row(l) + D` is writable for `l < rows`; the
+    /// CPU supports the instruction set.
+    #[inline(always)]
+    unsafe fn store_columns<const D: usize>(
+        v: &[Self; D],
+        rows: usize,
+        row: impl Fn(usize) -> *mut f32,
+    ) {
+        // SAFETY: as this function's.
+        unsafe { store_columns_via_buffer(v, rows, row) }
+    }
+}
+
+/// [`Vector::load_columns`] through a stack buffer, value by value.
+///
+/// # Safety
+/// As [`Vector::load_columns`].
+#[inline(always)]
+unsafe fn load_columns_via_buffer<V: Vector, const D: usize>(
+    row: impl Fn(usize) -> [f32; D],
+) -> [V; D] {
+    let mut buf = [[0.0f32; 16]; D];
+    for l in 0..V::LANES {
+        for (b, x) in buf.iter_mut().zip(row(l)) {
+            b[l] = x;
+        }
+    }
+    // SAFETY: every buffer row holds 16 ≥ LANES values.
+    std::array::from_fn(|c| unsafe { V::load(buf[c].as_ptr()) })
+}
+
+/// [`Vector::store_columns`] through a stack buffer, value by value.
+///
+/// # Safety
+/// As [`Vector::store_columns`].
+#[inline(always)]
+unsafe fn store_columns_via_buffer<V: Vector, const D: usize>(
+    v: &[V; D],
+    rows: usize,
+    row: impl Fn(usize) -> *mut f32,
+) {
+    let mut buf = [[0.0f32; 16]; D];
+    for (b, v) in buf.iter_mut().zip(v) {
+        // SAFETY: 16 ≥ LANES writable values.
+        unsafe { v.store(b.as_mut_ptr()) };
+    }
+    for l in 0..rows {
+        let out = row(l);
+        for (c, b) in buf.iter().enumerate() {
+            // SAFETY: the caller guarantees D writable values at `row(l)`.
+            unsafe { *out.add(c) = b[l] };
+        }
+    }
 }
 
 /// Eight lanes in plain Rust (the portable fallback).
@@ -1666,8 +1735,100 @@ mod x86 {
     use super::Vector;
     use std::arch::x86_64::*;
 
+    /// The transpose of a 16 × 16 block held in 16 vectors (64 shuffles).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // SAFETY: register-only intrinsics; the caller guarantees AVX-512F.
+        unsafe {
+            let z = _mm512_setzero_ps();
+            // Pairs of rows interleaved by 32-bit values, then by 64-bit pairs: afterwards the
+            // 128-bit block k of u[4b + m] holds column 4k + m of rows 4b .. 4b + 4.
+            let mut t = [z; 16];
+            for a in 0..8 {
+                t[2 * a] = _mm512_unpacklo_ps(r[2 * a], r[2 * a + 1]);
+                t[2 * a + 1] = _mm512_unpackhi_ps(r[2 * a], r[2 * a + 1]);
+            }
+            let pd = _mm512_castps_pd;
+            let ps = _mm512_castpd_ps;
+            let mut u = [z; 16];
+            for b in 0..4 {
+                u[4 * b] = ps(_mm512_unpacklo_pd(pd(t[4 * b]), pd(t[4 * b + 2])));
+                u[4 * b + 1] = ps(_mm512_unpackhi_pd(pd(t[4 * b]), pd(t[4 * b + 2])));
+                u[4 * b + 2] = ps(_mm512_unpacklo_pd(pd(t[4 * b + 1]), pd(t[4 * b + 3])));
+                u[4 * b + 3] = ps(_mm512_unpackhi_pd(pd(t[4 * b + 1]), pd(t[4 * b + 3])));
+            }
+            // Column 4k + m gathers block k of u[m], u[4 + m], u[8 + m], u[12 + m].
+            let mut out = [z; 16];
+            for m in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+                let v1 = _mm512_shuffle_f32x4::<0xEE>(u[m], u[4 + m]);
+                let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+                let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + m], u[12 + m]);
+                out[m] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+                out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+                out[8 + m] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+                out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+            }
+            out
+        }
+    }
+
+    // The column loads and stores go through the 16 × 16 shuffle transpose for rows of 4 and
+    // 8 values; with 16 the value-by-value path measured faster (the transpose's 32 live
+    // vectors spill).
     impl Vector for __m512 {
         const LANES: usize = 16;
+
+        #[inline(always)]
+        unsafe fn load_columns<const D: usize>(row: impl Fn(usize) -> [f32; D]) -> [Self; D] {
+            if !matches!(D, 4 | 8) {
+                // SAFETY: as this function's.
+                return unsafe { super::load_columns_via_buffer(row) };
+            }
+            // SAFETY: D values are read from each row array; AVX-512 is enabled by the caller.
+            unsafe {
+                let rows: [__m512; 16] = std::array::from_fn(|l| {
+                    let r = row(l);
+                    let p = r.as_ptr();
+                    if D == 8 {
+                        _mm512_zextps256_ps512(_mm256_loadu_ps(p))
+                    } else {
+                        _mm512_zextps128_ps512(_mm_loadu_ps(p))
+                    }
+                });
+                let t = transpose16(rows);
+                std::array::from_fn(|c| t[c])
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn store_columns<const D: usize>(
+            v: &[Self; D],
+            rows: usize,
+            row: impl Fn(usize) -> *mut f32,
+        ) {
+            if !matches!(D, 4 | 8) {
+                // SAFETY: as this function's.
+                return unsafe { super::store_columns_via_buffer(v, rows, row) };
+            }
+            // SAFETY: the caller guarantees D writable values at row(l) for l < rows.
+            unsafe {
+                let t = transpose16(std::array::from_fn(|c| {
+                    if c < D { v[c] } else { _mm512_setzero_ps() }
+                }));
+                for (l, t) in t.iter().enumerate().take(rows) {
+                    let p = row(l);
+                    if D == 8 {
+                        _mm256_storeu_ps(p, _mm512_castps512_ps256(*t));
+                    } else {
+                        _mm_storeu_ps(p, _mm512_castps512_ps128(*t));
+                    }
+                }
+            }
+        }
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: only reached from AVX-512 code (see `Isa`).

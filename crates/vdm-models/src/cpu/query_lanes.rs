@@ -37,11 +37,9 @@ struct QueryLanesJob<'a> {
     out: SharedOut,
 }
 
-/// Per-thread scratch: `Qᵀ` or `Oᵀ` of one block (`[c][lane]`) and the scores of one block
-/// (`[key][lane]`).
+/// Per-thread scratch: the scores of one block (`[key][lane]`).
 #[derive(Default)]
 struct QueryLanesScratch {
-    t: Vec<f32>,
     s: Vec<f32>,
 }
 
@@ -64,23 +62,19 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
     } = job.shape;
     let per_head = lq.div_ceil(W);
     let inner = heads * D;
-    let t = sized(&mut sc.t, D * W);
     let s = sized(&mut sc.s, lk * W);
     for item in items {
         let bh = item / per_head;
         let (n, h) = (bh / heads, bh % heads);
         let i0 = (item % per_head) * W;
         let nq = W.min(lq - i0);
+        // SAFETY (all vector operations below): `s` holds lk·W values and the offsets are
+        // multiples of W below that; `items` checked the instruction set; W ≤ 16.
         // Qᵀ of the block, scaled; the padding lanes repeat the last query (finite scores).
-        for l in 0..W {
-            let row = job.q.head::<D>(n, i0 + l.min(nq - 1), h);
-            for c in 0..D {
-                t[c * W + l] = row[c] * scale;
-            }
-        }
-        // SAFETY (all vector loads and stores below): `t` holds D·W and `s` lk·W values, the
-        // offsets are multiples of W below those bounds; `items` checked the instruction set.
-        let qt: [V; D] = std::array::from_fn(|c| unsafe { V::load(t.as_ptr().add(c * W)) });
+        let qt: [V; D] =
+            unsafe { V::load_columns::<D>(|l| job.q.head::<D>(n, i0 + l.min(nq - 1), h)) };
+        let scale = unsafe { V::splat(scale) };
+        let qt = qt.map(|q| unsafe { V::fma(q, scale, V::zero()) });
         // Scores S[j] = Σ_c k_j[c] · Qᵀ[c], KEYS keys at a time, and their maxima.
         let mut max = [f32::NEG_INFINITY; W];
         let mut j = 0;
@@ -119,17 +113,13 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
                 *o = unsafe { V::fma(e, V::splat(vc), *o) };
             }
         }
-        for (c, o) in ot.iter().enumerate() {
-            unsafe { o.store(t.as_mut_ptr().add(c * W)) };
-        }
-        for l in 0..nq {
-            let inv = 1.0 / sum[l];
-            let row = (n * lq + i0 + l) * inner + h * D;
-            for c in 0..D {
-                // SAFETY: (item n, query i0 + l, head h) is written by this work item only,
-                // inside the [batch, lq, heads·D] output.
-                unsafe { *job.out.at(row + c) = t[c * W + l] * inv };
-            }
+        let inv = sum.map(|s| 1.0 / s);
+        let inv = unsafe { V::load(inv.as_ptr()) };
+        let ot = ot.map(|o| unsafe { V::fma(o, inv, V::zero()) });
+        // SAFETY: (item n, query i0 + l, head h) is written by this work item only, inside
+        // the [batch, lq, heads·D] output.
+        unsafe {
+            V::store_columns(&ot, nq, |l| job.out.at((n * lq + i0 + l) * inner + h * D));
         }
     }
 }
