@@ -1887,12 +1887,20 @@ struct AttnScratch {
     qb: Vec<f32>,
 }
 
-struct AttnJob<'a> {
+/// The inputs and the output (`[batch, lq, heads·head_dim]`) of one attention call.
+#[derive(Clone, Copy)]
+struct AttentionIo<'a> {
     q: HeadLayout<'a>,
     k: HeadLayout<'a>,
     v: HeadLayout<'a>,
     shape: AttentionShape,
     out: SharedOut,
+}
+
+/// A call of the general kernel: work items are chunks of `q_chunk` queries of one
+/// (item, head).
+struct AttnJob<'a> {
+    io: AttentionIo<'a>,
     q_chunk: usize,
     chunks_per_head: usize,
 }
@@ -2011,7 +2019,7 @@ fn attention_items_impl<
         head_dim: d,
         scale,
         ..
-    } = job.shape;
+    } = job.io.shape;
     let inner = heads * d;
     let lkp = lk.div_ceil(W) * W;
     let dp = d.div_ceil(W) * W;
@@ -2030,12 +2038,12 @@ fn attention_items_impl<
                 sc.vp.resize(lk * dp, 0.0);
             }
             for j in 0..lk {
-                let k = job.k.row(n, j, h, d);
+                let k = job.io.k.row(n, j, h, d);
                 for (dd, &kv) in k.iter().enumerate() {
                     // SAFETY: dd < d, j < lk ≤ lkp.
                     unsafe { *sc.kt.get_unchecked_mut(dd * lkp + j) = kv };
                 }
-                sc.vp[j * dp..j * dp + d].copy_from_slice(job.v.row(n, j, h, d));
+                sc.vp[j * dp..j * dp + d].copy_from_slice(job.io.v.row(n, j, h, d));
             }
             sc.key = Some((n, h));
         }
@@ -2047,7 +2055,7 @@ fn attention_items_impl<
             for r in 0..R {
                 let dst = &mut sc.qb[r * d..(r + 1) * d];
                 if r < nr {
-                    for (o, &x) in dst.iter_mut().zip(job.q.row(n, i0 + r, h, d)) {
+                    for (o, &x) in dst.iter_mut().zip(job.io.q.row(n, i0 + r, h, d)) {
                         *o = x * scale;
                     }
                 } else {
@@ -2116,7 +2124,7 @@ fn attention_items_impl<
                 *inv = 1.0 / total;
             }
             // O = P V, up to 3 vectors of output columns at a time.
-            let out0 = job.out.at((n * lq + i0) * inner + h * d);
+            let out0 = job.io.out.at((n * lq + i0) * inner + h * d);
             let mut c0 = 0;
             while c0 < dp {
                 let left = (dp - c0) / W;
@@ -2213,11 +2221,13 @@ pub(crate) fn attention(
     let q_chunk = lq.div_ceil(want).max(64).min(lq).div_ceil(ROWS) * ROWS;
     let chunks_per_head = lq.div_ceil(q_chunk);
     let job = AttnJob {
-        q,
-        k,
-        v,
-        shape,
-        out: SharedOut(out.as_mut_ptr()),
+        io: AttentionIo {
+            q,
+            k,
+            v,
+            shape,
+            out: SharedOut(out.as_mut_ptr()),
+        },
         q_chunk,
         chunks_per_head,
     };

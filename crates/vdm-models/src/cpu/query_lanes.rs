@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::{AttentionShape, HeadLayout, Isa, SharedOut, Vector, exp, sized};
+use super::{AttentionIo, AttentionShape, HeadLayout, Isa, SharedOut, Vector, exp, sized};
 
 /// Head dims with a compiled kernel (the head dim is a constant so that `Qᵀ` and `Oᵀ` stay in
 /// registers).
@@ -28,15 +28,6 @@ pub(super) fn suits(shape: &AttentionShape) -> bool {
     shape.lk <= 64 && shape.lq <= 64 && HEAD_DIMS.contains(&shape.head_dim)
 }
 
-/// The inputs and output of one call; a work item is a block of queries of one (item, head).
-struct QueryLanesJob<'a> {
-    q: HeadLayout<'a>,
-    k: HeadLayout<'a>,
-    v: HeadLayout<'a>,
-    shape: AttentionShape,
-    out: SharedOut,
-}
-
 /// Per-thread scratch: the scores of one block (`[key][lane]`).
 #[derive(Default)]
 struct QueryLanesScratch {
@@ -48,7 +39,7 @@ const KEYS: usize = 4;
 
 #[inline(always)]
 fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
-    job: &QueryLanesJob<'_>,
+    job: &AttentionIo<'_>,
     items: Range<usize>,
     sc: &mut QueryLanesScratch,
 ) {
@@ -124,10 +115,11 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
     }
 }
 
-/// The work items `items` of `job` (`(n·heads + h)·blocks + block`), with `W` lanes.
+/// The work items `items` of `job` (`(n·heads + h)·blocks + block`, a block of `W` queries
+/// of one (item, head)), with `W` lanes.
 #[inline(always)]
 fn items_for<V: Vector, const W: usize, const FMA: bool>(
-    job: &QueryLanesJob<'_>,
+    job: &AttentionIo<'_>,
     items: Range<usize>,
     sc: &mut QueryLanesScratch,
 ) {
@@ -148,16 +140,16 @@ fn lanes(isa: Isa) -> usize {
 }
 
 /// Runs the work items `items` of `job` compiled for `isa` (which the CPU supports).
-fn items(isa: Isa, job: &QueryLanesJob<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
+fn items(isa: Isa, job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m256, __m512};
         #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512(job: &QueryLanesJob<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
+        fn avx512(job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
             items_for::<__m512, 16, true>(job, items, sc)
         }
         #[target_feature(enable = "avx2,fma")]
-        fn avx2(job: &QueryLanesJob<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
+        fn avx2(job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
             items_for::<__m256, 8, true>(job, items, sc)
         }
         match isa {
@@ -188,7 +180,7 @@ pub(super) fn attention(
     );
     assert!(isa == Isa::Portable || isa == super::isa() || super::isa() == Isa::Avx512);
     let bh = shape.batch * shape.heads;
-    let job = QueryLanesJob {
+    let job = AttentionIo {
         q,
         k,
         v,
