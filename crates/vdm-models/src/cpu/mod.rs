@@ -379,27 +379,33 @@ impl LinearHost {
         let bias = self.bias.as_ref().map(f32s);
         let accumulate = init.is_some() || bias.is_some();
         if accumulate && dst.cs == 1 && init.is_none_or(|m| m.cs == 1) {
-            // Row-contiguous output: one slice operation per row.
+            // Row-contiguous output: one slice operation per row, rows split between threads
+            // (the threads write disjoint rows).
             let zeros = vec![0.0f32; if bias.is_none() { self.d_out } else { 0 }];
             let bias = bias.unwrap_or(&zeros);
-            for i in 0..rows {
-                // SAFETY: caller's contract (rows of d_out contiguous values).
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(dst.ptr.offset(i as isize * dst.rs), self.d_out)
-                };
-                match init {
-                    Some(m) => {
-                        // SAFETY: caller's contract.
-                        let r = unsafe {
-                            std::slice::from_raw_parts(m.ptr.offset(i as isize * m.rs), self.d_out)
-                        };
-                        for ((o, &r), &b) in o.iter_mut().zip(r).zip(bias) {
-                            *o = r + b;
+            let width = self.d_out;
+            parallel(rows, rows * width, |range| {
+                // Whole views (Sync), not their raw-pointer fields, are captured.
+                let (dst, init) = (dst, init);
+                for i in range {
+                    // SAFETY: caller's contract (rows of d_out contiguous values).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(dst.ptr.offset(i as isize * dst.rs), width)
+                    };
+                    match init {
+                        Some(m) => {
+                            // SAFETY: caller's contract.
+                            let r = unsafe {
+                                std::slice::from_raw_parts(m.ptr.offset(i as isize * m.rs), width)
+                            };
+                            for ((o, &r), &b) in o.iter_mut().zip(r).zip(bias) {
+                                *o = r + b;
+                            }
                         }
+                        None => o.copy_from_slice(bias),
                     }
-                    None => o.copy_from_slice(bias),
                 }
-            }
+            });
         } else if accumulate {
             for i in 0..rows {
                 for j in 0..self.d_out {
