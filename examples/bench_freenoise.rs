@@ -144,6 +144,14 @@ impl AttentionStage for TimedAttention<'_> {
     fn output(&self, a: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
         self.timed(3, || self.inner.output(a, residual))
     }
+    fn output_at(
+        &self,
+        a: Tensor<3>,
+        residual: &Tensor<3>,
+        frames: Range<usize>,
+    ) -> Result<Tensor<3>> {
+        self.timed(3, || self.inner.output_at(a, residual, frames))
+    }
 }
 
 impl TemporalHook for Timed<'_> {

@@ -249,6 +249,25 @@ pub trait AttentionStage {
     /// - `residual`: `[N, f, C]`
     /// - output: `[N, f, C]`
     fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>>;
+
+    /// [`output`](Self::output) with the residual read from the window `frames` of
+    /// `residual`: `output(attended, residual[:, frames])`.
+    ///
+    /// The default cuts the window out; a stage that can read it in place overrides it.
+    ///
+    /// # Shapes
+    /// - `attended`: `[N, f, A]` with `f = frames.len()`
+    /// - `residual`: `[N, F, C]` with `frames.end ≤ F`
+    /// - output: `[N, f, C]`
+    fn output_at(
+        &self,
+        attended: Tensor<3>,
+        residual: &Tensor<3>,
+        frames: Range<usize>,
+    ) -> Result<Tensor<3>> {
+        let window = cut_window(residual, frames, None)?;
+        self.output(attended, window)
+    }
 }
 
 /// Checks that `frames` is a non-empty window of `projections` (`[N, F, P]`) and that

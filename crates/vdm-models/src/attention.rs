@@ -642,6 +642,56 @@ impl Attention {
         ))
     }
 
+    /// [`output`](Self::output) with the residual read from the frames `frames` of
+    /// `residual` (a window of the whole sequence; on the flex backend copied straight into
+    /// the output buffer, which the projection then accumulates onto).
+    ///
+    /// # Shapes
+    /// - `attended`: `[N, f, heads·head_dim]` with `f = frames.len()`
+    /// - `residual`: `[N, F, query_dim]` with `frames.end ≤ F`
+    /// - output: `[N, f, query_dim]`
+    pub fn output_at(
+        &self,
+        attended: Tensor<3>,
+        residual: &Tensor<3>,
+        frames: std::ops::Range<usize>,
+    ) -> Result<Tensor<3>> {
+        let inner = self.heads * self.head_dim;
+        expect_tokens("attended", &attended, inner)?;
+        expect_tokens("residual", residual, self.query_dim)?;
+        vdm_core::temporal::check_window(residual, &frames, None)?;
+        let [n, l, _] = attended.dims();
+        let [rn, total, q] = residual.dims();
+        if rn != n || frames.len() != l {
+            return Err(Error::shape(
+                "residual",
+                format!("[{n}, F, {q}] read at {l} frames"),
+                &residual.dims(),
+            ));
+        }
+        if !cpu::enabled(&attended.device(), attended.dtype()) {
+            let window = residual.clone().narrow(1, frames.start, l);
+            return self.output(attended, window);
+        }
+        let device = attended.device();
+        let (ad, rd) = (cpu::host(attended), cpu::host(residual.clone()));
+        let wo = cpu::LinearHost::new(&self.to_out);
+        let out = cpu::filled(n * l * q, |buf| {
+            // SAFETY: `buf` holds n·l·q values, the window is inside `residual` (checked), and
+            // `attended` holds n·l rows of `inner` values.
+            unsafe {
+                cpu::copy_frames(cpu::f32s(&rd), [n, total, q], frames, buf);
+                wo.apply_onto(
+                    n * l,
+                    cpu::Mat::rows(cpu::f32s(&ad), inner),
+                    cpu::MatMut::rows(buf, q),
+                    cpu::threads(),
+                )
+            }
+        });
+        Ok(cpu::tensor(TensorData::new(out, [n, l, q]), &device))
+    }
+
     fn expect_self_attention(&self) -> Result<()> {
         if self.kv_dim != self.query_dim {
             return Err(Error::Unsupported(
@@ -1015,6 +1065,15 @@ impl AttentionStage for TemporalAttention<'_> {
     fn output(&self, attended: Tensor<3>, residual: Tensor<3>) -> Result<Tensor<3>> {
         self.attn.output(attended, residual)
     }
+
+    fn output_at(
+        &self,
+        attended: Tensor<3>,
+        residual: &Tensor<3>,
+        frames: std::ops::Range<usize>,
+    ) -> Result<Tensor<3>> {
+        self.attn.output_at(attended, residual, frames)
+    }
 }
 
 impl TemporalStages for BasicTransformerBlock {
@@ -1148,6 +1207,20 @@ mod tests {
             assert!(stage.attend_at(&p, 15..21, None, None).is_err());
             assert!(stage.attend_at(&p, 4..10, terms.as_ref(), None).is_err());
         }
+    }
+
+    /// `output_at` reads the residual window in place: the same as `residual + to_out(a)` in
+    /// plain Burn ops on the cut-out window; bad windows are errors.
+    #[test]
+    fn output_at_reads_the_residual_window_in_place() {
+        let attn = AttentionConfig::new(12, 3, 4).try_init(&dev()).unwrap();
+        let (a, x) = (rand([5, 7, 12]), rand([5, 20, 12]));
+        let want = x.clone().narrow(1, 4, 7) + attn.to_out.forward(a.clone());
+        let got = attn.output_at(a.clone(), &x, 4..11).unwrap();
+        got.into_data()
+            .assert_approx_eq::<f32>(&want.into_data(), Tolerance::absolute(1e-5));
+        assert!(attn.output_at(a.clone(), &x, 15..22).is_err());
+        assert!(attn.output_at(a, &x, 4..10).is_err());
     }
 
     fn rand<const D: usize>(shape: [usize; D]) -> Tensor<D> {

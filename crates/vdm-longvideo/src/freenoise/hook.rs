@@ -360,11 +360,12 @@ impl WindowInput {
         }
     }
 
-    /// Projections read in place by single-window calls, with their positional terms.
-    fn in_place(projections: Tensor<3>, terms: Option<Tensor<2>>) -> Self {
+    /// An input read in place by single-window calls, with its per-position rows (the
+    /// positional terms of projections).
+    fn in_place(tokens: Tensor<3>, rows: Option<Tensor<2>>) -> Self {
         Self {
-            tokens: projections,
-            rows: terms,
+            tokens,
+            rows,
             in_place: true,
         }
     }
@@ -392,6 +393,20 @@ impl WindowView {
                 rows.as_ref(),
                 window.mask.as_ref(),
             ),
+        }
+    }
+
+    /// [`AttentionStage::output`] of `attended` with the call's windows of this input as the
+    /// residual (read in place for a whole input).
+    fn output(
+        self,
+        stage: &dyn AttentionStage,
+        attended: Tensor<3>,
+        window: &FrameWindow,
+    ) -> Result<Tensor<3>> {
+        match self {
+            Self::Whole(x, None) => stage.output_at(attended, &x, window.start..window.end),
+            view => stage.output(attended, view.into_cut(window)?),
         }
     }
 
@@ -615,13 +630,13 @@ impl Schedule {
         let last_windows = WindowAttention::new(last);
         let fused = self.fuse(
             vec![
-                WindowInput::cut(tokens),
+                WindowInput::in_place(tokens, None),
                 WindowInput::in_place(projections, positions),
             ],
             &|mut inputs, w| {
                 let p = inputs.pop().expect("projections");
-                let x = inputs.pop().expect("tokens").into_cut(w)?;
-                let mut h = first.output(p.attend(first, w)?, x)?;
+                let x = inputs.pop().expect("tokens");
+                let mut h = x.output(first, p.attend(first, w)?, w)?;
                 for stage in 1..k - 1 {
                     h = stages.run_stage(stage, h, w)?;
                 }

@@ -423,6 +423,41 @@ impl LinearHost {
             }
         }
         // SAFETY: caller's contract.
+        unsafe { self.gemm(rows, lhs, dst, accumulate, threads) };
+    }
+
+    /// `dst[i] += bias + lhs[i] · W` for `rows` rows of row-contiguous `dst` (which the
+    /// caller filled, e.g. with a residual).
+    ///
+    /// # Safety
+    /// As [`gemm_into`]; `dst` rows are readable and writable.
+    pub unsafe fn apply_onto(&self, rows: usize, lhs: Mat, dst: MatMut, threads: usize) {
+        assert_eq!(dst.cs, 1, "apply_onto: row-contiguous output");
+        if let Some(bias) = self.bias.as_ref().map(f32s) {
+            let width = self.d_out;
+            parallel(rows, rows * width, |range| {
+                let dst = dst;
+                for i in range {
+                    // SAFETY: caller's contract (rows of d_out contiguous values).
+                    let o = unsafe {
+                        std::slice::from_raw_parts_mut(dst.ptr.offset(i as isize * dst.rs), width)
+                    };
+                    for (o, &b) in o.iter_mut().zip(bias) {
+                        *o += b;
+                    }
+                }
+            });
+        }
+        // SAFETY: caller's contract.
+        unsafe { self.gemm(rows, lhs, dst, true, threads) };
+    }
+
+    /// `dst (+)= lhs · W`.
+    ///
+    /// # Safety
+    /// As [`gemm_into`].
+    unsafe fn gemm(&self, rows: usize, lhs: Mat, dst: MatMut, accumulate: bool, threads: usize) {
+        // SAFETY: caller's contract.
         unsafe {
             gemm_into(
                 rows,
@@ -436,6 +471,30 @@ impl LinearHost {
             )
         };
     }
+}
+
+/// Copies the frames `frames` of every item of `src` (`[n, total, width]`) into `dst`
+/// (`[n, frames.len(), width]`), items in parallel.
+///
+/// # Safety
+/// `dst` holds `n · frames.len() · width` writable values; `frames.end ≤ total` and `src`
+/// holds `n · total · width` values.
+pub(crate) unsafe fn copy_frames(
+    src: &[f32],
+    [n, total, width]: [usize; 3],
+    frames: Range<usize>,
+    dst: *mut f32,
+) {
+    assert!(frames.end <= total && src.len() >= n * total * width);
+    let (l, dst) = (frames.len(), SharedOut(dst));
+    parallel(n, n * l * width, |items| {
+        for item in items {
+            let from = &src[(item * total + frames.start) * width..][..l * width];
+            // SAFETY: item `item`'s block of `dst` is written by this thread only.
+            let to = unsafe { std::slice::from_raw_parts_mut(dst.at(item * l * width), l * width) };
+            to.copy_from_slice(from);
+        }
+    });
 }
 
 /// A `[rows, cols]` buffer filled by `fill` (which must write every element).
