@@ -436,7 +436,7 @@ impl LinearHost {
         if let Some(bias) = self.bias.as_ref().map(f32s) {
             let width = self.d_out;
             parallel(rows, rows * width, |range| {
-                let dst = dst;
+                let dst = &dst; // the whole (Sync) view, not its raw-pointer field
                 for i in range {
                     // SAFETY: caller's contract (rows of d_out contiguous values).
                     let o = unsafe {
