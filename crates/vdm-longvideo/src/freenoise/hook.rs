@@ -746,12 +746,16 @@ impl Schedule {
         let [n, f, _] = inputs[0].tokens.dims();
         let l = self.plan.context_length();
         let device = inputs[0].tokens.device();
-        // The host values of every input, read when a call's windows are cut out.
+        // The host values of every input whose windows some call cuts out.
+        let stacked = self.chunks.iter().any(|c| c.single.is_none());
         let hosts = inputs
             .iter()
             .map(|input| {
+                if input.in_place && !stacked {
+                    return Ok(None);
+                }
                 let rows = input.rows.clone().map(HostF32::new).transpose()?;
-                Ok((HostF32::new(input.tokens.clone())?, rows))
+                Ok(Some((HostF32::new(input.tokens.clone())?, rows)))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut acc: Vec<Vec<f32>> = widths.iter().map(|&c| vec![0.0; n * f * c]).collect();
@@ -760,10 +764,11 @@ impl Schedule {
             let xs = inputs
                 .iter()
                 .zip(&hosts)
-                .map(|(input, (x, rows))| {
+                .map(|(input, host)| {
                     if let Some(view) = chunk.whole(input) {
                         return view;
                     }
+                    let (x, rows) = host.as_ref().expect("host values of an input that is cut");
                     let c = input.tokens.dims()[2];
                     let rows = rows.as_ref().map(HostF32::as_slice);
                     let data = host_fusion::gather(x.as_slice(), [n, f, c], &chunk.gather, rows);
