@@ -186,6 +186,8 @@ pub trait TemporalStages {
 ///
 /// An implementation must satisfy, for every window `w` with positions `p`:
 /// `run_stage(x_w, w) == output(attend(project(x)_w + project_positions(p), w.mask), x_w)`.
+/// Overrides of [`attend_at`](Self::attend_at) and [`output_at`](Self::output_at) (which
+/// read a window in place) must equal their defaults up to float rounding.
 pub trait AttentionStage {
     /// Width `P` of the per-token projections.
     fn projection_width(&self) -> usize;
