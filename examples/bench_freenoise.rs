@@ -17,12 +17,13 @@
 //! accumulation) and *rest* (the UNet outside the hooks, the same work in every variant). Hence
 //! the *hook estimate* `1 + (hook_variant − hook_direct) / direct`, which does not see load
 //! changes in the rest of the forward. `--breakdown` adds one traced forward per variant, timed
-//! by module kind. `F = 16` is a single window, so both variants compute the same thing (max |Δ|
+//! by module kind. `--attention` times the temporal attention cores alone instead (one pass
+//! over 32 frames against five in-place windows of 16, at the model's three head dims). `F = 16` is a single window, so both variants compute the same thing (max |Δ|
 //! is printed).
 //!
 //! ```text
 //! cargo run --release --example bench_freenoise [-- [--rounds N] [--frames 16,24,32]
-//!     [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown]]
+//!     [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown] [--attention]]
 //! ```
 //!
 //! Compare with diffusers (same model config and the pipeline's own FreeNoise code, PyTorch
@@ -42,6 +43,7 @@ use vdm::core::temporal::{
 };
 use vdm::core::{Conditioning, DenoiserInput, Result, Timesteps};
 use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, FusionVariant, WindowBatching};
+use vdm::models::attention::AttentionConfig;
 use vdm::models::unet_motion::UNetMotionModel;
 use vdm_examples::measure::{load_average, median, min, process_cpu_seconds};
 use vdm_examples::motion_bench::bench_motion_config;
@@ -267,6 +269,7 @@ struct Args {
     batchings: Vec<(String, WindowBatching)>,
     per_stage: bool,
     breakdown: bool,
+    attention: bool,
 }
 
 fn parse_batching(s: &str) -> WindowBatching {
@@ -289,6 +292,7 @@ fn args() -> Args {
         batchings: Vec::new(),
         per_stage: false,
         breakdown: false,
+        attention: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -318,9 +322,15 @@ fn args() -> Args {
                 i += 1;
                 continue;
             }
+            "--attention" => {
+                a.attention = true;
+                i += 1;
+                continue;
+            }
             other => panic!(
                 "unknown argument {other}; usage: [--rounds N] [--frames 16,24,32] \
-                 [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown]"
+                 [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown] \
+                 [--attention]"
             ),
         }
         i += 2;
@@ -328,9 +338,59 @@ fn args() -> Args {
     a
 }
 
+/// `--attention`: the temporal attention cores alone, at this model's motion-module shapes
+/// (8 heads; head dims 4, 8 and 16 on the 32×32, 16×16 and 8×8 latents): five windows of 16
+/// frames read in place from the projections of 32 frames, positional terms added, against
+/// one pass over the 32 frames. The windows hold 1.25× the scores; the last column is what
+/// a score of a window costs against a score of the pass. Best of `rounds` repetitions.
+fn attention_table(device: &Device, rounds: usize) -> Result<()> {
+    println!(
+        "\nTemporal attention cores (Attention::attend_packed / attend_packed_at), best of {rounds}:"
+    );
+    println!(
+        "| tokens | head dim | one pass over 32 frames, ms | 5 windows of 16 (in place), ms | windows / pass | per score |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut noise = SeededNoise::new(8102);
+    for (n, d) in [(1024, 4), (256, 8), (64, 16)] {
+        let heads = 8;
+        let c = heads * d;
+        let attn = AttentionConfig::new(c, heads, d).try_init(device)?;
+        let p: Tensor<3> = draw(&mut noise, [n, 32, 3 * c], device)?;
+        let terms: Tensor<2> = draw(&mut noise, [16, 3 * c], device)?;
+        let best = |run: &dyn Fn() -> Result<()>| -> Result<f64> {
+            let mut best = f64::INFINITY;
+            for _ in 0..rounds.max(1) {
+                let t0 = Instant::now();
+                run()?;
+                best = best.min(t0.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let pass = best(&|| attn.attend_packed(p.clone(), None).map(drop))?;
+        let windows = best(&|| {
+            for start in (0..=16).step_by(4) {
+                attn.attend_packed_at(&p, start..start + 16, Some(&terms), None)?;
+            }
+            Ok(())
+        })?;
+        println!(
+            "| {n} | {d} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            pass * 1e3,
+            windows * 1e3,
+            windows / pass,
+            windows / pass / 1.25
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = args();
     let device: Device = vdm::device();
+    if args.attention {
+        return attention_table(&device, args.rounds.max(7));
+    }
     let config = bench_motion_config()?;
     let model = UNetMotionModel::new(&config, &device)?;
     let default = FreeNoiseConfig::new(16, 4);
