@@ -23,7 +23,8 @@ const HEAD_DIMS: [usize; 3] = [4, 8, 16];
 /// Whether the query-lanes kernel suits `shape`: sequences of at most 64 keys and queries
 /// and a head dim of 4, 8 or 16. Measured on an AVX-512 core (bench-size motion module
 /// shapes, 16 to 64 frames) it takes 0.4–0.8× the general kernel's time there, and half
-/// the time of the lane-per-sequence kernel it replaced at head dim 4.
+/// the time of the lane-per-sequence kernel it replaced at head dim 4; with the AVX2
+/// instances of both forced on the same core, 0.45–0.75×.
 pub(super) fn suits(shape: &AttentionShape) -> bool {
     shape.lk <= 64 && shape.lq <= 64 && HEAD_DIMS.contains(&shape.head_dim)
 }
