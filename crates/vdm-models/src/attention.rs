@@ -411,7 +411,10 @@ impl Attention {
             }
         };
         let rd = residual.map(cpu::host);
-        let out = self.output_host(&o, n * lq, rd.as_ref().map(cpu::f32s));
+        let rows = rd
+            .as_ref()
+            .map(|r| cpu::InitRows::rows(cpu::f32s(r), self.query_dim));
+        let out = self.output_host(&o, n * lq, rows);
         cpu::tensor(TensorData::new(out, [n, lq, self.query_dim]), &device)
     }
 
@@ -441,7 +444,7 @@ impl Attention {
     }
 
     /// `residual + to_out(o)` for `rows` rows of merged heads, on the host.
-    fn output_host(&self, o: &[f32], rows: usize, residual: Option<&[f32]>) -> Vec<f32> {
+    fn output_host(&self, o: &[f32], rows: usize, residual: Option<cpu::InitRows>) -> Vec<f32> {
         let inner = self.heads * self.head_dim;
         let wo = cpu::LinearHost::new(&self.to_out);
         cpu::filled(rows * self.query_dim, |buf| {
@@ -451,7 +454,7 @@ impl Attention {
                     rows,
                     cpu::Mat::rows(o, inner),
                     cpu::MatMut::rows(buf, self.query_dim),
-                    residual.map(|r| cpu::Mat::rows(r, self.query_dim)),
+                    residual,
                     cpu::threads(),
                 )
             }
@@ -635,7 +638,8 @@ impl Attention {
         }
         let device = attended.device();
         let (ad, rd) = (cpu::host(attended), cpu::host(residual));
-        let out = self.output_host(cpu::f32s(&ad), n * l, Some(cpu::f32s(&rd)));
+        let rows = cpu::InitRows::rows(cpu::f32s(&rd), self.query_dim);
+        let out = self.output_host(cpu::f32s(&ad), n * l, Some(rows));
         Ok(cpu::tensor(
             TensorData::new(out, [n, l, self.query_dim]),
             &device,
@@ -643,8 +647,8 @@ impl Attention {
     }
 
     /// [`output`](Self::output) with the residual read from the frames `frames` of
-    /// `residual` (a window of the whole sequence; on the flex backend copied straight into
-    /// the output buffer, which the projection then accumulates onto).
+    /// `residual` (a window of the whole sequence; on the flex backend read in place as the
+    /// output buffer is filled, before the projection accumulates onto it).
     ///
     /// # Shapes
     /// - `attended`: `[N, f, heads·head_dim]` with `f = frames.len()`
@@ -675,20 +679,8 @@ impl Attention {
         }
         let device = attended.device();
         let (ad, rd) = (cpu::host(attended), cpu::host(residual.clone()));
-        let wo = cpu::LinearHost::new(&self.to_out);
-        let out = cpu::filled(n * l * q, |buf| {
-            // SAFETY: `buf` holds n·l·q values, the window is inside `residual` (checked), and
-            // `attended` holds n·l rows of `inner` values.
-            unsafe {
-                cpu::copy_frames(cpu::f32s(&rd), [n, total, q], frames, buf);
-                wo.apply_onto(
-                    n * l,
-                    cpu::Mat::rows(cpu::f32s(&ad), inner),
-                    cpu::MatMut::rows(buf, q),
-                    cpu::threads(),
-                )
-            }
-        });
+        let rows = cpu::InitRows::frames(cpu::f32s(&rd), [n, total, q], frames);
+        let out = self.output_host(cpu::f32s(&ad), n * l, Some(rows));
         Ok(cpu::tensor(TensorData::new(out, [n, l, q]), &device))
     }
 

@@ -363,28 +363,29 @@ impl LinearHost {
         Mat::rows(f32s(&self.weight), self.d_out)
     }
 
-    /// `dst[i] = init[i] + bias + lhs[i] · W` for `rows` rows, where `init` (optional) is
-    /// read through `init` with the layout of `dst`.
+    /// `dst[i] = init[i] + bias + lhs[i] · W` for `rows` rows, where `init` (optional) gives
+    /// the rows an output starts from (a residual). The starting values are filled in on up
+    /// to `threads` threads, as the GEMM runs.
     ///
     /// # Safety
-    /// As [`gemm_into`]; `dst` rows are writable, `init` (if any) readable with `dst`'s strides.
+    /// As [`gemm_into`]; `dst` rows are writable, `init` (if any) covers `rows` rows of
+    /// `d_out` values.
     pub unsafe fn apply(
         &self,
         rows: usize,
         lhs: Mat,
         dst: MatMut,
-        init: Option<Mat>,
+        init: Option<InitRows>,
         threads: usize,
     ) {
         let bias = self.bias.as_ref().map(f32s);
         let accumulate = init.is_some() || bias.is_some();
-        if accumulate && dst.cs == 1 && init.is_none_or(|m| m.cs == 1) {
-            // Row-contiguous output: one slice operation per row, rows split between threads
-            // (the threads write disjoint rows).
-            let zeros = vec![0.0f32; if bias.is_none() { self.d_out } else { 0 }];
+        let width = self.d_out;
+        if accumulate && dst.cs == 1 {
+            // Row-contiguous output: one slice operation per row (threads write disjoint rows).
+            let zeros = vec![0.0f32; if bias.is_none() { width } else { 0 }];
             let bias = bias.unwrap_or(&zeros);
-            let width = self.d_out;
-            parallel(rows, rows * width, |range| {
+            let fill = |range: Range<usize>| {
                 // Whole views (Sync), not their raw-pointer fields, are captured.
                 let (dst, init) = (dst, init);
                 for i in range {
@@ -393,11 +394,9 @@ impl LinearHost {
                         std::slice::from_raw_parts_mut(dst.ptr.offset(i as isize * dst.rs), width)
                     };
                     match init {
-                        Some(m) => {
+                        Some(rows) => {
                             // SAFETY: caller's contract.
-                            let r = unsafe {
-                                std::slice::from_raw_parts(m.ptr.offset(i as isize * m.rs), width)
-                            };
+                            let r = unsafe { std::slice::from_raw_parts(rows.row(i), width) };
                             for ((o, &r), &b) in o.iter_mut().zip(r).zip(bias) {
                                 *o = r + b;
                             }
@@ -405,58 +404,26 @@ impl LinearHost {
                         None => o.copy_from_slice(bias),
                     }
                 }
-            });
+            };
+            if threads > 1 {
+                parallel(rows, rows * width, fill);
+            } else {
+                fill(0..rows);
+            }
         } else if accumulate {
             for i in 0..rows {
-                for j in 0..self.d_out {
+                for j in 0..width {
                     let o = i as isize * dst.rs + j as isize * dst.cs;
                     let mut v = bias.map_or(0.0, |b| b[j]);
                     if let Some(init) = init {
                         // SAFETY: caller's contract.
-                        v += unsafe {
-                            *init.ptr.offset(i as isize * init.rs + j as isize * init.cs)
-                        };
+                        v += unsafe { *init.row(i).add(j) };
                     }
                     // SAFETY: caller's contract.
                     unsafe { *dst.ptr.offset(o) = v };
                 }
             }
         }
-        // SAFETY: caller's contract.
-        unsafe { self.gemm(rows, lhs, dst, accumulate, threads) };
-    }
-
-    /// `dst[i] += bias + lhs[i] · W` for `rows` rows of row-contiguous `dst` (which the
-    /// caller filled, e.g. with a residual).
-    ///
-    /// # Safety
-    /// As [`gemm_into`]; `dst` rows are readable and writable.
-    pub unsafe fn apply_onto(&self, rows: usize, lhs: Mat, dst: MatMut, threads: usize) {
-        assert_eq!(dst.cs, 1, "apply_onto: row-contiguous output");
-        if let Some(bias) = self.bias.as_ref().map(f32s) {
-            let width = self.d_out;
-            parallel(rows, rows * width, |range| {
-                let dst = &dst; // the whole (Sync) view, not its raw-pointer field
-                for i in range {
-                    // SAFETY: caller's contract (rows of d_out contiguous values).
-                    let o = unsafe {
-                        std::slice::from_raw_parts_mut(dst.ptr.offset(i as isize * dst.rs), width)
-                    };
-                    for (o, &b) in o.iter_mut().zip(bias) {
-                        *o += b;
-                    }
-                }
-            });
-        }
-        // SAFETY: caller's contract.
-        unsafe { self.gemm(rows, lhs, dst, true, threads) };
-    }
-
-    /// `dst (+)= lhs · W`.
-    ///
-    /// # Safety
-    /// As [`gemm_into`].
-    unsafe fn gemm(&self, rows: usize, lhs: Mat, dst: MatMut, accumulate: bool, threads: usize) {
         // SAFETY: caller's contract.
         unsafe {
             gemm_into(
@@ -473,28 +440,51 @@ impl LinearHost {
     }
 }
 
-/// Copies the frames `frames` of every item of `src` (`[n, total, width]`) into `dst`
-/// (`[n, frames.len(), width]`), items in parallel.
-///
-/// # Safety
-/// `dst` holds `n · frames.len() · width` writable values; `frames.end ≤ total` and `src`
-/// holds `n · total · width` values.
-pub(crate) unsafe fn copy_frames(
-    src: &[f32],
-    [n, total, width]: [usize; 3],
-    frames: Range<usize>,
-    dst: *mut f32,
-) {
-    assert!(frames.end <= total && src.len() >= n * total * width);
-    let (l, dst) = (frames.len(), SharedOut(dst));
-    parallel(n, n * l * width, |items| {
-        for item in items {
-            let from = &src[(item * total + frames.start) * width..][..l * width];
-            // SAFETY: item `item`'s block of `dst` is written by this thread only.
-            let to = unsafe { std::slice::from_raw_parts_mut(dst.at(item * l * width), l * width) };
-            to.copy_from_slice(from);
+/// The rows an output starts from ([`LinearHost::apply`]), each of contiguous values: row `i`
+/// at `ptr + (i / per_block)·block_stride + (i % per_block)·rs`.
+#[derive(Clone, Copy)]
+pub(crate) struct InitRows {
+    ptr: *const f32,
+    rs: usize,
+    per_block: usize,
+    block_stride: usize,
+}
+
+// SAFETY: read only, by the threads of `LinearHost::apply`.
+unsafe impl Send for InitRows {}
+unsafe impl Sync for InitRows {}
+
+impl InitRows {
+    /// Row-major `[rows, width]` data.
+    pub fn rows(data: &[f32], width: usize) -> Self {
+        Self {
+            ptr: data.as_ptr(),
+            rs: width,
+            per_block: usize::MAX,
+            block_stride: 0,
         }
-    });
+    }
+
+    /// The frames `frames` of every item of `[n, total, width]` data, item after item (a
+    /// window of a sequence, read in place).
+    pub fn frames(data: &[f32], [n, total, width]: [usize; 3], frames: Range<usize>) -> Self {
+        assert!(
+            frames.end <= total && !frames.is_empty() && data.len() >= n * total * width,
+            "window {frames:?} of [{n}, {total}, {width}] values"
+        );
+        Self {
+            ptr: data[frames.start * width..].as_ptr(),
+            rs: width,
+            per_block: frames.len(),
+            block_stride: total * width,
+        }
+    }
+
+    /// Row `i`.
+    fn row(&self, i: usize) -> *const f32 {
+        self.ptr
+            .wrapping_add((i / self.per_block) * self.block_stride + (i % self.per_block) * self.rs)
+    }
 }
 
 /// A `[rows, cols]` buffer filled by `fill` (which must write every element).
@@ -882,7 +872,7 @@ pub(crate) fn feed_forward<const D: usize>(
                             n,
                             Mat::rows(g, hidden),
                             MatMut::rows(out.at(r0 * w2.d_out), w2.d_out),
-                            residual.then(|| Mat::rows(xb, dim)),
+                            residual.then(|| InitRows::rows(xb, dim)),
                             1,
                         );
                     }
