@@ -1,5 +1,5 @@
 //! Softmax attention over short sequences with small heads, one SIMD lane per *query*: the
-//! temporal attention of motion modules on 16- to 64-frame windows at head dims 8 and 16.
+//! temporal attention of motion modules on 16- to 64-frame windows at head dims 4, 8 and 16.
 //!
 //! The general kernel puts the keys in the lanes. For a 16-frame sequence with a head of 8
 //! values it spends more time on per-sequence set-up (transposing `K`, copying `V`),
@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::{AttentionIo, AttentionShape, HeadLayout, Isa, SharedOut, Vector, exp, sized};
+use super::{AttentionIo, AttentionShape, HeadLayout, Isa, SharedOut, Vector, exp};
 
 /// Head dims with a compiled kernel (the head dim is a constant so that `Qᵀ` and `Oᵀ` stay in
 /// registers).
@@ -29,12 +29,6 @@ pub(super) fn suits(shape: &AttentionShape) -> bool {
     shape.lk <= 64 && shape.lq <= 64 && HEAD_DIMS.contains(&shape.head_dim)
 }
 
-/// Per-thread scratch: the scores of one block (`[key][lane]`).
-#[derive(Default)]
-struct QueryLanesScratch {
-    s: Vec<f32>,
-}
-
 /// Keys per score block (independent accumulators for the FMA pipeline).
 const KEYS: usize = 4;
 
@@ -42,7 +36,6 @@ const KEYS: usize = 4;
 fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
     job: &AttentionIo<'_>,
     items: Range<usize>,
-    sc: &mut QueryLanesScratch,
 ) {
     debug_assert_eq!(V::LANES, W);
     let AttentionShape {
@@ -54,7 +47,8 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
     } = job.shape;
     let per_head = lq.div_ceil(W);
     let inner = heads * D;
-    let s = sized(&mut sc.s, lk * W);
+    // The scores of one block, `[key][lane]`.
+    let mut s = vec![0.0f32; lk * W];
     for item in items {
         let bh = item / per_head;
         let (n, h) = (bh / heads, bh % heads);
@@ -122,12 +116,11 @@ fn items_impl<V: Vector, const W: usize, const D: usize, const FMA: bool>(
 fn items_for<V: Vector, const W: usize, const FMA: bool>(
     job: &AttentionIo<'_>,
     items: Range<usize>,
-    sc: &mut QueryLanesScratch,
 ) {
     match job.shape.head_dim {
-        4 => items_impl::<V, W, 4, FMA>(job, items, sc),
-        8 => items_impl::<V, W, 8, FMA>(job, items, sc),
-        16 => items_impl::<V, W, 16, FMA>(job, items, sc),
+        4 => items_impl::<V, W, 4, FMA>(job, items),
+        8 => items_impl::<V, W, 8, FMA>(job, items),
+        16 => items_impl::<V, W, 16, FMA>(job, items),
         d => unreachable!("query-lanes attention has no kernel for head dim {d}"),
     }
 }
@@ -141,26 +134,26 @@ fn lanes(isa: Isa) -> usize {
 }
 
 /// Runs the work items `items` of `job` compiled for `isa` (which the CPU supports).
-fn items(isa: Isa, job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
+fn items(isa: Isa, job: &AttentionIo<'_>, items: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m256, __m512};
         #[target_feature(enable = "avx512f,avx2,fma")]
-        fn avx512(job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
-            items_for::<__m512, 16, true>(job, items, sc)
+        fn avx512(job: &AttentionIo<'_>, items: Range<usize>) {
+            items_for::<__m512, 16, true>(job, items)
         }
         #[target_feature(enable = "avx2,fma")]
-        fn avx2(job: &AttentionIo<'_>, items: Range<usize>, sc: &mut QueryLanesScratch) {
-            items_for::<__m256, 8, true>(job, items, sc)
+        fn avx2(job: &AttentionIo<'_>, items: Range<usize>) {
+            items_for::<__m256, 8, true>(job, items)
         }
         match isa {
             // SAFETY: the caller checked that the CPU supports `isa` (see `super::isa`).
-            Isa::Avx512 => return unsafe { avx512(job, items, sc) },
-            Isa::Avx2 => return unsafe { avx2(job, items, sc) },
+            Isa::Avx512 => return unsafe { avx512(job, items) },
+            Isa::Avx2 => return unsafe { avx2(job, items) },
             Isa::Portable => {}
         }
     }
-    items_for::<super::Lanes8, 8, false>(job, items, sc)
+    items_for::<super::Lanes8, 8, false>(job, items)
 }
 
 /// `softmax(scale · Q Kᵀ) V` for every item and head into `out` (`[batch, lq, heads·head_dim]`,
@@ -190,7 +183,7 @@ pub(super) fn attention(
     };
     let cost = 4 * bh * shape.lq * shape.lk * shape.head_dim;
     super::parallel(bh * shape.lq.div_ceil(lanes(isa)), cost, |range| {
-        items(isa, &job, range, &mut QueryLanesScratch::default())
+        items(isa, &job, range)
     });
 }
 
