@@ -87,6 +87,12 @@ pub const DIFFUSERS_KEY_REMAP: &[(&str, &str, &str)] = &[
         "deprecated VAE attention block names: value -> to_v",
     ),
     (
+        r"^text_model\.",
+        "",
+        "transformers < 5 (and every hub SD / ModelScope text_encoder) nests CLIPTextModel's \
+         weights in a `text_model` submodule; transformers 5 and clip::CLIPTextModel do not",
+    ),
+    (
         r"(^|\.)(attentions\.\d+)\.proj_attn\.",
         "${1}${2}.to_out.",
         "deprecated VAE attention block names: proj_attn -> to_out.0 (-> to_out)",
@@ -158,6 +164,11 @@ mod tests {
                 "decoder.mid_block.attentions.0.key.bias",
                 "decoder.mid_block.attentions.0.to_k.bias",
             ),
+            (
+                "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                "encoder.layers.0.self_attn.q_proj.weight",
+            ),
+            ("text_model.final_layer_norm.bias", "final_layer_norm.bias"),
             // Untouched keys.
             (
                 "down_blocks.0.resnets.0.conv1.weight",
@@ -168,6 +179,10 @@ mod tests {
                 "down_blocks.1.resnets.0.conv_shortcut.weight",
             ),
             ("conv_in.weight", "conv_in.weight"),
+            (
+                "encoder.layers.11.mlp.fc2.weight",
+                "encoder.layers.11.mlp.fc2.weight",
+            ),
             (
                 "down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe",
                 "down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe",

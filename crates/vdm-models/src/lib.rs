@@ -21,6 +21,7 @@
 pub mod alpha_blender;
 pub mod attention;
 pub mod chunking;
+pub mod clip;
 mod cpu;
 pub mod embeddings;
 pub mod keymap;

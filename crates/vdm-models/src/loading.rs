@@ -73,7 +73,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
@@ -403,6 +403,27 @@ pub struct SafetensorsHeader {
     pub tensors: Vec<TensorEntry>,
     /// The free-form `__metadata__` map (e.g. `{"format": "pt"}`).
     pub metadata: BTreeMap<String, String>,
+}
+
+/// The first of `names` that is a file in `dir`: how a model's `from_pretrained` picks its
+/// weights among the variants a diffusers / transformers folder may hold (`model.safetensors`,
+/// `model.fp16.safetensors`, …).
+///
+/// # Errors
+/// [`Error::File`] naming `dir`, `what` is looked for and the names tried.
+pub fn find_weight_file(dir: &Path, names: &[&str], what: &str) -> Result<PathBuf> {
+    names
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.is_file())
+        .ok_or_else(|| Error::File {
+            path: dir.display().to_string(),
+            reason: format!(
+                "no {what} weights found (looked for {}; sharded checkpoints and PyTorch .bin \
+                 files are not supported)",
+                names.join(", ")
+            ),
+        })
 }
 
 /// Reads and validates the header of the safetensors file at `path`, without reading the

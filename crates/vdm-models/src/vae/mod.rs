@@ -36,7 +36,7 @@ mod decoder;
 mod distribution;
 mod encoder;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -55,7 +55,9 @@ pub use encoder::Encoder;
 use crate::attention::expect_images;
 use crate::chunking::map_chunks;
 use crate::keymap::DIFFUSERS_KEY_REMAP;
-use crate::loading::{KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_bytes};
+use crate::loading::{
+    KeyRemap, LoadOptions, LoadReport, find_weight_file, load_safetensors, load_safetensors_bytes,
+};
 
 /// Weight files [`AutoencoderKL::from_pretrained`] looks for, in order (diffusers' default
 /// name, then its `fp16` and `bf16` variants).
@@ -139,7 +141,7 @@ impl AutoencoderKL {
     ) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
         let config = AutoencoderKLConfig::from_file(dir.join("config.json"))?;
-        let weights = find_weights(dir)?;
+        let weights = find_weight_file(dir, WEIGHT_FILES, "AutoencoderKL")?;
         let options = LoadOptions::new().dtype(device.settings().float_dtype);
         config.init(parts, device)?.load_file(weights, &options)
     }
@@ -415,19 +417,4 @@ impl AutoencoderKL {
         };
         self.scale_latents(z)
     }
-}
-
-/// The first of [`WEIGHT_FILES`] in `dir`.
-fn find_weights(dir: &Path) -> Result<PathBuf> {
-    WEIGHT_FILES
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|path| path.is_file())
-        .ok_or_else(|| Error::File {
-            path: dir.display().to_string(),
-            reason: format!(
-                "no AutoencoderKL weights found (looked for {})",
-                WEIGHT_FILES.join(", ")
-            ),
-        })
 }
