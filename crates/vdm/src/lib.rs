@@ -13,7 +13,9 @@
 //! | [`models`] | `vdm-models` | model building blocks |
 //! | [`longvideo`] | `vdm-longvideo` | long-video algorithms |
 //!
-//! and picks a compute device from the enabled backend feature ([`device`]).
+//! and on top of them the product: [`pipeline`] (prompt in, video out, from a diffusers model
+//! folder) and [`video`] (decoded frames). It picks a compute device from the enabled backend
+//! feature ([`device`]).
 //!
 //! # Backends
 //!
@@ -95,6 +97,9 @@ pub use vdm_models as models;
 pub use vdm_schedulers as schedulers;
 
 pub use vdm_core::{Error, Result};
+
+pub mod pipeline;
+pub mod video;
 
 use burn::tensor::Device;
 

@@ -11,7 +11,7 @@ mod text_model;
 mod tokenizer;
 
 pub use config::{CLIPTextConfig, HiddenAct};
-pub use prompt::PromptEncoder;
+pub use prompt::{PromptEncoder, PromptOptions};
 pub use text_model::{
     CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPMLP, CLIPTextEmbeddings, CLIPTextModel,
     CLIPTextOutput, WEIGHT_FILE_NAMES,

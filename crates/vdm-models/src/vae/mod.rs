@@ -139,11 +139,24 @@ impl AutoencoderKL {
         parts: VaeParts,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
+        let options = LoadOptions::new().dtype(device.settings().float_dtype);
+        Self::from_pretrained_with(dir, parts, &options, device)
+    }
+
+    /// [`AutoencoderKL::from_pretrained`] with explicit load options (dtype, partial loads).
+    ///
+    /// # Errors
+    /// As [`AutoencoderKL::from_pretrained`].
+    pub fn from_pretrained_with(
+        dir: impl AsRef<Path>,
+        parts: VaeParts,
+        options: &LoadOptions,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
         let dir = dir.as_ref();
         let config = AutoencoderKLConfig::from_file(dir.join("config.json"))?;
         let weights = find_weight_file(dir, WEIGHT_FILES, "AutoencoderKL")?;
-        let options = LoadOptions::new().dtype(device.settings().float_dtype);
-        config.init(parts, device)?.load_file(weights, &options)
+        config.init(parts, device)?.load_file(weights, options)
     }
 
     /// Loads a diffusers safetensors checkpoint (`f32`, `f16` or `bf16`; every float tensor is

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::Value;
 use vdm_core::Error;
-use vdm_models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LongPrompt, PromptEncoder};
+use vdm_models::clip::{
+    CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LongPrompt, PromptEncoder, PromptOptions,
+};
 use vdm_models::loading::LoadOptions;
 
 const TOLERANCE: f32 = 1e-5;
@@ -278,7 +280,9 @@ fn prompt_encoder_embeds_chunks_end_to_end() {
     let encoder = PromptEncoder::new(tokenizer, model).unwrap();
 
     // Truncating: the first fixture prompt's row of transformers' last_hidden_state.
-    let first = encoder.embed(prompts[0].as_str().unwrap()).unwrap();
+    let first = encoder
+        .embed(prompts[0].as_str().unwrap(), PromptOptions::default())
+        .unwrap();
     let (shape, expected) = io_tensor("fp32.last_hidden_state");
     let row = shape[1] * shape[2];
     let ours = first.into_data().try_to_vec::<f32>().unwrap();
@@ -291,10 +295,13 @@ fn prompt_encoder_embeds_chunks_end_to_end() {
 
     // Chunked: each 77-token slice is the encoder's output on that chunk alone.
     let long = prompts[3].as_str().unwrap();
-    let encoder = encoder.with_long_prompt(LongPrompt::Chunks { max_chunks: 4 });
-    let chunks = encoder.ids(long).unwrap();
+    let options = PromptOptions {
+        long_prompt: LongPrompt::Chunks { max_chunks: 4 },
+        clip_skip: 0,
+    };
+    let chunks = encoder.ids(long, options).unwrap();
     assert_eq!(chunks.len(), 2);
-    let (cond, uncond) = encoder.embed_pair(long, "").unwrap();
+    let (cond, uncond) = encoder.embed_pair(long, "", options).unwrap();
     assert_eq!(cond.dims(), [1, 2 * 77, 32]);
     assert_eq!(uncond.dims(), cond.dims());
     for (i, chunk) in chunks.iter().enumerate() {
@@ -306,7 +313,7 @@ fn prompt_encoder_embeds_chunks_end_to_end() {
         assert!(err <= TOLERANCE, "chunk {i}: {err:e}");
     }
     // The negative prompt was padded with the empty prompt's chunk.
-    let empty = encoder.embed("").unwrap();
+    let empty = encoder.embed("", options).unwrap();
     for i in 0..2 {
         let part = uncond.clone().slice([0..1, i * 77..(i + 1) * 77, 0..32]);
         let err = (part - empty.clone()).abs().max().into_scalar::<f32>();

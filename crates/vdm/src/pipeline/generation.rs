@@ -1,0 +1,211 @@
+//! What to generate: the settings of one text-to-video call, built with chained setters and
+//! checked before any model work starts.
+
+use vdm_core::error::ensure_finite;
+use vdm_core::{Error, Result};
+use vdm_longvideo::freeinit::FreeInit;
+use vdm_longvideo::freenoise::FreeNoiseConfig;
+use vdm_models::clip::LongPrompt;
+
+/// Which scheduler samples the video.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum SchedulerChoice {
+    /// The folder's own `scheduler/scheduler_config.json` (the default).
+    #[default]
+    Folder,
+    /// Another vdm scheduler class on the folder's configuration (its betas, spacing and
+    /// prediction type), as diffusers' `EulerDiscreteScheduler.from_config(pipe.scheduler
+    /// .config)`: `"DDIMScheduler"`, `"DDPMScheduler"`, `"EulerDiscreteScheduler"`,
+    /// `"DPMSolverMultistepScheduler"` or `"LCMScheduler"`.
+    Class(String),
+    /// A complete `scheduler_config.json` text.
+    Config(String),
+}
+
+/// The training-free long-video methods to apply (any combination).
+#[derive(Debug, Clone, Default)]
+pub struct LongVideo {
+    /// FreeNoise: noise rescheduling and window fusion in the temporal layers.
+    pub freenoise: Option<FreeNoiseConfig>,
+    /// FreeInit: refinement passes re-initialised from the previous result's low
+    /// frequencies.
+    pub freeinit: Option<FreeInit>,
+}
+
+/// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
+/// `sample_size` × the VAE factor for height and width, 25 steps, guidance 7.5, seed 0,
+/// no clip skip, prompts truncated to 77 tokens, the folder's scheduler, no long-video method.
+///
+/// ```
+/// use vdm::pipeline::Generation;
+///
+/// let settings = Generation::new("a corgi running on the beach")
+///     .negative_prompt("blurry")
+///     .frames(24)
+///     .size(256, 256)
+///     .steps(30)
+///     .guidance_scale(9.0)
+///     .seed(42);
+/// assert!(settings.validate(8).is_ok());
+/// assert!(settings.clone().size(250, 256).validate(8).is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The prompt (empty: unconditional).
+    pub prompt: String,
+    /// The negative prompt (the unconditional half of classifier-free guidance).
+    pub negative_prompt: String,
+    /// Frames to generate.
+    pub frames: usize,
+    /// Height in pixels (`None`: the UNet's `sample_size` × the VAE factor).
+    pub height: Option<usize>,
+    /// Width in pixels (`None`: as `height`).
+    pub width: Option<usize>,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale; `≤ 1` disables guidance.
+    pub guidance_scale: f64,
+    /// Seed of every random number ([`vdm_core::SeededNoise`]).
+    pub seed: u64,
+    /// diffusers' `clip_skip`.
+    pub clip_skip: usize,
+    /// What to do with prompts over 75 tokens.
+    pub long_prompt: LongPrompt,
+    /// The scheduler.
+    pub scheduler: SchedulerChoice,
+    /// Long-video methods.
+    pub long_video: LongVideo,
+    /// Frames decoded per VAE call (`None`: 16, AnimateDiff's `decode_chunk_size`); bounds
+    /// the decoder's memory whatever the number of frames.
+    pub decode_chunk_size: Option<usize>,
+}
+
+impl Generation {
+    /// The defaults, with `prompt`.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            frames: 16,
+            height: None,
+            width: None,
+            steps: 25,
+            guidance_scale: 7.5,
+            seed: 0,
+            clip_skip: 0,
+            long_prompt: LongPrompt::Truncate,
+            scheduler: SchedulerChoice::Folder,
+            long_video: LongVideo::default(),
+            decode_chunk_size: None,
+        }
+    }
+
+    /// Sets the negative prompt.
+    pub fn negative_prompt(mut self, negative: impl Into<String>) -> Self {
+        self.negative_prompt = negative.into();
+        self
+    }
+
+    /// Sets the number of frames.
+    pub fn frames(mut self, frames: usize) -> Self {
+        self.frames = frames;
+        self
+    }
+
+    /// Sets height and width in pixels.
+    pub fn size(mut self, height: usize, width: usize) -> Self {
+        self.height = Some(height);
+        self.width = Some(width);
+        self
+    }
+
+    /// Sets the number of denoising steps.
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = steps;
+        self
+    }
+
+    /// Sets the guidance scale.
+    pub fn guidance_scale(mut self, scale: f64) -> Self {
+        self.guidance_scale = scale;
+        self
+    }
+
+    /// Sets the seed.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Sets `clip_skip`.
+    pub fn clip_skip(mut self, clip_skip: usize) -> Self {
+        self.clip_skip = clip_skip;
+        self
+    }
+
+    /// Sets the long-prompt policy.
+    pub fn long_prompt(mut self, policy: LongPrompt) -> Self {
+        self.long_prompt = policy;
+        self
+    }
+
+    /// Sets the scheduler.
+    pub fn scheduler(mut self, scheduler: SchedulerChoice) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    /// Enables FreeNoise.
+    pub fn freenoise(mut self, config: FreeNoiseConfig) -> Self {
+        self.long_video.freenoise = Some(config);
+        self
+    }
+
+    /// Enables FreeInit.
+    pub fn freeinit(mut self, freeinit: FreeInit) -> Self {
+        self.long_video.freeinit = Some(freeinit);
+        self
+    }
+
+    /// Sets the frames per VAE decode call.
+    pub fn decode_chunk_size(mut self, frames: usize) -> Self {
+        self.decode_chunk_size = Some(frames);
+        self
+    }
+
+    /// Checks the settings that need no model: `frames`, `steps`, `guidance_scale`,
+    /// `decode_chunk_size`, and `height` / `width` (when given) as positive multiples of
+    /// `vae_scale_factor`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field.
+    pub fn validate(&self, vae_scale_factor: usize) -> Result<()> {
+        if self.frames == 0 {
+            return Err(Error::invalid("frames", "must be ≥ 1"));
+        }
+        if self.steps == 0 {
+            return Err(Error::invalid("steps", "must be ≥ 1"));
+        }
+        ensure_finite("guidance_scale", self.guidance_scale)?;
+        if self.decode_chunk_size == Some(0) {
+            return Err(Error::invalid("decode_chunk_size", "must be ≥ 1"));
+        }
+        for (name, value) in [("height", self.height), ("width", self.width)] {
+            if let Some(v) = value
+                && (v == 0 || !v.is_multiple_of(vae_scale_factor))
+            {
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "{v} is not a positive multiple of the VAE's scale factor \
+                         {vae_scale_factor}"
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = &self.long_video.freeinit {
+            f.validate()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! The text-to-video pipeline over a diffusers folder: diffusers' `TextToVideoSDPipeline`
+//! (`pipelines/deprecated/text_to_video_synthesis/pipeline_text_to_video_synth.py`) and
+//! `AnimateDiffPipeline` (`pipelines/animatediff/pipeline_animatediff.py`), which differ only in
+//! the UNet: both encode the prompt pair, start from `randn · init_noise_sigma`, run the
+//! scheduler with classifier-free guidance on the batch `[uncond, cond]`, decode every frame with
+//! the VAE and map it to `[0, 1]`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use vdm_core::{
+    Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, PredictionType, Result, SeededNoise,
+    VideoShape,
+};
+use vdm_longvideo::freenoise::{FreeNoiseHook, NoiseRescheduling, NoiseType};
+use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
+use vdm_models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder, PromptOptions};
+use vdm_models::loading::{LoadOptions, find_weight_file};
+use vdm_models::unet_motion::{
+    MotionAdapterConfig, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
+};
+use vdm_models::unet3d::{SampleSize, UNet3DConditionModel, WEIGHT_FILE_NAMES};
+use vdm_models::vae::{AutoencoderKL, VaeParts};
+use vdm_schedulers::{Scheduler, SchedulerConfig};
+
+use super::folder::{PipelineClass, PipelineFolder};
+use super::generation::{Generation, SchedulerChoice};
+use crate::video::Video;
+
+/// Frames per VAE call when [`Generation::decode_chunk_size`] is not set (AnimateDiff's
+/// `decode_chunk_size`).
+pub const DEFAULT_DECODE_CHUNK: usize = 16;
+
+/// The video UNet of a pipeline.
+#[derive(Debug)]
+pub enum VideoUNet {
+    /// ModelScope / ZeroScope's `UNet3DConditionModel`.
+    UNet3D(UNet3DConditionModel),
+    /// AnimateDiff's `UNetMotionModel`.
+    Motion(UNetMotionModel),
+}
+
+impl VideoUNet {
+    /// Sets what the model predicts.
+    pub fn with_prediction_type(self, prediction_type: PredictionType) -> Self {
+        match self {
+            Self::UNet3D(m) => Self::UNet3D(m.with_prediction_type(prediction_type)),
+            Self::Motion(m) => Self::Motion(m.with_prediction_type(prediction_type)),
+        }
+    }
+
+    /// Latent channels the model takes.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            Self::UNet3D(m) => m.config.in_channels,
+            Self::Motion(m) => m.config.in_channels,
+        }
+    }
+
+    /// The most frames one temporal window may hold (`None`: no positional table).
+    pub fn max_frames(&self) -> Option<usize> {
+        match self {
+            Self::UNet3D(_) => None,
+            Self::Motion(m) => Some(m.config.motion_max_seq_length),
+        }
+    }
+
+    /// The latent `(height, width)` of the config's `sample_size`, if it has one.
+    pub fn sample_size(&self) -> Option<(usize, usize)> {
+        match self {
+            Self::UNet3D(m) => match m.config.sample_size.as_ref()? {
+                SampleSize::Square(s) => Some((*s, *s)),
+                SampleSize::HeightWidth(hw) if hw.len() == 2 => Some((hw[0], hw[1])),
+                SampleSize::HeightWidth(_) => None,
+            },
+            Self::Motion(m) => match m.config.sample_size.as_ref()? {
+                serde_json::Value::Number(n) => n.as_u64().map(|s| (s as usize, s as usize)),
+                serde_json::Value::Array(a) if a.len() == 2 => {
+                    Some((a[0].as_u64()? as usize, a[1].as_u64()? as usize))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+impl Denoiser for VideoUNet {
+    fn prediction_type(&self) -> PredictionType {
+        match self {
+            Self::UNet3D(m) => m.prediction_type(),
+            Self::Motion(m) => m.prediction_type(),
+        }
+    }
+
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+        match self {
+            Self::UNet3D(m) => m.predict(input),
+            Self::Motion(m) => m.predict(input),
+        }
+    }
+}
+
+/// What the progress callback of [`TextToVideoPipeline::generate_with`] sees.
+#[derive(Debug)]
+pub enum PipelineProgress<'a> {
+    /// A denoising step finished (with FreeInit, `iteration` counts the passes).
+    Denoise(Progress<'a>),
+    /// `done` of `total` frames are decoded.
+    Decode {
+        /// Frames decoded so far.
+        done: usize,
+        /// Frames to decode.
+        total: usize,
+    },
+}
+
+/// A text-to-video pipeline loaded from a diffusers folder.
+///
+/// ```no_run
+/// use vdm::pipeline::{Generation, TextToVideoPipeline};
+///
+/// let device = vdm::device();
+/// let pipe = TextToVideoPipeline::from_dir("zeroscope_v2_576w", &device)?;
+/// let video = pipe.generate(&Generation::new("a corgi on the beach").frames(24).seed(7))?;
+/// let images = video.to_rgb_images()?;
+/// # Ok::<(), vdm::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct TextToVideoPipeline {
+    /// Which diffusers pipeline the folder holds.
+    pub class: PipelineClass,
+    /// Tokenizer and text encoder.
+    pub prompt_encoder: PromptEncoder,
+    /// The video UNet.
+    pub unet: VideoUNet,
+    /// The VAE (decoder only).
+    pub vae: AutoencoderKL,
+    /// The folder's `scheduler/scheduler_config.json`.
+    pub scheduler_config: String,
+    /// Where the models run.
+    pub device: Device,
+}
+
+impl TextToVideoPipeline {
+    /// Loads every component of a `TextToVideoSDPipeline` or `AnimateDiffPipeline` folder,
+    /// weights cast to the device's float dtype.
+    ///
+    /// AnimateDiff's `unet/` may be the merged `UNetMotionModel` that diffusers'
+    /// `save_pretrained` writes, or an SD 1.x `UNet2DConditionModel` with the
+    /// `motion_adapter/` folder beside it.
+    ///
+    /// # Errors
+    /// [`Error::File`] naming the missing or unreadable path; [`Error::UnknownVariant`] for an
+    /// unknown pipeline or component class; the loaders' config and weight errors.
+    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let options = LoadOptions::new().dtype(device.settings().float_dtype);
+        Self::from_dir_with(dir, device, &options)
+    }
+
+    /// [`from_dir`](Self::from_dir) with explicit load options (dtype, partial loads).
+    ///
+    /// # Errors
+    /// As [`from_dir`](Self::from_dir).
+    pub fn from_dir_with(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let folder = PipelineFolder::open(dir)?;
+        let class = folder.class()?;
+        let scheduler_path = folder
+            .component("scheduler", SchedulerConfig::CLASS_NAMES)?
+            .join("scheduler_config.json");
+        let scheduler_config = read_text(&scheduler_path)?;
+        let scheduler = SchedulerConfig::from_json(&scheduler_config)
+            .and_then(|c| c.build())
+            .map_err(|e| in_file(&scheduler_path, e))?;
+        let tokenizer = CLIPTokenizer::from_dir(
+            folder.component("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"])?,
+        )?;
+        let text_encoder = CLIPTextModel::from_pretrained(
+            folder.component("text_encoder", &["CLIPTextModel"])?,
+            options,
+            device,
+        )?;
+        let vae_dir = folder.component("vae", &["AutoencoderKL"])?;
+        let (vae, _) =
+            AutoencoderKL::from_pretrained_with(&vae_dir, VaeParts::DecoderOnly, options, device)?;
+        let unet = match class {
+            PipelineClass::TextToVideoSD => {
+                let dir = folder.component("unet", &["UNet3DConditionModel"])?;
+                VideoUNet::UNet3D(UNet3DConditionModel::from_pretrained(dir, options, device)?)
+            }
+            PipelineClass::AnimateDiff => {
+                VideoUNet::Motion(load_motion_unet(&folder, options, device)?)
+            }
+        }
+        .with_prediction_type(scheduler.prediction_type());
+        Ok(Self {
+            class,
+            prompt_encoder: PromptEncoder::new(tokenizer, text_encoder)?,
+            unet,
+            vae,
+            scheduler_config,
+            device: device.clone(),
+        })
+    }
+
+    /// The VAE's spatial factor (8 for every SD-family VAE): height and width must be
+    /// multiples of it.
+    pub fn vae_scale_factor(&self) -> usize {
+        1 << self.vae.config().block_out_channels.len().saturating_sub(1)
+    }
+
+    /// The `(height, width)` in pixels a generation will have.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `height` when neither the settings nor the UNet config
+    /// give a size.
+    pub fn resolve_size(&self, settings: &Generation) -> Result<(usize, usize)> {
+        let f = self.vae_scale_factor();
+        let default = self.unet.sample_size().map(|(h, w)| (h * f, w * f));
+        let height = settings.height.or(default.map(|d| d.0));
+        let width = settings.width.or(settings.height).or(default.map(|d| d.1));
+        match (height, width) {
+            (Some(h), Some(w)) => Ok((h, w)),
+            _ => Err(Error::invalid(
+                "height",
+                "not given, and the UNet config has no sample_size to default to",
+            )),
+        }
+    }
+
+    /// Generates a video with seeded noise ([`Generation::seed`]) and no progress reporting.
+    ///
+    /// # Errors
+    /// As [`generate_with`](Self::generate_with).
+    pub fn generate(&self, settings: &Generation) -> Result<Video> {
+        let mut noise = SeededNoise::new(settings.seed);
+        self.generate_with(settings, &mut noise, &mut |_| Control::Continue)
+    }
+
+    /// Generates a video, drawing every random number from `noise` and reporting each step and
+    /// decoded chunk to `progress` (which may cancel).
+    ///
+    /// # Errors
+    /// Bad settings ([`Generation::validate`], sizes, frames over the motion modules' table
+    /// without FreeNoise, an unknown scheduler) before any model work; then the models' errors;
+    /// [`Error::Cancelled`] when `progress` cancels.
+    pub fn generate_with(
+        &self,
+        settings: &Generation,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+    ) -> Result<Video> {
+        let latents = self.sample_latents(settings, noise, progress)?;
+        self.decode(latents, settings.decode_chunk_size, progress)
+    }
+
+    /// The denoised latents `[1, C, F, h, w]` (scaled as the UNet sees them).
+    ///
+    /// # Errors
+    /// As [`generate_with`](Self::generate_with).
+    pub fn sample_latents(
+        &self,
+        settings: &Generation,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+    ) -> Result<Tensor<5>> {
+        let factor = self.vae_scale_factor();
+        settings.validate(factor)?;
+        let (height, width) = self.resolve_size(settings)?;
+        Generation::new("").size(height, width).validate(factor)?;
+        let scheduler = self.scheduler(&settings.scheduler)?;
+        let layers = self.prompt_encoder.text_encoder.config.num_hidden_layers;
+        if settings.clip_skip > layers {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!(
+                    "{} exceeds the text encoder's {layers} layers",
+                    settings.clip_skip
+                ),
+            ));
+        }
+        if let (Some(max), None) = (self.unet.max_frames(), &settings.long_video.freenoise)
+            && settings.frames > max
+        {
+            return Err(Error::invalid(
+                "frames",
+                format!(
+                    "{} frames exceed the motion modules' {max} positions; enable FreeNoise \
+                     for longer videos",
+                    settings.frames
+                ),
+            ));
+        }
+        let hook = settings
+            .long_video
+            .freenoise
+            .map(FreeNoiseHook::new)
+            .transpose()?;
+        let shape = VideoShape::new([
+            1,
+            self.unet.in_channels(),
+            settings.frames,
+            height / factor,
+            width / factor,
+        ]);
+        let options = PromptOptions {
+            clip_skip: settings.clip_skip,
+            long_prompt: settings.long_prompt,
+        };
+        let encoder = &self.prompt_encoder;
+        let (cond, uncond) = if settings.guidance_scale > 1.0 {
+            let (c, u) =
+                encoder.embed_pair(&settings.prompt, &settings.negative_prompt, options)?;
+            (c, Some(u))
+        } else {
+            (encoder.embed(&settings.prompt, options)?, None)
+        };
+
+        let mut sampler = LongVideoSampler::new(&self.unet, scheduler);
+        if let Some(uncond) = uncond {
+            sampler = sampler.with_guidance(Guidance {
+                scale: settings.guidance_scale,
+                negative: Conditioning::Shared(uncond),
+            });
+        }
+        if let (Some(config), Some(hook)) = (&settings.long_video.freenoise, &hook) {
+            let rescheduling = NoiseRescheduling::new(
+                config.context_length,
+                config.context_stride,
+                NoiseType::ShuffleContext,
+            );
+            rescheduling.validate(settings.frames)?;
+            sampler = sampler.with_temporal(hook).with_initial_noise(rescheduling);
+        }
+        if let Some(freeinit) = &settings.long_video.freeinit {
+            sampler = sampler.with_refinement(*freeinit);
+        }
+        sampler.sample(
+            shape,
+            Conditioning::Shared(cond),
+            settings.steps,
+            noise,
+            &self.device,
+            &mut |p| progress(PipelineProgress::Denoise(p)),
+        )
+    }
+
+    /// Decodes latents `[1, C, F, h, w]` to frames in `[0, 1]`, `chunk` frames per VAE call
+    /// (default [`DEFAULT_DECODE_CHUNK`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `decode_chunk_size` when it is 0; the VAE's shape
+    /// errors; [`Error::Cancelled`] when `progress` cancels.
+    pub fn decode(
+        &self,
+        latents: Tensor<5>,
+        chunk: Option<usize>,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+    ) -> Result<Video> {
+        let chunk = chunk.unwrap_or(DEFAULT_DECODE_CHUNK);
+        if chunk == 0 {
+            return Err(Error::invalid("decode_chunk_size", "must be ≥ 1"));
+        }
+        let shape = VideoShape::of("latents", &latents)?;
+        if shape.batch != 1 {
+            return Err(Error::shape("latents", "[1, C, F, h, w]", &latents.dims()));
+        }
+        let mut parts = Vec::new();
+        let mut done = 0;
+        while done < shape.frames {
+            let n = chunk.min(shape.frames - done);
+            let images = self
+                .vae
+                .decode_video(latents.clone().narrow(2, done, n), true)?;
+            // diffusers' VideoProcessor.postprocess_video: (x / 2 + 0.5).clamp(0, 1).
+            parts.push(images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0));
+            done += n;
+            if progress(PipelineProgress::Decode {
+                done,
+                total: shape.frames,
+            }) == Control::Cancel
+            {
+                return Err(Error::Cancelled { step: done });
+            }
+        }
+        let video = Tensor::cat(parts, 2); // [1, 3, F, H, W]
+        let [_, c, f, h, w] = video.dims();
+        Video::new(video.reshape([c, f, h, w]).swap_dims(0, 1))
+    }
+
+    /// The scheduler of a generation.
+    fn scheduler(&self, choice: &SchedulerChoice) -> Result<Box<dyn Scheduler>> {
+        let json = match choice {
+            SchedulerChoice::Folder => self.scheduler_config.clone(),
+            SchedulerChoice::Config(json) => json.clone(),
+            SchedulerChoice::Class(class) => {
+                if !SchedulerConfig::CLASS_NAMES.contains(&class.as_str()) {
+                    return Err(Error::unknown_variant(
+                        "scheduler",
+                        class.as_str(),
+                        SchedulerConfig::CLASS_NAMES,
+                    ));
+                }
+                let mut value: serde_json::Value = serde_json::from_str(&self.scheduler_config)
+                    .map_err(|e| Error::invalid("scheduler_config.json", e.to_string()))?;
+                value["_class_name"] = serde_json::Value::String(class.clone());
+                value.to_string()
+            }
+        };
+        let scheduler = SchedulerConfig::from_json(&json)?.build()?;
+        if scheduler.prediction_type() != self.unet.prediction_type() {
+            return Err(Error::invalid(
+                "scheduler",
+                format!(
+                    "predicts {} but the model was trained for {}",
+                    scheduler.prediction_type().as_str(),
+                    self.unet.prediction_type().as_str()
+                ),
+            ));
+        }
+        Ok(scheduler)
+    }
+}
+
+/// AnimateDiff's UNet: the merged `UNetMotionModel`, or `UNet2DConditionModel` +
+/// `motion_adapter/`.
+fn load_motion_unet(
+    folder: &PipelineFolder,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<UNetMotionModel> {
+    let dir = folder.component("unet", &["UNetMotionModel", "UNet2DConditionModel"])?;
+    let weights = find_weight_file(&dir, WEIGHT_FILE_NAMES, "UNet")?;
+    if folder.index.class_of("unet") == Some("UNetMotionModel") {
+        let config = UNetMotionConfig::from_json_file(dir.join("config.json"))?;
+        return Ok(UNetMotionModel::load(&config, weights, device, options)?.0);
+    }
+    let adapter_dir = folder.component("motion_adapter", &["MotionAdapter"])?;
+    let adapter_weights = find_weight_file(&adapter_dir, WEIGHT_FILE_NAMES, "MotionAdapter")?;
+    let config = UNetMotionConfig::from_unet2d(
+        &UNet2DConditionConfig::from_json_file(dir.join("config.json"))?,
+        &MotionAdapterConfig::from_json_file(adapter_dir.join("config.json"))?,
+    )?;
+    Ok(UNetMotionModel::load_unet2d_and_adapter(
+        &config,
+        weights,
+        adapter_weights,
+        device,
+        options,
+    )?
+    .0)
+}
+
+fn read_text(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Names `path` in a config error.
+fn in_file(path: &Path, error: Error) -> Error {
+    match error {
+        Error::File { .. } => error,
+        other => Error::File {
+            path: path.display().to_string(),
+            reason: other.to_string(),
+        },
+    }
+}

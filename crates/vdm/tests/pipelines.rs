@@ -1,0 +1,284 @@
+//! End-to-end parity with diffusers 0.42.1: the tiny `TextToVideoSDPipeline` and
+//! `AnimateDiffPipeline` folders of `fixtures/pipelines` (written by diffusers'
+//! `save_pretrained` in `fixtures/pipelines/gen_pipelines.py`) are loaded unchanged, and the
+//! frames of a 3-step DDIM run with guidance 7.5 and a negative prompt, from diffusers' own
+//! initial latents, must equal diffusers' frames.
+//!
+//! Tolerances (fp32 against fp32): prompt embeddings 1e-5 abs; latents after each step
+//! 2e-5 × their largest magnitude (they reach ~42 with these random weights); frames 2e-4 abs.
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use vdm::Error;
+use vdm::core::noise::NoiseBank;
+use vdm::longvideo::sampler::Control;
+use vdm::models::clip::PromptOptions;
+use vdm::pipeline::{
+    Generation, PipelineClass, PipelineProgress, SchedulerChoice, TextToVideoPipeline,
+};
+
+const EMBED_TOLERANCE: f32 = 1e-5;
+const LATENT_RELATIVE_TOLERANCE: f32 = 2e-5;
+const FRAME_TOLERANCE: f32 = 2e-4;
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+/// `fixtures/pipelines/<name>`; panics (never skips) if it is missing.
+fn fixture(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/pipelines")
+        .join(name);
+    assert!(
+        path.exists(),
+        "missing pipeline fixture {} (regenerate with fixtures/pipelines/gen_pipelines.py)",
+        path.display()
+    );
+    path
+}
+
+/// `(shape, values)` of one tensor of `expected.safetensors`.
+fn expected(key: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(fixture("expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st.tensor(key).unwrap_or_else(|_| panic!("no tensor {key}"));
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+/// `(max |ours − theirs|, max |theirs|)`.
+fn errors(ours: &[f32], theirs: &[f32]) -> (f32, f32) {
+    assert_eq!(ours.len(), theirs.len());
+    let err = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    (err, theirs.iter().map(|v| v.abs()).fold(0.0, f32::max))
+}
+
+fn settings() -> Generation {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap();
+    Generation::new(meta["prompt"].as_str().unwrap())
+        .negative_prompt(meta["negative_prompt"].as_str().unwrap())
+        .steps(meta["num_inference_steps"].as_u64().unwrap() as usize)
+        .guidance_scale(meta["guidance_scale"].as_f64().unwrap())
+        .frames(meta["num_frames"].as_u64().unwrap() as usize)
+        .size(
+            meta["height"].as_u64().unwrap() as usize,
+            meta["width"].as_u64().unwrap() as usize,
+        )
+}
+
+/// Loads `folder`, checks the prompt embeddings, runs the recorded latents through the
+/// pipeline and compares every step's latents and the frames with diffusers'.
+fn check_pipeline(folder: &str, tag: &str, class: PipelineClass, settings: Generation) {
+    let pipe = TextToVideoPipeline::from_dir(fixture(folder), &dev()).unwrap();
+    assert_eq!(pipe.class, class);
+
+    let (cond, uncond) = pipe
+        .prompt_encoder
+        .embed_pair(
+            &settings.prompt,
+            &settings.negative_prompt,
+            PromptOptions::default(),
+        )
+        .unwrap();
+    for (ours, key) in [(cond, "prompt_embeds"), (uncond, "negative_prompt_embeds")] {
+        let (shape, theirs) = expected(&format!("{tag}.{key}"));
+        assert_eq!(ours.dims().to_vec(), shape, "{key}");
+        let (err, _) = errors(&values(ours), &theirs);
+        assert!(err <= EMBED_TOLERANCE, "{tag}.{key}: {err:e}");
+    }
+
+    let (shape, initial) = expected(&format!("{tag}.latents"));
+    let mut noise = NoiseBank::new();
+    noise.push_tensor(TensorData::new(initial, shape));
+    let mut steps: Vec<Vec<f32>> = Vec::new();
+    let mut decoded = Vec::new();
+    let video = pipe
+        .generate_with(&settings, &mut noise, &mut |p| {
+            match p {
+                PipelineProgress::Denoise(p) => steps.push(values(p.latents.clone())),
+                PipelineProgress::Decode { done, total } => decoded.push((done, total)),
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(
+        noise.remaining(),
+        0,
+        "the pipeline must draw exactly the initial latents"
+    );
+    assert_eq!(steps.len(), settings.steps);
+    for (i, ours) in steps.iter().enumerate() {
+        let (_, theirs) = expected(&format!("{tag}.latents_step{i}"));
+        let (err, scale) = errors(ours, &theirs);
+        eprintln!("{tag} step {i}: max abs {err:e}, max |x| {scale}");
+        assert!(
+            err <= LATENT_RELATIVE_TOLERANCE * scale,
+            "{tag} latents after step {i}: {err:e} > {LATENT_RELATIVE_TOLERANCE:e} × {scale}"
+        );
+    }
+    let frames = settings.frames;
+    assert_eq!(decoded.last(), Some(&(frames, frames)));
+
+    let (shape, theirs) = expected(&format!("{tag}.frames")); // [1, F, 3, H, W]
+    assert_eq!(video.frames.dims().to_vec(), shape[1..].to_vec());
+    let (err, _) = errors(&values(video.frames.clone()), &theirs);
+    eprintln!("{tag} frames: max abs {err:e}");
+    assert!(
+        err <= FRAME_TOLERANCE,
+        "{tag} frames: {err:e} > {FRAME_TOLERANCE:e}"
+    );
+    let images = video.to_rgb_images().unwrap();
+    assert_eq!(images.len(), frames);
+}
+
+#[test]
+fn text_to_video_sd_folder_matches_diffusers() {
+    check_pipeline(
+        "text_to_video_sd",
+        "t2v",
+        PipelineClass::TextToVideoSD,
+        settings(),
+    );
+}
+
+#[test]
+fn animatediff_folder_matches_diffusers() {
+    check_pipeline(
+        "animatediff",
+        "animatediff",
+        PipelineClass::AnimateDiff,
+        settings().decode_chunk_size(3),
+    );
+}
+
+#[test]
+fn bad_settings_fail_before_any_model_work() {
+    let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    // NoNoise-like: an empty bank fails if anything is drawn, so these errors come first.
+    let cases: Vec<(Generation, &str)> = vec![
+        (settings().frames(0), "frames"),
+        (settings().steps(0), "steps"),
+        (settings().guidance_scale(f64::NAN), "guidance_scale"),
+        (settings().size(33, 32), "height"),
+        (settings().size(32, 31), "width"),
+        (settings().clip_skip(5), "clip_skip"),
+        (
+            settings().scheduler(SchedulerChoice::Class("PNDMScheduler".into())),
+            "scheduler",
+        ),
+        (settings().decode_chunk_size(0), "decode_chunk_size"),
+    ];
+    for (s, field) in cases {
+        let err = pipe
+            .generate_with(&s, &mut NoiseBank::new(), &mut |_| Control::Continue)
+            .unwrap_err();
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+
+    // AnimateDiff: more frames than the motion modules' positions needs FreeNoise.
+    let anim = TextToVideoPipeline::from_dir(fixture("animatediff"), &dev()).unwrap();
+    let err = anim
+        .generate_with(&settings().frames(33), &mut NoiseBank::new(), &mut |_| {
+            Control::Continue
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("frames"), "{err}");
+
+    // Cancelling from the progress callback.
+    let err = pipe
+        .generate_with(
+            &settings().steps(2),
+            &mut vdm::core::SeededNoise::new(0),
+            &mut |_| Control::Cancel,
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled { .. }), "{err}");
+}
+
+#[test]
+fn folder_errors_name_the_path() {
+    let dir = std::env::temp_dir().join(format!("vdm-pipeline-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = TextToVideoPipeline::from_dir(&dir, &dev()).unwrap_err();
+    assert!(err.to_string().contains("model_index.json"), "{err}");
+
+    std::fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "StableDiffusionPipeline"}"#,
+    )
+    .unwrap();
+    let err = TextToVideoPipeline::from_dir(&dir, &dev()).unwrap_err();
+    assert!(err.to_string().contains("StableDiffusionPipeline"), "{err}");
+
+    std::fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "TextToVideoSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+    )
+    .unwrap();
+    let err = TextToVideoPipeline::from_dir(&dir, &dev()).unwrap_err();
+    assert!(err.to_string().contains("scheduler"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn seeded_generation_is_reproducible_and_other_schedulers_run() {
+    let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    let s = settings().steps(2).seed(11);
+    let a = values(pipe.generate(&s).unwrap().frames);
+    let b = values(pipe.generate(&s).unwrap().frames);
+    assert_eq!(a, b);
+    let c = values(pipe.generate(&s.clone().seed(12)).unwrap().frames);
+    assert_ne!(a, c);
+    let euler = s.scheduler(SchedulerChoice::Class("EulerDiscreteScheduler".into()));
+    let video = pipe.generate(&euler).unwrap();
+    assert_eq!(video.num_frames(), 4);
+    assert!(values(video.frames).iter().all(|v| (0.0..=1.0).contains(v)));
+}
+
+#[test]
+fn long_video_methods_run_through_the_pipeline() {
+    use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
+    use vdm::longvideo::freenoise::FreeNoiseConfig;
+
+    // AnimateDiff beyond its 32 positions with FreeNoise windows of 16 frames.
+    let anim = TextToVideoPipeline::from_dir(fixture("animatediff"), &dev()).unwrap();
+    let s = settings()
+        .frames(40)
+        .steps(1)
+        .freenoise(FreeNoiseConfig::new(16, 4));
+    let video = anim.generate(&s).unwrap();
+    assert_eq!(video.num_frames(), 40);
+
+    // FreeInit: two sampling passes, reported as iterations.
+    let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    let s = settings()
+        .steps(2)
+        .freeinit(FreeInit::new(LowPassFilter::default(), 2).unwrap());
+    let mut passes = Vec::new();
+    let video = pipe
+        .generate_with(&s, &mut vdm::core::SeededNoise::new(3), &mut |p| {
+            if let PipelineProgress::Denoise(p) = p {
+                passes.push((p.iteration, p.iterations));
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(passes, vec![(0, 2), (0, 2), (1, 2), (1, 2)]);
+    assert_eq!(video.num_frames(), 4);
+}
