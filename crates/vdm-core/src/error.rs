@@ -63,8 +63,8 @@ pub enum Error {
         mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
     },
 
-    /// Reading or parsing a file failed.
-    #[error("cannot read {path}: {reason}")]
+    /// Reading, parsing or writing a file or folder failed.
+    #[error("{path}: {reason}")]
     File {
         /// The file path.
         path: String,

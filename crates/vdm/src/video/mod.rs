@@ -1,8 +1,97 @@
-//! Decoded videos: frames in `[0, 1]` as a tensor and as 8-bit RGB images.
+//! Decoded videos and video files: frames in `[0, 1]` as a tensor and as 8-bit RGB images, and
+//! writers for GIF, PNG frames and PNG contact sheets ([`Video::write`]). Every writer is
+//! all-or-nothing: files appear under their final name only when complete.
+
+mod atomic;
+mod gif;
+mod png;
+
+use std::path::Path;
 
 use burn::tensor::Tensor;
 use image::RgbImage;
+use vdm_core::error::ensure_positive;
 use vdm_core::{Error, Result};
+
+pub use gif::{GifOptions, GifPalette, gif_delay};
+pub use png::{contact_sheet, frame_file_name};
+
+/// The kinds of output, chosen from the path ([`VideoFormat::from_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoFormat {
+    /// `*.gif`: an animated GIF looping forever.
+    Gif,
+    /// `*.png`: one image with every frame in a grid.
+    ContactSheet,
+    /// A folder (a path ending in `/`, an existing folder, or no extension): one PNG per frame.
+    PngFrames,
+}
+
+impl VideoFormat {
+    /// The extensions accepted.
+    pub const EXTENSIONS: &'static [&'static str] =
+        &["gif", "png", "(none: a folder of PNG frames)"];
+
+    /// The format `path` asks for.
+    ///
+    /// # Errors
+    /// [`Error::UnknownVariant`] naming `out` for an unknown extension.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = path.to_string_lossy();
+        if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) || path.is_dir() {
+            return Ok(Self::PngFrames);
+        }
+        match path.extension().map(|e| e.to_string_lossy().to_lowercase()) {
+            None => Ok(Self::PngFrames),
+            Some(ext) => match ext.as_str() {
+                "gif" => Ok(Self::Gif),
+                "png" => Ok(Self::ContactSheet),
+                _ => Err(Error::unknown_variant(
+                    "out",
+                    format!("{} (extension .{ext})", path.display()),
+                    Self::EXTENSIONS,
+                )),
+            },
+        }
+    }
+}
+
+/// How [`Video::write`] writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteOptions {
+    /// Frames per second (GIF delays; video files).
+    pub fps: f64,
+    /// GIF palettes and dithering.
+    pub gif: GifOptions,
+    /// Columns of a contact sheet (`None`: `⌈√F⌉`).
+    pub columns: Option<usize>,
+}
+
+impl Default for WriteOptions {
+    /// 8 fps (diffusers' `export_to_gif` / `export_to_video` default), per-frame GIF palettes
+    /// without dithering, square-ish contact sheets.
+    fn default() -> Self {
+        Self {
+            fps: 8.0,
+            gif: GifOptions::default(),
+            columns: None,
+        }
+    }
+}
+
+/// Checks, before any model work, that `path` names a known format in a writable folder.
+///
+/// # Errors
+/// As [`VideoFormat::from_path`]; [`Error::File`] naming `path` when its folder is missing or
+/// not writable.
+pub fn check_output(path: &Path) -> Result<VideoFormat> {
+    let format = VideoFormat::from_path(path)?;
+    match format {
+        VideoFormat::PngFrames if path.is_dir() => atomic::check_writable(&path.join("probe")),
+        _ => atomic::check_writable(path),
+    }?;
+    Ok(format)
+}
 
 /// A decoded video: `frames` `[F, 3, H, W]` with values in `[0, 1]` (diffusers'
 /// `postprocess_video`, `output_type="pt"`, for one video).
@@ -63,6 +152,58 @@ impl Video {
                 })
             })
             .collect())
+    }
+}
+
+impl Video {
+    /// Writes the video to `path` in the format its name asks for ([`VideoFormat::from_path`]):
+    /// under a temporary name renamed into place when complete, so nothing is left on failure.
+    ///
+    /// ```
+    /// use burn::tensor::{Device, Tensor};
+    /// use vdm::video::{Video, WriteOptions};
+    ///
+    /// let frames = Tensor::<4>::ones([4, 3, 16, 16], &Device::flex()).mul_scalar(0.5);
+    /// let path = std::env::temp_dir().join(format!("vdm-doc-{}.gif", std::process::id()));
+    /// Video::new(frames)?.write(&path, &WriteOptions::default())?;
+    /// assert!(path.is_file());
+    /// # std::fs::remove_file(path).unwrap();
+    /// # Ok::<(), vdm::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownVariant`] naming `out` for an unknown extension; [`Error::InvalidConfig`]
+    /// naming `fps` unless it is finite and positive; [`Error::File`] naming the path for I/O
+    /// errors.
+    pub fn write(&self, path: impl AsRef<Path>, options: &WriteOptions) -> Result<VideoFormat> {
+        let path = path.as_ref();
+        let format = VideoFormat::from_path(path)?;
+        ensure_positive("fps", options.fps)?;
+        let frames = self.to_rgb_images()?;
+        match format {
+            VideoFormat::Gif => atomic::write_file(path, |out| {
+                gif::encode_gif(
+                    out,
+                    &frames,
+                    options.fps,
+                    &options.gif,
+                    &path.display().to_string(),
+                )
+            })?,
+            VideoFormat::ContactSheet => {
+                let sheet = contact_sheet(&frames, options.columns)?;
+                let mut bytes = std::io::Cursor::new(Vec::new());
+                png::encode_png(&mut bytes, &sheet, path)?;
+                atomic::write_file(path, |out| {
+                    std::io::Write::write_all(out, bytes.get_ref())
+                        .map_err(|e| atomic::file_error(path, e))
+                })?
+            }
+            VideoFormat::PngFrames => {
+                atomic::write_dir(path, |dir| png::write_frames(dir, &frames))?
+            }
+        }
+        Ok(format)
     }
 }
 

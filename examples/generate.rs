@@ -1,0 +1,325 @@
+//! `generate`: prompt in, video out.
+//!
+//! ```text
+//! cargo run --release --example generate -- --model-dir path/to/zeroscope_v2_576w \
+//!     --prompt "a corgi running on the beach" --frames 24 --steps 25 --out corgi.gif
+//! cargo run --release --example generate -- --help
+//! ```
+//!
+//! `--model-dir` is a diffusers pipeline folder (`TextToVideoSDPipeline` or
+//! `AnimateDiffPipeline`; see `docs/real-checkpoints.md`). Every argument is checked before any
+//! model is loaded; nothing is written unless the whole video is.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use vdm::core::SeededNoise;
+use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
+use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::sampler::Control;
+use vdm::models::clip::LongPrompt;
+use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPipeline};
+use vdm::video::{GifOptions, GifPalette, WriteOptions, check_output};
+
+/// Text to video with vdm: load a diffusers text-to-video folder, sample, write a video file.
+#[derive(Debug, Parser)]
+#[command(name = "generate", version, about, long_about = None)]
+struct Args {
+    /// What the video shows.
+    #[arg(long, short)]
+    prompt: String,
+
+    /// What it should not show (the unconditional half of classifier-free guidance).
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+
+    /// A diffusers pipeline folder (model_index.json, scheduler/, text_encoder/, tokenizer/,
+    /// unet/, vae/, and for AnimateDiff motion_adapter/). Without it the embedded model is used.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+
+    /// Output: `NAME.gif` (animated GIF), `NAME.png` (contact sheet of every frame) or a folder
+    /// (`NAME/`: one PNG per frame).
+    #[arg(long, short, default_value = "video.gif")]
+    out: PathBuf,
+
+    /// Number of frames. Past the model's training length (16 for AnimateDiff), use `--long
+    /// freenoise`.
+    #[arg(long, default_value_t = 16)]
+    frames: usize,
+
+    /// Height in pixels, a multiple of 8 (default: the model's own size).
+    #[arg(long)]
+    height: Option<usize>,
+
+    /// Width in pixels, a multiple of 8 (default: the model's own size, or --height).
+    #[arg(long)]
+    width: Option<usize>,
+
+    /// Denoising steps: more is slower and usually cleaner.
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+
+    /// Classifier-free guidance scale: how strongly to follow the prompt (1 disables it).
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f64,
+
+    /// Seed of all randomness: one seed, one video, on every backend (default: from the clock,
+    /// printed).
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Sampler: the folder's own scheduler config, or another on the same noise schedule.
+    #[arg(long, value_enum, default_value_t = SchedulerArg::Folder)]
+    scheduler: SchedulerArg,
+
+    /// Long-video methods, comma separated: `freenoise` (windows of --context-length frames,
+    /// for videos longer than the model was trained on), `freeinit` (--freeinit-iters
+    /// refinement passes for temporal consistency), or both.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    long: Vec<LongArg>,
+
+    /// FreeNoise window: the number of frames the model was trained on.
+    #[arg(long, default_value_t = 16)]
+    context_length: usize,
+
+    /// FreeNoise stride between windows.
+    #[arg(long, default_value_t = 4)]
+    context_stride: usize,
+
+    /// FreeInit sampling passes (each costs a full sampling).
+    #[arg(long, default_value_t = 3)]
+    freeinit_iters: usize,
+
+    /// Text-encoder layers to skip from the end (diffusers' clip_skip).
+    #[arg(long, default_value_t = 0)]
+    clip_skip: usize,
+
+    /// Prompts over 75 tokens: truncate (as diffusers), or embed up to this many 75-token
+    /// chunks.
+    #[arg(long)]
+    prompt_chunks: Option<usize>,
+
+    /// Frames per second of the output.
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+
+    /// GIF palette: one per frame (best colours) or one for the whole video (no flicker).
+    #[arg(long, value_enum, default_value_t = PaletteArg::PerFrame)]
+    gif_palette: PaletteArg,
+
+    /// Dither GIF frames (smoother gradients, larger files).
+    #[arg(long)]
+    dither: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchedulerArg {
+    /// The folder's scheduler/scheduler_config.json.
+    Folder,
+    /// DDIM (deterministic).
+    Ddim,
+    /// DDPM (ancestral, needs many steps).
+    Ddpm,
+    /// Euler.
+    Euler,
+    /// DPM-Solver++ (good at 15–25 steps).
+    Dpmpp,
+    /// LCM (for LCM-distilled models, 4–8 steps).
+    Lcm,
+}
+
+impl SchedulerArg {
+    fn choice(self) -> SchedulerChoice {
+        let class = match self {
+            Self::Folder => return SchedulerChoice::Folder,
+            Self::Ddim => "DDIMScheduler",
+            Self::Ddpm => "DDPMScheduler",
+            Self::Euler => "EulerDiscreteScheduler",
+            Self::Dpmpp => "DPMSolverMultistepScheduler",
+            Self::Lcm => "LCMScheduler",
+        };
+        SchedulerChoice::Class(class.into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LongArg {
+    /// FreeNoise: noise rescheduling and window fusion.
+    Freenoise,
+    /// FreeInit: low-frequency re-initialisation between passes.
+    Freeinit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PaletteArg {
+    /// One palette per frame.
+    PerFrame,
+    /// One palette for all frames.
+    Global,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let settings = settings(args, seed)?;
+    // Everything that needs no model is checked first.
+    settings.validate(1).map_err(|e| e.to_string())?;
+    let format = check_output(&args.out).map_err(|e| e.to_string())?;
+    let write_options = WriteOptions {
+        fps: args.fps,
+        gif: GifOptions {
+            palette: match args.gif_palette {
+                PaletteArg::PerFrame => GifPalette::PerFrame,
+                PaletteArg::Global => GifPalette::Global,
+            },
+            dither: args.dither,
+            ..GifOptions::default()
+        },
+        columns: None,
+    };
+    vdm::core::error::ensure_positive("fps", args.fps).map_err(|e| e.to_string())?;
+    let Some(model_dir) = &args.model_dir else {
+        return Err(
+            "no --model-dir given, and this build has no embedded model yet: pass a \
+                    diffusers text-to-video folder (see docs/real-checkpoints.md). vdm never \
+                    runs random weights in its place."
+                .into(),
+        );
+    };
+
+    let device = vdm::device();
+    let loading = Instant::now();
+    let pipe = TextToVideoPipeline::from_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    let (height, width) = pipe.resolve_size(&settings).map_err(|e| e.to_string())?;
+    settings
+        .clone()
+        .size(height, width)
+        .validate(pipe.vae_scale_factor())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "loaded {} from {} in {:.1} s ({} backend); {} frames of {width}×{height}, {} steps, seed {seed}",
+        pipe.class.name(),
+        model_dir.display(),
+        loading.elapsed().as_secs_f64(),
+        vdm::backend_name(),
+        settings.frames,
+        settings.steps,
+    );
+
+    let bar = progress_bar();
+    let mut step_times = Vec::new();
+    let mut last = Instant::now();
+    let mut noise = SeededNoise::new(seed);
+    let video = pipe
+        .generate_with(&settings, &mut noise, &mut |p| {
+            match p {
+                PipelineProgress::Denoise(p) => {
+                    step_times.push(last.elapsed());
+                    last = Instant::now();
+                    bar.set_length((p.num_steps * p.iterations) as u64);
+                    bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
+                    bar.set_message(if p.iterations > 1 {
+                        format!(
+                            "denoising (FreeInit pass {}/{})",
+                            p.iteration + 1,
+                            p.iterations
+                        )
+                    } else {
+                        "denoising".into()
+                    });
+                }
+                PipelineProgress::Decode { done, total } => {
+                    bar.set_message("decoding");
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            }
+            Control::Continue
+        })
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+
+    video
+        .write(&args.out, &write_options)
+        .map_err(|e| e.to_string())?;
+    let per_step = mean(&step_times);
+    println!(
+        "wrote {} ({:?}, {} frames at {} fps); seed {seed}; {:.2} s per step over {} steps",
+        args.out.display(),
+        format,
+        video.num_frames(),
+        args.fps,
+        per_step.as_secs_f64(),
+        step_times.len(),
+    );
+    Ok(())
+}
+
+/// The pipeline settings the arguments ask for.
+fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
+    let mut settings = Generation::new(args.prompt.clone())
+        .negative_prompt(args.negative_prompt.clone())
+        .frames(args.frames)
+        .steps(args.steps)
+        .guidance_scale(args.guidance)
+        .seed(seed)
+        .clip_skip(args.clip_skip)
+        .scheduler(args.scheduler.choice());
+    settings.height = args.height;
+    settings.width = args.width;
+    if let Some(max_chunks) = args.prompt_chunks {
+        settings = settings.long_prompt(LongPrompt::Chunks { max_chunks });
+    }
+    if args.long.contains(&LongArg::Freenoise) {
+        settings = settings.freenoise(FreeNoiseConfig::new(
+            args.context_length,
+            args.context_stride,
+        ));
+    }
+    if args.long.contains(&LongArg::Freeinit) {
+        let freeinit = FreeInit::new(LowPassFilter::default(), args.freeinit_iters)
+            .map_err(|e| e.to_string())?;
+        settings = settings.freeinit(freeinit);
+    }
+    Ok(settings)
+}
+
+/// An indicatif bar with ETA on a terminal, hidden otherwise.
+fn progress_bar() -> ProgressBar {
+    if !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {elapsed} (ETA {eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn mean(times: &[Duration]) -> Duration {
+    if times.is_empty() {
+        return Duration::ZERO;
+    }
+    times.iter().sum::<Duration>() / times.len() as u32
+}
