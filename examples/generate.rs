@@ -42,8 +42,8 @@ struct Args {
     #[arg(long)]
     model_dir: Option<PathBuf>,
 
-    /// Output: `NAME.gif` (animated GIF), `NAME.png` (contact sheet of every frame) or a folder
-    /// (`NAME/`: one PNG per frame).
+    /// Output: `NAME.mp4` (H.264), `NAME.gif` (animated GIF), `NAME.png` (contact sheet of
+    /// every frame) or a folder (`NAME/`: one PNG per frame).
     #[arg(long, short, default_value = "video.gif")]
     out: PathBuf,
 
@@ -194,6 +194,7 @@ fn run(args: &Args) -> Result<(), String> {
             dither: args.dither,
             ..GifOptions::default()
         },
+        mp4: Default::default(),
         columns: None,
     };
     vdm::core::error::ensure_positive("fps", args.fps).map_err(|e| e.to_string())?;

@@ -1,9 +1,10 @@
 //! Decoded videos and video files: frames in `[0, 1]` as a tensor and as 8-bit RGB images, and
-//! writers for GIF, PNG frames and PNG contact sheets ([`Video::write`]). Every writer is
+//! writers for MP4 (H.264), GIF, PNG frames and PNG contact sheets ([`Video::write`]). Every writer is
 //! all-or-nothing: files appear under their final name only when complete.
 
 mod atomic;
 mod gif;
+mod mp4;
 mod png;
 
 use std::path::Path;
@@ -14,11 +15,14 @@ use vdm_core::error::ensure_positive;
 use vdm_core::{Error, Result};
 
 pub use gif::{GifOptions, GifPalette, gif_delay};
+pub use mp4::Mp4Options;
 pub use png::{contact_sheet, frame_file_name};
 
 /// The kinds of output, chosen from the path ([`VideoFormat::from_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VideoFormat {
+    /// `*.mp4`: H.264 in an MP4 container.
+    Mp4,
     /// `*.gif`: an animated GIF looping forever.
     Gif,
     /// `*.png`: one image with every frame in a grid.
@@ -44,6 +48,7 @@ impl VideoFormat {
         match path.extension().map(|e| e.to_string_lossy().to_lowercase()) {
             None => Ok(Self::PngFrames),
             Some(ext) => match ext.as_str() {
+                "mp4" => Ok(Self::Mp4),
                 "gif" => Ok(Self::Gif),
                 "png" => Ok(Self::ContactSheet),
                 _ => Err(Error::unknown_variant(
@@ -63,6 +68,8 @@ pub struct WriteOptions {
     pub fps: f64,
     /// GIF palettes and dithering.
     pub gif: GifOptions,
+    /// MP4 bitrate.
+    pub mp4: Mp4Options,
     /// Columns of a contact sheet (`None`: `⌈√F⌉`).
     pub columns: Option<usize>,
 }
@@ -74,6 +81,7 @@ impl Default for WriteOptions {
         Self {
             fps: 8.0,
             gif: GifOptions::default(),
+            mp4: Mp4Options::default(),
             columns: None,
         }
     }
@@ -181,6 +189,15 @@ impl Video {
         ensure_positive("fps", options.fps)?;
         let frames = self.to_rgb_images()?;
         match format {
+            VideoFormat::Mp4 => atomic::write_file(path, |out| {
+                mp4::encode_mp4(
+                    out,
+                    &frames,
+                    options.fps,
+                    &options.mp4,
+                    &path.display().to_string(),
+                )
+            })?,
             VideoFormat::Gif => atomic::write_file(path, |out| {
                 gif::encode_gif(
                     out,
