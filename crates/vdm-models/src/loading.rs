@@ -405,6 +405,26 @@ pub struct SafetensorsHeader {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// Reads the `config.json` at `path` and parses it with `parse`, whose malformed-JSON errors
+/// (an [`Error::InvalidConfig`] naming `config.json`) become an [`Error::File`] naming `path`;
+/// errors naming a field pass through.
+///
+/// # Errors
+/// [`Error::File`] naming `path` when it cannot be read or parsed; `parse`'s field errors.
+pub(crate) fn read_config<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse(&text).map_err(|e| match e {
+        Error::InvalidConfig { field, reason } if field == "config.json" => Error::File {
+            path: path.display().to_string(),
+            reason,
+        },
+        other => other,
+    })
+}
+
 /// The first of `names` that is a file in `dir`: how a model's `from_pretrained` picks its
 /// weights among the variants a diffusers / transformers folder may hold (`model.safetensors`,
 /// `model.fp16.safetensors`, …).

@@ -88,11 +88,7 @@ impl SchedulerConfig {
     /// Parses a diffusers `scheduler_config.json`. Unknown keys (e.g. `_diffusers_version`)
     /// are ignored; unknown option strings and unknown classes are typed errors.
     pub fn from_json(json: &str) -> Result<Self> {
-        let json = quote_python_floats(json);
-        let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::File {
-            path: "scheduler_config.json".into(),
-            reason: e.to_string(),
-        })?;
+        let value = config_value(json)?;
         let class = value
             .get("_class_name")
             .and_then(|v| v.as_str())
@@ -118,6 +114,28 @@ impl SchedulerConfig {
             SchedulerConfig::Lcm(c) => c.build_boxed()?,
         })
     }
+}
+
+/// Parses a diffusers `scheduler_config.json` of any class into a JSON value, accepting the
+/// bare `Infinity`, `-Infinity` and `NaN` that Python's `json.dumps` writes (they become the
+/// strings `"inf"`, `"-inf"`, `"nan"`, which the config fields accept). For callers that edit a
+/// config before building it (e.g. to switch `_class_name`, as diffusers' `from_config`).
+///
+/// ```
+/// let value = vdm_schedulers::config::config_value(
+///     r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity}"#,
+/// )?;
+/// assert_eq!(value["lambda_min_clipped"], "-inf");
+/// # Ok::<(), vdm_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::File`] naming `scheduler_config.json` for malformed JSON.
+pub fn config_value(json: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(&quote_python_floats(json)).map_err(|e| Error::File {
+        path: "scheduler_config.json".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Python's `json.dumps` writes the non-standard tokens `Infinity`, `-Infinity` and `NaN`

@@ -282,3 +282,49 @@ fn long_video_methods_run_through_the_pipeline() {
     assert_eq!(passes, vec![(0, 2), (0, 2), (1, 2), (1, 2)]);
     assert_eq!(video.num_frames(), 4);
 }
+
+/// Copies folder `from` into `to`, recursively.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_folder_scheduler_vdm_lacks_loads_and_asks_for_another() {
+    // SD 1.x folders often carry PNDM, which vdm does not implement.
+    let dir = std::env::temp_dir().join(format!("vdm-pndm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixture("text_to_video_sd"), &dir);
+    let config = dir.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("DDIMScheduler", "PNDMScheduler");
+    std::fs::write(&config, text).unwrap();
+    let index = dir.join("model_index.json");
+    let text = std::fs::read_to_string(&index)
+        .unwrap()
+        .replace("DDIMScheduler", "PNDMScheduler");
+    std::fs::write(&index, text).unwrap();
+
+    let pipe = TextToVideoPipeline::from_dir(&dir, &dev()).unwrap();
+    let err = pipe.generate(&settings().steps(1)).unwrap_err();
+    assert!(err.to_string().contains("scheduler"), "{err}");
+    assert!(err.to_string().contains("PNDMScheduler"), "{err}");
+    // The same folder sampled with DDIM on its configuration equals the DDIM folder.
+    let ddim = settings().scheduler(SchedulerChoice::Class("DDIMScheduler".into()));
+    let ours = values(pipe.generate(&ddim).unwrap().frames);
+    let reference = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    assert_eq!(
+        ours,
+        values(reference.generate(&settings()).unwrap().frames)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

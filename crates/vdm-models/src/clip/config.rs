@@ -117,18 +117,7 @@ impl CLIPTextConfig {
     /// [`Error::File`] naming the path when it cannot be read or parsed; otherwise as
     /// [`Self::validate`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_json_str(&text).map_err(|e| match e {
-            Error::InvalidConfig { field, reason } if field == "config.json" => Error::File {
-                path: path.display().to_string(),
-                reason,
-            },
-            other => other,
-        })
+        crate::loading::read_config(path.as_ref(), Self::from_json_str)
     }
 
     /// Channels per attention head.

@@ -252,18 +252,7 @@ impl UNet3DConditionModelConfig {
     /// # Errors
     /// [`Error::File`] when the file cannot be read, otherwise as [`Self::from_json_str`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_json_str(&text).map_err(|e| match e {
-            Error::InvalidConfig { field, reason } if field == "config.json" => Error::File {
-                path: path.display().to_string(),
-                reason,
-            },
-            other => other,
-        })
+        crate::loading::read_config(path.as_ref(), Self::from_json_str)
     }
 
     /// Number of down (and up) blocks.

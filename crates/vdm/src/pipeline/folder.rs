@@ -141,6 +141,24 @@ impl PipelineFolder {
         PipelineClass::parse(&self.index.class_name)
     }
 
+    /// The folder of `component`, which must be listed in `model_index.json` (with any class)
+    /// and exist on disk.
+    ///
+    /// # Errors
+    /// [`Error::File`] naming the folder when it is missing or not listed.
+    pub fn component_any(&self, component: &str) -> Result<PathBuf> {
+        let dir = self.root.join(component);
+        if self.index.class_of(component).is_none() || !dir.is_dir() {
+            return Err(Error::File {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "the pipeline needs a `{component}` folder listed in model_index.json"
+                ),
+            });
+        }
+        Ok(dir)
+    }
+
     /// The folder of `component`, which must be listed in `model_index.json` with one of
     /// `classes` and exist on disk.
     ///

@@ -21,6 +21,7 @@ use vdm_models::unet_motion::{
 };
 use vdm_models::unet3d::{SampleSize, UNet3DConditionModel, WEIGHT_FILE_NAMES};
 use vdm_models::vae::{AutoencoderKL, VaeParts};
+use vdm_schedulers::config::config_value;
 use vdm_schedulers::{Scheduler, SchedulerConfig};
 
 use super::folder::{PipelineClass, PipelineFolder};
@@ -168,12 +169,19 @@ impl TextToVideoPipeline {
     ) -> Result<Self> {
         let folder = PipelineFolder::open(dir)?;
         let class = folder.class()?;
+        // Any scheduler class is accepted here (SD folders often carry PNDM, which vdm does not
+        // implement): a generation may pick another class on the same configuration.
         let scheduler_path = folder
-            .component("scheduler", SchedulerConfig::CLASS_NAMES)?
+            .component_any("scheduler")?
             .join("scheduler_config.json");
         let scheduler_config = read_text(&scheduler_path)?;
-        let scheduler = SchedulerConfig::from_json(&scheduler_config)
-            .and_then(|c| c.build())
+        let prediction_type = config_value(&scheduler_config)
+            .and_then(
+                |value| match value.get("prediction_type").and_then(|v| v.as_str()) {
+                    Some(p) => PredictionType::parse(p),
+                    None => Ok(PredictionType::Epsilon),
+                },
+            )
             .map_err(|e| in_file(&scheduler_path, e))?;
         let tokenizer = CLIPTokenizer::from_dir(
             folder.component("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"])?,
@@ -195,7 +203,7 @@ impl TextToVideoPipeline {
                 VideoUNet::Motion(load_motion_unet(&folder, options, device)?)
             }
         }
-        .with_prediction_type(scheduler.prediction_type());
+        .with_prediction_type(prediction_type);
         Ok(Self {
             class,
             prompt_encoder: PromptEncoder::new(tokenizer, text_encoder)?,
@@ -394,7 +402,20 @@ impl TextToVideoPipeline {
     /// The scheduler of a generation.
     fn scheduler(&self, choice: &SchedulerChoice) -> Result<Box<dyn Scheduler>> {
         let json = match choice {
-            SchedulerChoice::Folder => self.scheduler_config.clone(),
+            SchedulerChoice::Folder => {
+                let config = SchedulerConfig::from_json(&self.scheduler_config).map_err(|e| {
+                    Error::invalid(
+                        "scheduler",
+                        format!(
+                            "the folder's scheduler config cannot be used ({e}); pick one of \
+                             vdm's schedulers on the same configuration with \
+                             SchedulerChoice::Class (generate: --scheduler ddim, euler, dpmpp, \
+                             ...)"
+                        ),
+                    )
+                })?;
+                return self.checked(config.build()?);
+            }
             SchedulerChoice::Config(json) => json.clone(),
             SchedulerChoice::Class(class) => {
                 if !SchedulerConfig::CLASS_NAMES.contains(&class.as_str()) {
@@ -404,13 +425,16 @@ impl TextToVideoPipeline {
                         SchedulerConfig::CLASS_NAMES,
                     ));
                 }
-                let mut value: serde_json::Value = serde_json::from_str(&self.scheduler_config)
-                    .map_err(|e| Error::invalid("scheduler_config.json", e.to_string()))?;
+                let mut value = config_value(&self.scheduler_config)?;
                 value["_class_name"] = serde_json::Value::String(class.clone());
                 value.to_string()
             }
         };
-        let scheduler = SchedulerConfig::from_json(&json)?.build()?;
+        self.checked(SchedulerConfig::from_json(&json)?.build()?)
+    }
+
+    /// `scheduler` if it predicts what the model was trained for.
+    fn checked(&self, scheduler: Box<dyn Scheduler>) -> Result<Box<dyn Scheduler>> {
         if scheduler.prediction_type() != self.unet.prediction_type() {
             return Err(Error::invalid(
                 "scheduler",

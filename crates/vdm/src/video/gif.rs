@@ -59,16 +59,7 @@ pub(crate) fn encode_gif(
     options: &GifOptions,
     what: &str,
 ) -> Result<()> {
-    let first = frames
-        .first()
-        .ok_or_else(|| Error::invalid("frames", "a GIF needs at least one frame"))?;
-    let (w, h) = first.dimensions();
-    if frames.iter().any(|f| f.dimensions() != (w, h)) {
-        return Err(Error::invalid(
-            "frames",
-            "every frame must have the same size",
-        ));
-    }
+    let (w, h) = super::frame_size(frames, "a GIF")?;
     let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {

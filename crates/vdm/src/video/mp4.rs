@@ -51,16 +51,7 @@ pub(crate) fn encode_mp4<W: Write + Seek>(
     options: &Mp4Options,
     what: &str,
 ) -> Result<()> {
-    let first = frames
-        .first()
-        .ok_or_else(|| Error::invalid("frames", "an MP4 needs at least one frame"))?;
-    let (w, h) = first.dimensions();
-    if frames.iter().any(|f| f.dimensions() != (w, h)) {
-        return Err(Error::invalid(
-            "frames",
-            "every frame must have the same size",
-        ));
-    }
+    let (w, h) = super::frame_size(frames, "an MP4")?;
     if !w.is_multiple_of(2) || !h.is_multiple_of(2) || w > u16::MAX as u32 || h > u16::MAX as u32 {
         return Err(Error::invalid(
             "frames",

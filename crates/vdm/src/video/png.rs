@@ -35,16 +35,7 @@ pub(crate) fn write_frames(dir: &Path, frames: &[RgbImage]) -> Result<()> {
 /// [`Error::InvalidConfig`] naming `columns` when it is 0, or `frames` when there are none or
 /// their sizes differ.
 pub fn contact_sheet(frames: &[RgbImage], columns: Option<usize>) -> Result<RgbImage> {
-    let first = frames
-        .first()
-        .ok_or_else(|| Error::invalid("frames", "a contact sheet needs at least one frame"))?;
-    let (w, h) = first.dimensions();
-    if frames.iter().any(|f| f.dimensions() != (w, h)) {
-        return Err(Error::invalid(
-            "frames",
-            "every frame must have the same size",
-        ));
-    }
+    let (w, h) = super::frame_size(frames, "a contact sheet")?;
     let columns = match columns {
         Some(0) => return Err(Error::invalid("columns", "must be ≥ 1")),
         Some(c) => c.min(frames.len()),
