@@ -21,17 +21,24 @@ use vdm::core::SeededNoise;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::sampler::Control;
+use vdm::models::chunking::Chunking;
 use vdm::models::clip::LongPrompt;
 use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPipeline};
 use vdm::video::{GifOptions, GifPalette, WriteOptions, check_output};
 
 /// Text to video with vdm: load a diffusers text-to-video folder, sample, write a video file.
 #[derive(Debug, Parser)]
-#[command(name = "generate", version, about, long_about = None)]
+#[command(name = "generate", version)]
 struct Args {
-    /// What the video shows.
+    /// What the video shows (`""`: unconditional).
     #[arg(long, short)]
-    prompt: String,
+    prompt: Option<String>,
+
+    /// Prompt travel: `FRAME=TEXT` keyframes (repeat the option; the first at frame 0). Between
+    /// keyframes the prompt embeddings are interpolated; the last holds to the end. Replaces
+    /// --prompt.
+    #[arg(long = "prompt-at", value_name = "FRAME=TEXT", value_parser = parse_keyframe)]
+    prompt_at: Vec<(usize, String)>,
 
     /// What it should not show (the unconditional half of classifier-free guidance).
     #[arg(long, default_value = "")]
@@ -103,6 +110,11 @@ struct Args {
     /// chunks.
     #[arg(long)]
     prompt_chunks: Option<usize>,
+
+    /// Chunked inference for long videos: frames per spatial-layer call (bounds memory; same
+    /// result).
+    #[arg(long)]
+    chunk_frames: Option<usize>,
 
     /// Frames per second of the output.
     #[arg(long, default_value_t = 8.0)]
@@ -209,7 +221,11 @@ fn run(args: &Args) -> Result<(), String> {
 
     let device = vdm::device();
     let loading = Instant::now();
-    let pipe = TextToVideoPipeline::from_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    let mut pipe = TextToVideoPipeline::from_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    if let Some(frames) = args.chunk_frames {
+        // Temporal layers: 4096 positions per call (a 64 × 64 latent frame's worth).
+        pipe = pipe.with_chunking(Chunking::new(frames, 4096));
+    }
     let (height, width) = pipe.resolve_size(&settings).map_err(|e| e.to_string())?;
     settings
         .clone()
@@ -277,7 +293,7 @@ fn run(args: &Args) -> Result<(), String> {
 
 /// The pipeline settings the arguments ask for.
 fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
-    let mut settings = Generation::new(args.prompt.clone())
+    let mut settings = Generation::new(args.prompt.clone().unwrap_or_default())
         .negative_prompt(args.negative_prompt.clone())
         .frames(args.frames)
         .steps(args.steps)
@@ -287,6 +303,15 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         .scheduler(args.scheduler.choice());
     settings.height = args.height;
     settings.width = args.width;
+    if !args.prompt_at.is_empty() {
+        settings = settings.prompt_travel(args.prompt_at.clone());
+    } else if args.prompt.is_none() {
+        return Err(
+            "give --prompt TEXT (or --prompt-at FRAME=TEXT keyframes; --prompt \"\" \
+                    makes an unconditional video)"
+                .into(),
+        );
+    }
     if let Some(max_chunks) = args.prompt_chunks {
         settings = settings.long_prompt(LongPrompt::Chunks { max_chunks });
     }
@@ -302,6 +327,18 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         settings = settings.freeinit(freeinit);
     }
     Ok(settings)
+}
+
+/// `FRAME=TEXT` → `(FRAME, TEXT)`.
+fn parse_keyframe(value: &str) -> Result<(usize, String), String> {
+    let (frame, text) = value
+        .split_once('=')
+        .ok_or_else(|| format!("expected FRAME=TEXT, got {value:?}"))?;
+    let frame = frame
+        .trim()
+        .parse()
+        .map_err(|e| format!("frame {frame:?} is not a frame number: {e}"))?;
+    Ok((frame, text.to_string()))
 }
 
 /// An indicatif bar with ETA on a terminal, hidden otherwise.

@@ -328,3 +328,36 @@ fn a_folder_scheduler_vdm_lacks_loads_and_asks_for_another() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn prompt_travel_interpolates_per_frame_prompts() {
+    let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    let s = settings().steps(2).seed(4);
+    let single = values(pipe.generate(&s).unwrap().frames);
+    // One keyframe holding the prompt is the plain prompt, through per-frame conditioning.
+    let held = s.clone().prompt_travel([(0, s.prompt.clone())]);
+    let travel = values(pipe.generate(&held).unwrap().frames);
+    let (err, _) = errors(&travel, &single);
+    assert!(err <= 1e-5, "held keyframe: {err:e}");
+    // Two different keyframes change the later frames but keep frame 0's prompt.
+    let two = s
+        .clone()
+        .prompt_travel([(0, "a photo of a cat"), (3, "a red sofa")]);
+    let moved = values(pipe.generate(&two).unwrap().frames);
+    assert_ne!(moved, single);
+    // Keyframes are checked before any model work.
+    for bad in [
+        vec![(1, "a")],
+        vec![(0, "a"), (0, "b")],
+        vec![(0, "a"), (4, "b")],
+    ] {
+        let err = pipe
+            .generate_with(
+                &s.clone().prompt_travel(bad),
+                &mut NoiseBank::new(),
+                &mut |_| Control::Continue,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("prompt_keyframes"), "{err}");
+    }
+}

@@ -99,16 +99,34 @@ impl PromptEncoder {
         negative: &str,
         options: PromptOptions,
     ) -> Result<(Tensor<3>, Tensor<3>)> {
-        let mut cond = self.ids(prompt, options)?;
-        let mut uncond = self.ids(negative, options)?;
-        let chunks = cond.len().max(uncond.len());
+        let mut both = self.embed_all(&[prompt, negative], options)?;
+        let uncond = both.pop().expect("two embeddings");
+        let cond = both.pop().expect("two embeddings");
+        Ok((cond, uncond))
+    }
+
+    /// The embeddings of several prompts, of equal length: prompts with fewer chunks are
+    /// padded with chunks of the empty prompt (for classifier-free guidance and prompt travel,
+    /// whose embeddings are mixed or batched).
+    ///
+    /// # Shapes
+    /// - output: one `[1, chunks · max_length, D]` per prompt, `chunks` the largest count
+    ///
+    /// # Errors
+    /// As [`embed`](Self::embed).
+    pub fn embed_all(&self, prompts: &[&str], options: PromptOptions) -> Result<Vec<Tensor<3>>> {
+        let mut ids = prompts
+            .iter()
+            .map(|p| self.ids(p, options))
+            .collect::<Result<Vec<_>>>()?;
+        let chunks = ids.iter().map(Vec::len).max().unwrap_or(1);
         let empty = self.tokenizer.encode("")?;
-        cond.resize(chunks, empty.clone());
-        uncond.resize(chunks, empty);
-        Ok((
-            self.embed_ids(&cond, options)?,
-            self.embed_ids(&uncond, options)?,
-        ))
+        ids.iter_mut()
+            .map(|chunk_ids| {
+                chunk_ids.resize(chunks, empty.clone());
+                self.embed_ids(chunk_ids, options)
+            })
+            .collect()
     }
 
     /// Encodes the chunks as one batch and lays them end to end.

@@ -53,6 +53,10 @@ pub struct LongVideo {
 pub struct Generation {
     /// The prompt (empty: unconditional).
     pub prompt: String,
+    /// Prompt travel: `(frame, prompt)` keyframes, the first at frame 0, sorted; between two
+    /// keys the embeddings are interpolated linearly and the last prompt holds to the end
+    /// (diffusers' FreeNoise multi-prompt). When not empty it replaces `prompt`.
+    pub prompt_keyframes: Vec<(usize, String)>,
     /// The negative prompt (the unconditional half of classifier-free guidance).
     pub negative_prompt: String,
     /// Frames to generate.
@@ -85,6 +89,7 @@ impl Generation {
     pub fn new(prompt: impl Into<String>) -> Self {
         Self {
             prompt: prompt.into(),
+            prompt_keyframes: Vec::new(),
             negative_prompt: String::new(),
             frames: 16,
             height: None,
@@ -98,6 +103,16 @@ impl Generation {
             long_video: LongVideo::default(),
             decode_chunk_size: None,
         }
+    }
+
+    /// Sets prompt-travel keyframes `(frame, prompt)` (see
+    /// [`prompt_keyframes`](Self::prompt_keyframes)).
+    pub fn prompt_travel<S: Into<String>>(
+        mut self,
+        keyframes: impl IntoIterator<Item = (usize, S)>,
+    ) -> Self {
+        self.prompt_keyframes = keyframes.into_iter().map(|(f, p)| (f, p.into())).collect();
+        self
     }
 
     /// Sets the negative prompt.
@@ -202,6 +217,36 @@ impl Generation {
                     ),
                 ));
             }
+        }
+        if let Some(&(first, _)) = self.prompt_keyframes.first()
+            && first != 0
+        {
+            return Err(Error::invalid(
+                "prompt_keyframes",
+                format!("the first keyframe must be at frame 0, got {first}"),
+            ));
+        }
+        for pair in self.prompt_keyframes.windows(2) {
+            if pair[1].0 <= pair[0].0 {
+                return Err(Error::invalid(
+                    "prompt_keyframes",
+                    format!(
+                        "frames must increase, got {} after {}",
+                        pair[1].0, pair[0].0
+                    ),
+                ));
+            }
+        }
+        if let Some(&(last, _)) = self.prompt_keyframes.last()
+            && last >= self.frames
+        {
+            return Err(Error::invalid(
+                "prompt_keyframes",
+                format!(
+                    "keyframe {last} is past the last frame ({})",
+                    self.frames - 1
+                ),
+            ));
         }
         if let Some(f) = &self.long_video.freeinit {
             f.validate()?;

@@ -12,8 +12,11 @@ use vdm_core::{
     Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, PredictionType, Result, SeededNoise,
     VideoShape,
 };
-use vdm_longvideo::freenoise::{FreeNoiseHook, NoiseRescheduling, NoiseType};
+use vdm_longvideo::freenoise::{
+    FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
+};
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
+use vdm_models::chunking::Chunking;
 use vdm_models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder, PromptOptions};
 use vdm_models::loading::{LoadOptions, find_weight_file};
 use vdm_models::unet_motion::{
@@ -47,6 +50,15 @@ impl VideoUNet {
         match self {
             Self::UNet3D(m) => Self::UNet3D(m.with_prediction_type(prediction_type)),
             Self::Motion(m) => Self::Motion(m.with_prediction_type(prediction_type)),
+        }
+    }
+
+    /// Sets the chunk sizes of chunked inference (bounds activation memory for long videos;
+    /// the numbers do not change).
+    pub fn with_chunking(self, chunking: Chunking) -> Self {
+        match self {
+            Self::UNet3D(m) => Self::UNet3D(m.with_chunking(chunking)),
+            Self::Motion(m) => Self::Motion(m.with_chunking(chunking)),
         }
     }
 
@@ -214,6 +226,14 @@ impl TextToVideoPipeline {
         })
     }
 
+    /// Sets the UNet's chunked inference ([`Chunking`]): spatial layers see at most
+    /// `chunking.frames` frames per call, temporal layers `chunking.positions` positions, so
+    /// activation memory stays bounded however many frames are generated.
+    pub fn with_chunking(mut self, chunking: Chunking) -> Self {
+        self.unet = self.unet.with_chunking(chunking);
+        self
+    }
+
     /// The VAE's spatial factor (8 for every SD-family VAE): height and width must be
     /// multiples of it.
     pub fn vae_scale_factor(&self) -> usize {
@@ -318,14 +338,7 @@ impl TextToVideoPipeline {
             clip_skip: settings.clip_skip,
             long_prompt: settings.long_prompt,
         };
-        let encoder = &self.prompt_encoder;
-        let (cond, uncond) = if settings.guidance_scale > 1.0 {
-            let (c, u) =
-                encoder.embed_pair(&settings.prompt, &settings.negative_prompt, options)?;
-            (c, Some(u))
-        } else {
-            (encoder.embed(&settings.prompt, options)?, None)
-        };
+        let (cond, uncond) = self.conditioning(settings, options)?;
 
         let mut sampler = LongVideoSampler::new(&self.unet, scheduler);
         if let Some(uncond) = uncond {
@@ -346,14 +359,9 @@ impl TextToVideoPipeline {
         if let Some(freeinit) = &settings.long_video.freeinit {
             sampler = sampler.with_refinement(*freeinit);
         }
-        sampler.sample(
-            shape,
-            Conditioning::Shared(cond),
-            settings.steps,
-            noise,
-            &self.device,
-            &mut |p| progress(PipelineProgress::Denoise(p)),
-        )
+        sampler.sample(shape, cond, settings.steps, noise, &self.device, &mut |p| {
+            progress(PipelineProgress::Denoise(p))
+        })
     }
 
     /// Decodes latents `[1, C, F, h, w]` to frames in `[0, 1]`, `chunk` frames per VAE call
@@ -397,6 +405,42 @@ impl TextToVideoPipeline {
         let video = Tensor::cat(parts, 2); // [1, 3, F, H, W]
         let [_, c, f, h, w] = video.dims();
         Video::new(video.reshape([c, f, h, w]).swap_dims(0, 1))
+    }
+
+    /// The conditional and (with guidance) unconditional conditioning: one prompt shared by
+    /// every frame, or prompt travel as per-frame embeddings.
+    fn conditioning(
+        &self,
+        settings: &Generation,
+        options: PromptOptions,
+    ) -> Result<(Conditioning, Option<Tensor<3>>)> {
+        let guided = settings.guidance_scale > 1.0;
+        let mut texts: Vec<&str> = if settings.prompt_keyframes.is_empty() {
+            vec![settings.prompt.as_str()]
+        } else {
+            settings
+                .prompt_keyframes
+                .iter()
+                .map(|(_, p)| p.as_str())
+                .collect()
+        };
+        if guided {
+            texts.push(&settings.negative_prompt);
+        }
+        let mut embeds = self.prompt_encoder.embed_all(&texts, options)?;
+        let uncond = guided.then(|| embeds.pop().expect("the negative prompt's embedding"));
+        let cond = if settings.prompt_keyframes.is_empty() {
+            Conditioning::Shared(embeds.pop().expect("the prompt's embedding"))
+        } else {
+            let keys: Vec<(usize, Tensor<3>)> = settings
+                .prompt_keyframes
+                .iter()
+                .map(|(f, _)| *f)
+                .zip(embeds)
+                .collect();
+            travelling_conditioning(&keys, settings.frames, &Lerp)?
+        };
+        Ok((cond, uncond))
     }
 
     /// The scheduler of a generation.
