@@ -83,8 +83,8 @@ fn settings() -> Generation {
 
 /// Loads `folder`, checks the prompt embeddings, runs the recorded latents through the
 /// pipeline and compares every step's latents and the frames with diffusers'.
-fn check_pipeline(folder: &str, tag: &str, class: PipelineClass, settings: Generation) {
-    let pipe = TextToVideoPipeline::from_dir(fixture(folder), &dev()).unwrap();
+fn check_pipeline(folder: &std::path::Path, tag: &str, class: PipelineClass, settings: Generation) {
+    let pipe = TextToVideoPipeline::from_dir(folder, &dev()).unwrap();
     assert_eq!(pipe.class, class);
 
     let (cond, uncond) = pipe
@@ -149,7 +149,7 @@ fn check_pipeline(folder: &str, tag: &str, class: PipelineClass, settings: Gener
 #[test]
 fn text_to_video_sd_folder_matches_diffusers() {
     check_pipeline(
-        "text_to_video_sd",
+        &fixture("text_to_video_sd"),
         "t2v",
         PipelineClass::TextToVideoSD,
         settings(),
@@ -159,7 +159,7 @@ fn text_to_video_sd_folder_matches_diffusers() {
 #[test]
 fn animatediff_folder_matches_diffusers() {
     check_pipeline(
-        "animatediff",
+        &fixture("animatediff"),
         "animatediff",
         PipelineClass::AnimateDiff,
         settings().decode_chunk_size(3),
@@ -360,4 +360,27 @@ fn prompt_travel_interpolates_per_frame_prompts() {
             .unwrap_err();
         assert!(err.to_string().contains("prompt_keyframes"), "{err}");
     }
+}
+
+#[test]
+fn animatediff_from_an_sd_unet_and_a_motion_adapter_matches_diffusers() {
+    // The layout users assemble: an SD-style UNet2DConditionModel in unet/, the MotionAdapter
+    // beside it. diffusers merges the two exactly as its own save_pretrained folder holds them.
+    let dir = std::env::temp_dir().join(format!("vdm-split-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixture("animatediff"), &dir);
+    std::fs::remove_dir_all(dir.join("unet")).unwrap();
+    copy_dir(&fixture("animatediff_unet2d"), &dir.join("unet"));
+    let index = dir.join("model_index.json");
+    let text = std::fs::read_to_string(&index)
+        .unwrap()
+        .replace("UNetMotionModel", "UNet2DConditionModel");
+    std::fs::write(&index, text).unwrap();
+    check_pipeline(
+        &dir,
+        "animatediff",
+        PipelineClass::AnimateDiff,
+        settings().decode_chunk_size(3),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
