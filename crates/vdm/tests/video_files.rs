@@ -1,6 +1,6 @@
-//! Video files written by `Video::write`, decoded again (the `gif` crate's decoder, the `image`
-//! crate's PNG decoder, the `mp4` crate's demuxer with OpenH264's decoder): frame count, size,
-//! timing and content.
+//! Video files written by `Video::write`, read back with `read_frames` (the `gif` crate's
+//! decoder, the `image` crate's PNG decoder, the `mp4` crate's demuxer with OpenH264's decoder)
+//! and the containers' own timing fields: frame count, size, timing and content.
 //!
 //! Content bounds (PSNR over all frames against the 8-bit input; measured 35.3 / 38.9 / 33.0 /
 //! 37.5 dB, printed by the test): GIF with per-frame palettes ≥ 32 dB, global palette ≥ 35 dB,
@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 use vdm::video::{
     GifOptions, GifPalette, Video, VideoFormat, WriteOptions, check_output, contact_sheet,
-    frame_file_name,
+    frame_file_name, read_frames,
 };
 
 const FRAMES: usize = 8;
@@ -57,27 +57,29 @@ fn test_video() -> Video {
     Video::new(frames).unwrap()
 }
 
-/// Decodes every frame of a GIF as RGB images.
-fn decode_gif(path: &Path) -> (Vec<RgbImage>, Vec<u16>) {
-    let mut options = gif::DecodeOptions::new();
-    options.set_color_output(gif::ColorOutput::RGBA);
-    let mut decoder = options
+/// The frame delays of a GIF (hundredths of a second), read with the `gif` crate.
+fn gif_delays(path: &Path) -> Vec<u16> {
+    let mut decoder = gif::DecodeOptions::new()
         .read_info(std::fs::File::open(path).unwrap())
         .unwrap();
-    let (w, h) = (decoder.width() as u32, decoder.height() as u32);
-    let mut frames = Vec::new();
     let mut delays = Vec::new();
     while let Some(frame) = decoder.read_next_frame().unwrap() {
-        assert_eq!((frame.width as u32, frame.height as u32), (w, h));
-        let rgb: Vec<u8> = frame
-            .buffer
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect();
-        frames.push(RgbImage::from_raw(w, h, rgb).unwrap());
         delays.push(frame.delay);
     }
-    (frames, delays)
+    delays
+}
+
+/// Each sample's duration in seconds, read with the `mp4` crate.
+fn mp4_durations(path: &Path) -> Vec<f64> {
+    let size = std::fs::metadata(path).unwrap().len();
+    let reader = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut mp4 = mp4::Mp4Reader::read_header(reader, size).unwrap();
+    let (&id, track) = mp4.tracks().iter().next().unwrap();
+    let timescale = track.timescale() as f64;
+    let count = mp4.sample_count(id).unwrap();
+    (1..=count)
+        .map(|i| mp4.read_sample(id, i).unwrap().unwrap().duration as f64 / timescale)
+        .collect()
 }
 
 /// PSNR in dB of `ours` against `reference` over every pixel of every frame.
@@ -117,9 +119,10 @@ fn gif_round_trips_with_every_palette_option() {
             ..WriteOptions::default()
         };
         assert_eq!(video.write(&path, &options).unwrap(), VideoFormat::Gif);
-        let (frames, delays) = decode_gif(&path);
+        let frames = read_frames(&path).unwrap();
         assert_eq!(frames.len(), FRAMES, "{name}");
         assert_eq!(frames[0].dimensions(), (WIDTH as u32, HEIGHT as u32));
+        let delays = gif_delays(&path);
         assert!(delays.iter().all(|&d| d == 8), "{name}: delays {delays:?}");
         let db = psnr(&frames, &reference);
         let size = std::fs::metadata(&path).unwrap().len();
@@ -129,54 +132,6 @@ fn gif_round_trips_with_every_palette_option() {
     // Only the four GIFs: no temporary files left.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// Demuxes an MP4 and decodes its H.264 track: frames, and each sample's duration in seconds.
-fn decode_mp4(path: &Path) -> (Vec<RgbImage>, Vec<f64>) {
-    use openh264::formats::YUVSource;
-    let size = std::fs::metadata(path).unwrap().len();
-    let reader = std::io::BufReader::new(std::fs::File::open(path).unwrap());
-    let mut mp4 = mp4::Mp4Reader::read_header(reader, size).unwrap();
-    let (&id, track) = mp4.tracks().iter().next().unwrap();
-    let timescale = track.timescale() as f64;
-    let annex_b = |nal: &[u8], out: &mut Vec<u8>| {
-        out.extend_from_slice(&[0, 0, 0, 1]);
-        out.extend_from_slice(nal);
-    };
-    let mut header = Vec::new();
-    annex_b(track.sequence_parameter_set().unwrap(), &mut header);
-    annex_b(track.picture_parameter_set().unwrap(), &mut header);
-    let count = mp4.sample_count(id).unwrap();
-    let mut decoder = openh264::decoder::Decoder::new().unwrap();
-    let (mut frames, mut durations) = (Vec::new(), Vec::new());
-    for sample_id in 1..=count {
-        let sample = mp4.read_sample(id, sample_id).unwrap().unwrap();
-        durations.push(sample.duration as f64 / timescale);
-        let mut packet = if sample_id == 1 {
-            header.clone()
-        } else {
-            Vec::new()
-        };
-        let mut rest: &[u8] = &sample.bytes;
-        while rest.len() >= 4 {
-            let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-            annex_b(&rest[4..4 + n], &mut packet);
-            rest = &rest[4 + n..];
-        }
-        if let Some(yuv) = decoder.decode(&packet).unwrap() {
-            let (w, h) = yuv.dimensions();
-            let mut rgb = vec![0u8; w * h * 3];
-            yuv.write_rgb8(&mut rgb);
-            frames.push(RgbImage::from_raw(w as u32, h as u32, rgb).unwrap());
-        }
-    }
-    for yuv in decoder.flush_remaining().unwrap() {
-        let (w, h) = yuv.dimensions();
-        let mut rgb = vec![0u8; w * h * 3];
-        yuv.write_rgb8(&mut rgb);
-        frames.push(RgbImage::from_raw(w as u32, h as u32, rgb).unwrap());
-    }
-    (frames, durations)
 }
 
 #[test]
@@ -190,7 +145,8 @@ fn mp4_round_trips_through_openh264() {
         ..WriteOptions::default()
     };
     assert_eq!(video.write(&path, &options).unwrap(), VideoFormat::Mp4);
-    let (frames, durations) = decode_mp4(&path);
+    let frames = read_frames(&path).unwrap();
+    let durations = mp4_durations(&path);
     assert_eq!(frames.len(), FRAMES);
     assert_eq!(frames[0].dimensions(), (WIDTH as u32, HEIGHT as u32));
     assert!(
@@ -224,6 +180,7 @@ fn png_frames_and_contact_sheet_are_lossless() {
         let decoded = image::open(&path).unwrap().to_rgb8();
         assert_eq!(&decoded, expected, "{}", path.display());
     }
+    assert_eq!(read_frames(&frames_dir).unwrap(), reference);
     assert_eq!(std::fs::read_dir(&frames_dir).unwrap().count(), FRAMES);
     // Writing again into the existing folder replaces the frames.
     video.write(&frames_dir, &WriteOptions::default()).unwrap();

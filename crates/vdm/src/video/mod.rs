@@ -1,11 +1,13 @@
 //! Decoded videos and video files: frames in `[0, 1]` as a tensor and as 8-bit RGB images, and
-//! writers for MP4 (H.264), GIF, PNG frames and PNG contact sheets ([`Video::write`]). Every writer is
+//! writers for MP4 (H.264), GIF, PNG frames and PNG contact sheets ([`Video::write`]), and
+//! [`read_frames`] to read them back. Every writer is
 //! all-or-nothing: files appear under their final name only when complete.
 
 mod atomic;
 mod gif;
 mod mp4;
 mod png;
+mod read;
 
 use std::path::Path;
 
@@ -17,6 +19,7 @@ use vdm_core::{Error, Result};
 pub use gif::{GifOptions, GifPalette, gif_delay};
 pub use mp4::Mp4Options;
 pub use png::{contact_sheet, frame_file_name};
+pub use read::read_frames;
 
 /// The kinds of output, chosen from the path ([`VideoFormat::from_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
