@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use vdm::burn::tensor::{Device, Tensor, TensorData};
-use vdm::video::{GifOptions, GifPalette, Mp4Options, Video, WriteOptions, read_frames};
+use vdm::video::{GifOptions, GifPalette, Mp4Options, Video, WriteOptions, psnr, read_frames};
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -79,10 +79,11 @@ fn main() {
         video.write(&path, &options).expect("write");
         let seconds = start.elapsed().as_secs_f64();
         let size = disk_size(&path);
-        let psnr = if file.ends_with(".png") {
+        let quality = if file.ends_with(".png") {
             "lossless".into()
         } else {
-            let db = psnr(&read_frames(&path).expect("read back"), &reference);
+            let db =
+                psnr(&read_frames(&path).expect("read back"), &reference).expect("same frames");
             if db.is_finite() {
                 format!("{db:.1} dB")
             } else {
@@ -90,7 +91,7 @@ fn main() {
             }
         };
         println!(
-            "| {name} | {seconds:.2} s | {:.0} KiB | {psnr} |",
+            "| {name} | {seconds:.2} s | {:.0} KiB | {quality} |",
             size as f64 / 1024.0
         );
     }
@@ -139,17 +140,4 @@ fn disk_size(path: &std::path::Path) -> u64 {
     } else {
         std::fs::metadata(path).expect("file").len()
     }
-}
-
-fn psnr(ours: &[image::RgbImage], reference: &[image::RgbImage]) -> f64 {
-    assert_eq!(ours.len(), reference.len(), "frames read back");
-    let (mut sum, mut n) = (0.0f64, 0usize);
-    for (a, b) in ours.iter().zip(reference) {
-        for (p, q) in a.as_raw().iter().zip(b.as_raw()) {
-            let d = *p as f64 - *q as f64;
-            sum += d * d;
-            n += 1;
-        }
-    }
-    10.0 * (255.0f64 * 255.0 / (sum / n as f64)).log10()
 }

@@ -227,6 +227,35 @@ impl Video {
     }
 }
 
+/// Peak signal-to-noise ratio in dB of `frames` against `reference` over every 8-bit sample
+/// (infinite when they are equal): how close a written and re-read video is to its source.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `frames` when the counts or sizes differ, or there are none.
+pub fn psnr(frames: &[RgbImage], reference: &[RgbImage]) -> Result<f64> {
+    let size = frame_size(reference, "a reference")?;
+    if frames.len() != reference.len() || frame_size(frames, "a video")? != size {
+        return Err(Error::invalid(
+            "frames",
+            format!(
+                "{} frames of {:?} against {} of {size:?}",
+                frames.len(),
+                frames[0].dimensions(),
+                reference.len()
+            ),
+        ));
+    }
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (a, b) in frames.iter().zip(reference) {
+        for (p, q) in a.as_raw().iter().zip(b.as_raw()) {
+            let d = *p as f64 - *q as f64;
+            sum += d * d;
+            n += 1;
+        }
+    }
+    Ok(10.0 * (255.0f64 * 255.0 / (sum / n as f64)).log10())
+}
+
 /// The common `(width, height)` of `frames`, which `what` (a GIF, an MP4, …) is made of.
 ///
 /// # Errors
