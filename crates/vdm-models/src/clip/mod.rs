@@ -5,10 +5,10 @@
 //!
 //! Both load the `tokenizer/` and `text_encoder/` folders of a diffusers pipeline unchanged.
 
-mod config;
-mod prompt;
-mod text_model;
-mod tokenizer;
+pub mod config;
+pub mod prompt;
+pub mod text_model;
+pub mod tokenizer;
 
 pub use config::{CLIPTextConfig, HiddenAct};
 pub use prompt::{PromptEncoder, PromptOptions};

@@ -9,9 +9,9 @@
 //! With the same folder, initial latents and settings, the frames equal diffusers' within
 //! 2e-4 (`tests/pipelines.rs`).
 
-mod folder;
-mod generation;
-mod text_to_video;
+pub mod folder;
+pub mod generation;
+pub mod text_to_video;
 
 pub use folder::{ModelIndex, PipelineClass, PipelineFolder};
 pub use generation::{Generation, LongVideo, SchedulerChoice};

@@ -4,10 +4,10 @@
 //! all-or-nothing: files appear under their final name only when complete.
 
 mod atomic;
-mod gif;
-mod mp4;
-mod png;
-mod read;
+pub mod gif;
+pub mod mp4;
+pub mod png;
+pub mod read;
 
 use std::path::Path;
 
