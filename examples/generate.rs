@@ -227,11 +227,6 @@ fn run(args: &Args) -> Result<(), String> {
         pipe = pipe.with_chunking(Chunking::new(frames, 4096));
     }
     let (height, width) = pipe.resolve_size(&settings).map_err(|e| e.to_string())?;
-    settings
-        .clone()
-        .size(height, width)
-        .validate(pipe.vae_scale_factor())
-        .map_err(|e| e.to_string())?;
     println!(
         "loaded {} from {} in {:.1} s ({} backend); {} frames of {width}×{height}, {} steps, seed {seed}",
         pipe.class.name(),

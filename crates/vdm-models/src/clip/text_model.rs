@@ -335,6 +335,18 @@ impl CLIPTextModel {
     /// As [`forward`](Self::forward) (except the end-of-text check); [`Error::InvalidConfig`]
     /// naming `clip_skip` when it exceeds `num_hidden_layers`.
     pub fn prompt_embeds(&self, input_ids: Tensor<2, Int>, clip_skip: usize) -> Result<Tensor<3>> {
+        self.check_clip_skip(clip_skip)?;
+        self.check_ids(&input_ids)?;
+        let layers = self.config.num_hidden_layers - clip_skip;
+        Ok(self.final_layer_norm.forward(self.run(input_ids, layers)))
+    }
+
+    /// Checks a `clip_skip` for [`prompt_embeds`](Self::prompt_embeds) without running the
+    /// model (pipelines check it before any work).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `clip_skip` when it exceeds `num_hidden_layers`.
+    pub fn check_clip_skip(&self, clip_skip: usize) -> Result<()> {
         let layers = self.config.num_hidden_layers;
         if clip_skip > layers {
             return Err(Error::invalid(
@@ -342,10 +354,7 @@ impl CLIPTextModel {
                 format!("{clip_skip} exceeds the text encoder's {layers} layers"),
             ));
         }
-        self.check_ids(&input_ids)?;
-        Ok(self
-            .final_layer_norm
-            .forward(self.run(input_ids, layers - clip_skip)))
+        Ok(())
     }
 
     /// Every hidden state, as transformers' `output_hidden_states=True`: the embeddings, then

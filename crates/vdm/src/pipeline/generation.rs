@@ -206,16 +206,8 @@ impl Generation {
             return Err(Error::invalid("decode_chunk_size", "must be ≥ 1"));
         }
         for (name, value) in [("height", self.height), ("width", self.width)] {
-            if let Some(v) = value
-                && (v == 0 || !v.is_multiple_of(vae_scale_factor))
-            {
-                return Err(Error::invalid(
-                    name,
-                    format!(
-                        "{v} is not a positive multiple of the VAE's scale factor \
-                         {vae_scale_factor}"
-                    ),
-                ));
+            if let Some(v) = value {
+                check_side(name, v, vae_scale_factor)?;
             }
         }
         if let Some(&(first, _)) = self.prompt_keyframes.first()
@@ -253,4 +245,21 @@ impl Generation {
         }
         Ok(())
     }
+}
+
+/// Checks that a frame side (`height` or `width`, in pixels) is a positive multiple of the VAE's
+/// scale factor, naming `name`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `name`.
+pub(crate) fn check_side(name: &str, value: usize, vae_scale_factor: usize) -> Result<()> {
+    if value == 0 || !value.is_multiple_of(vae_scale_factor) {
+        return Err(Error::invalid(
+            name,
+            format!(
+                "{value} is not a positive multiple of the VAE's scale factor {vae_scale_factor}"
+            ),
+        ));
+    }
+    Ok(())
 }

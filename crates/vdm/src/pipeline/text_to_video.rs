@@ -28,7 +28,7 @@ use vdm_schedulers::config::config_value;
 use vdm_schedulers::{Scheduler, SchedulerConfig};
 
 use super::folder::{PipelineClass, PipelineFolder};
-use super::generation::{Generation, SchedulerChoice};
+use super::generation::{Generation, SchedulerChoice, check_side};
 use crate::video::Video;
 
 /// Frames per VAE call when [`Generation::decode_chunk_size`] is not set (AnimateDiff's
@@ -240,23 +240,26 @@ impl TextToVideoPipeline {
         1 << self.vae.config().block_out_channels.len().saturating_sub(1)
     }
 
-    /// The `(height, width)` in pixels a generation will have.
+    /// The `(height, width)` in pixels a generation will have, checked against the VAE's
+    /// scale factor.
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming `height` when neither the settings nor the UNet config
-    /// give a size.
+    /// give a size, or naming the side that is not a positive multiple of the VAE's factor.
     pub fn resolve_size(&self, settings: &Generation) -> Result<(usize, usize)> {
         let f = self.vae_scale_factor();
         let default = self.unet.sample_size().map(|(h, w)| (h * f, w * f));
         let height = settings.height.or(default.map(|d| d.0));
         let width = settings.width.or(settings.height).or(default.map(|d| d.1));
-        match (height, width) {
-            (Some(h), Some(w)) => Ok((h, w)),
-            _ => Err(Error::invalid(
+        let (Some(height), Some(width)) = (height, width) else {
+            return Err(Error::invalid(
                 "height",
                 "not given, and the UNet config has no sample_size to default to",
-            )),
-        }
+            ));
+        };
+        check_side("height", height, f)?;
+        check_side("width", width, f)?;
+        Ok((height, width))
     }
 
     /// Generates a video with seeded noise ([`Generation::seed`]) and no progress reporting.
@@ -298,18 +301,10 @@ impl TextToVideoPipeline {
         let factor = self.vae_scale_factor();
         settings.validate(factor)?;
         let (height, width) = self.resolve_size(settings)?;
-        Generation::new("").size(height, width).validate(factor)?;
         let scheduler = self.scheduler(&settings.scheduler)?;
-        let layers = self.prompt_encoder.text_encoder.config.num_hidden_layers;
-        if settings.clip_skip > layers {
-            return Err(Error::invalid(
-                "clip_skip",
-                format!(
-                    "{} exceeds the text encoder's {layers} layers",
-                    settings.clip_skip
-                ),
-            ));
-        }
+        self.prompt_encoder
+            .text_encoder
+            .check_clip_skip(settings.clip_skip)?;
         if let (Some(max), None) = (self.unet.max_frames(), &settings.long_video.freenoise)
             && settings.frames > max
         {
@@ -322,11 +317,19 @@ impl TextToVideoPipeline {
                 ),
             ));
         }
-        let hook = settings
-            .long_video
-            .freenoise
-            .map(FreeNoiseHook::new)
-            .transpose()?;
+        // FreeNoise: window fusion in the temporal layers, and the matching noise rescheduling.
+        let freenoise = match settings.long_video.freenoise {
+            Some(config) => {
+                let rescheduling = NoiseRescheduling::new(
+                    config.context_length,
+                    config.context_stride,
+                    NoiseType::ShuffleContext,
+                );
+                rescheduling.validate(settings.frames)?;
+                Some((FreeNoiseHook::new(config)?, rescheduling))
+            }
+            None => None,
+        };
         let shape = VideoShape::new([
             1,
             self.unet.in_channels(),
@@ -347,14 +350,10 @@ impl TextToVideoPipeline {
                 negative: Conditioning::Shared(uncond),
             });
         }
-        if let (Some(config), Some(hook)) = (&settings.long_video.freenoise, &hook) {
-            let rescheduling = NoiseRescheduling::new(
-                config.context_length,
-                config.context_stride,
-                NoiseType::ShuffleContext,
-            );
-            rescheduling.validate(settings.frames)?;
-            sampler = sampler.with_temporal(hook).with_initial_noise(rescheduling);
+        if let Some((hook, rescheduling)) = &freenoise {
+            sampler = sampler
+                .with_temporal(hook)
+                .with_initial_noise(*rescheduling);
         }
         if let Some(freeinit) = &settings.long_video.freeinit {
             sampler = sampler.with_refinement(*freeinit);
