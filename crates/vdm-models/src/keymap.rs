@@ -99,6 +99,46 @@ pub const DIFFUSERS_KEY_REMAP: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// `(regex pattern, replacement, why)`: the renames from this crate's module paths back to
+/// diffusers keys, applied in order when a model is saved
+/// ([`crate::loading::save_safetensors`]). Each row undoes one row of [`DIFFUSERS_KEY_REMAP`]
+/// for the modules vdm can write (UNets, motion modules, the text encoder, which is written in
+/// transformers 5's prefix-free layout); the deprecated VAE attention names and the
+/// `text_model.` prefix are read-only compatibility and have no inverse. Saving then loading
+/// gives back every key (tested below and by the savers' round trips).
+pub const DIFFUSERS_KEY_SAVE: &[(&str, &str, &str)] = &[
+    (
+        r"(^|\.)to_out\.",
+        "${1}to_out.0.",
+        "inverse of the to_out.0 row: Attention.to_out is ModuleList([Linear, Dropout])",
+    ),
+    (
+        r"(^|\.)ff\.proj\.",
+        "${1}ff.net.0.proj.",
+        "inverse of the ff.net.0.proj row: the GEGLU projection",
+    ),
+    (
+        r"(^|\.)ff\.proj_out\.",
+        "${1}ff.net.2.",
+        "inverse of the ff.net.2 row: the output Linear",
+    ),
+    (
+        r"(^|\.)(conv[1-4])\.norm\.",
+        "${1}${2}.0.",
+        "inverse of the TemporalConvLayer GroupNorm row (index 0)",
+    ),
+    (
+        r"(^|\.)conv1\.conv\.",
+        "${1}conv1.2.",
+        "inverse of the TemporalConvLayer.conv1 Conv3d row (index 2)",
+    ),
+    (
+        r"(^|\.)(conv[2-4])\.conv\.",
+        "${1}${2}.3.",
+        "inverse of the TemporalConvLayer.conv2..4 Conv3d row (index 3)",
+    ),
+];
+
 /// Whether loaders must skip enum variant names when building module paths (burn-store
 /// `skip_enum_variants(true)`): [`crate::transformer_2d::Projection`] is an enum whose
 /// `Linear`/`Conv` variant is chosen by the config, while the checkpoint key is plain
@@ -118,6 +158,21 @@ pub fn key_remapper() -> burn::store::KeyRemapper {
             .collect(),
     )
     .expect("DIFFUSERS_KEY_REMAP patterns are valid regexes")
+}
+
+/// [`DIFFUSERS_KEY_SAVE`] as a burn-store [`KeyRemapper`](burn::store::KeyRemapper), for
+/// `SafetensorsStore::remap` when saving.
+///
+/// # Panics
+/// Never: the table's patterns are checked by this crate's tests.
+pub fn save_key_remapper() -> burn::store::KeyRemapper {
+    burn::store::KeyRemapper::from_patterns(
+        DIFFUSERS_KEY_SAVE
+            .iter()
+            .map(|(p, r, _)| (*p, *r))
+            .collect(),
+    )
+    .expect("DIFFUSERS_KEY_SAVE patterns are valid regexes")
 }
 
 /// Applies [`DIFFUSERS_KEY_REMAP`] to one key, exactly as burn-store's `KeyRemapper` does (for
@@ -203,6 +258,35 @@ mod tests {
             key_remapper().to_regex_pairs().len(),
             DIFFUSERS_KEY_REMAP.len()
         );
+    }
+
+    #[test]
+    fn the_save_table_undoes_the_load_table() {
+        let save = |key: &str| {
+            let mut key = key.to_string();
+            for (re, replacement) in save_key_remapper().to_regex_pairs() {
+                if re.is_match(&key) {
+                    key = re.replace_all(&key, replacement.as_str()).into_owned();
+                }
+            }
+            key
+        };
+        for key in [
+            "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.bias",
+            "down_blocks.0.motion_modules.1.transformer_blocks.0.ff.net.2.weight",
+            "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj.bias",
+            "mid_block.temp_convs.0.conv1.0.weight",
+            "mid_block.temp_convs.0.conv1.2.weight",
+            "down_blocks.0.temp_convs.0.conv4.3.bias",
+            "down_blocks.0.temp_convs.0.conv3.0.bias",
+            "down_blocks.0.resnets.0.conv1.weight",
+            "down_blocks.0.resnets.0.conv2.bias",
+            "transformer_in.proj_out.weight",
+            "encoder.layers.0.mlp.fc2.weight",
+            "conv_out.weight",
+        ] {
+            assert_eq!(save(&remap_key(key)), key, "{key}");
+        }
     }
 }
 

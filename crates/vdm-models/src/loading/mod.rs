@@ -27,7 +27,9 @@
 //!    [`LoadReport`] and the affected parameters keep their initial values.
 //!
 //! Reading and validating the safetensors header lives in `loading/header.rs`, finding a model
-//! folder's weight and config files in `loading/files.rs`; their items are re-exported here.
+//! folder's weight and config files in `loading/files.rs`, and the inverse, writing a module
+//! as a diffusers checkpoint ([`save_safetensors`]), in `loading/save.rs`; their items are
+//! re-exported here.
 //!
 //! # Key remapping
 //!
@@ -74,6 +76,7 @@
 
 mod files;
 mod header;
+mod save;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -94,6 +97,7 @@ pub(crate) use files::read_config;
 pub use header::{
     SafetensorsHeader, TensorEntry, parse_safetensors_header, read_safetensors_header,
 };
+pub use save::save_safetensors;
 
 /// What [`Error::File`] names when the checkpoint came from memory rather than a path.
 const IN_MEMORY: &str = "<in-memory safetensors>";

@@ -4,5 +4,6 @@
 
 mod clip;
 mod motion;
+mod saving;
 mod unet3d;
 mod vae;
