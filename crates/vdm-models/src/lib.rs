@@ -26,6 +26,7 @@ mod cpu;
 pub mod embeddings;
 pub mod keymap;
 pub mod loading;
+pub mod patchify;
 pub mod pseudo3d;
 pub mod resnet;
 pub mod temporal;

@@ -99,6 +99,8 @@ pub use vdm_schedulers as schedulers;
 pub use vdm_core::{Error, Result};
 
 pub mod pipeline;
+pub mod shapes;
+pub mod training;
 pub mod video;
 
 use burn::tensor::Device;

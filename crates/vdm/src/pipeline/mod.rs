@@ -15,4 +15,6 @@ pub mod text_to_video;
 
 pub use folder::{ModelIndex, PipelineClass, PipelineFolder};
 pub use generation::{Generation, LongVideo, SchedulerChoice};
-pub use text_to_video::{DEFAULT_DECODE_CHUNK, PipelineProgress, TextToVideoPipeline, VideoUNet};
+pub use text_to_video::{
+    DEFAULT_DECODE_CHUNK, FrameDecoder, PipelineProgress, TextToVideoPipeline, VideoUNet,
+};

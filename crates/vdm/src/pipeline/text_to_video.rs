@@ -19,6 +19,7 @@ use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_models::chunking::Chunking;
 use vdm_models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder, PromptOptions};
 use vdm_models::loading::{LoadOptions, find_weight_file};
+use vdm_models::patchify::{Patchify, PatchifyConfig};
 use vdm_models::unet_motion::{
     MotionAdapterConfig, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
 };
@@ -113,6 +114,38 @@ impl Denoiser for VideoUNet {
     }
 }
 
+/// What turns the UNet's latents into frames: a VAE, or the lossless [`Patchify`] of a
+/// pixel-space model (vdm's embedded model).
+#[derive(Debug)]
+pub enum FrameDecoder {
+    /// diffusers' `AutoencoderKL` (decoder only).
+    Vae(Box<AutoencoderKL>),
+    /// Space-to-depth patches (`"vae": ["vdm", "Patchify"]`): the latents are the pixels in
+    /// `[-1, 1]`, folded.
+    Patchify(Patchify),
+}
+
+impl FrameDecoder {
+    /// The spatial factor between latents and pixels.
+    pub fn scale_factor(&self) -> usize {
+        match self {
+            Self::Vae(vae) => 1 << vae.config().block_out_channels.len().saturating_sub(1),
+            Self::Patchify(p) => p.config.patch_size,
+        }
+    }
+
+    /// Frames `[B, 3, F, H, W]` in `[-1, 1]` (before the `[0, 1]` mapping) from latents.
+    ///
+    /// # Errors
+    /// The decoder's shape errors.
+    pub fn decode(&self, latents: Tensor<5>) -> Result<Tensor<5>> {
+        match self {
+            Self::Vae(vae) => vae.decode_video(latents, true),
+            Self::Patchify(p) => p.decode(latents),
+        }
+    }
+}
+
 /// What the progress callback of [`TextToVideoPipeline::generate_with`] sees.
 #[derive(Debug)]
 pub enum PipelineProgress<'a> {
@@ -146,8 +179,8 @@ pub struct TextToVideoPipeline {
     pub prompt_encoder: PromptEncoder,
     /// The video UNet.
     pub unet: VideoUNet,
-    /// The VAE (decoder only).
-    pub vae: AutoencoderKL,
+    /// The VAE (decoder only), or the patches of a pixel-space model.
+    pub vae: FrameDecoder,
     /// The folder's `scheduler/scheduler_config.json`.
     pub scheduler_config: String,
     /// Where the models run.
@@ -203,9 +236,23 @@ impl TextToVideoPipeline {
             options,
             device,
         )?;
-        let vae_dir = folder.component("vae", &["AutoencoderKL"])?;
-        let (vae, _) =
-            AutoencoderKL::from_pretrained_with(&vae_dir, VaeParts::DecoderOnly, options, device)?;
+        let vae_dir = folder.component("vae", &["AutoencoderKL", "Patchify"])?;
+        let vae = if folder.index.class_of("vae") == Some("Patchify") {
+            FrameDecoder::Patchify(Patchify::new(PatchifyConfig::from_file(
+                vae_dir.join("config.json"),
+            )?)?)
+        } else {
+            let options = options.clone();
+            FrameDecoder::Vae(Box::new(
+                AutoencoderKL::from_pretrained_with(
+                    &vae_dir,
+                    VaeParts::DecoderOnly,
+                    &options,
+                    device,
+                )?
+                .0,
+            ))
+        };
         let unet = match class {
             PipelineClass::TextToVideoSD => {
                 let dir = folder.component("unet", &["UNet3DConditionModel"])?;
@@ -234,10 +281,10 @@ impl TextToVideoPipeline {
         self
     }
 
-    /// The VAE's spatial factor (8 for every SD-family VAE): height and width must be
-    /// multiples of it.
+    /// The VAE's spatial factor (8 for every SD-family VAE; the patch size of a pixel-space
+    /// model): height and width must be multiples of it.
     pub fn vae_scale_factor(&self) -> usize {
-        1 << self.vae.config().block_out_channels.len().saturating_sub(1)
+        self.vae.scale_factor()
     }
 
     /// The `(height, width)` in pixels a generation will have, checked against the VAE's
@@ -387,9 +434,7 @@ impl TextToVideoPipeline {
         let mut done = 0;
         while done < shape.frames {
             let n = chunk.min(shape.frames - done);
-            let images = self
-                .vae
-                .decode_video(latents.clone().narrow(2, done, n), true)?;
+            let images = self.vae.decode(latents.clone().narrow(2, done, n))?;
             // diffusers' VideoProcessor.postprocess_video: (x / 2 + 0.5).clamp(0, 1).
             parts.push(images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0));
             done += n;

@@ -1,0 +1,249 @@
+//! `train`: trains vdm's embedded Moving Shapes text-to-video model from scratch on the CPU.
+//!
+//! ```text
+//! cargo run --release --example train -- --out models/moving-shapes
+//! cargo run --release --example train -- --out models/moving-shapes --resume   # after a stop
+//! ```
+//!
+//! Everything is a function of `--seed`: the frozen text encoder's weights, the UNet's initial
+//! weights, and every batch, timestep, noise draw and caption dropout (drawn per step, so a
+//! resumed run replays the same data). The run writes, under `--out`:
+//! a diffusers-style folder that `generate` loads (`model_index.json`, `unet/`, `text_encoder/`,
+//! `tokenizer/`, `scheduler/`, `vae/`), the resumable state in `training/`, and the loss log
+//! `training/loss.csv`. See `docs/embedded-model.md` for the model, the measured costs and
+//! the choices (pixel space with 4×4 patches, a frozen tiny CLIP, v-prediction).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use vdm::burn::tensor::Device;
+use vdm::models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PromptEncoder};
+use vdm::models::patchify::{Patchify, PatchifyConfig};
+use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig};
+use vdm::schedulers::options::BetaSchedule;
+use vdm::schedulers::schedule::{BetaConfig, NoiseSchedule};
+use vdm::shapes::vocab::write_tokenizer;
+use vdm::training::export::PipelineExport;
+use vdm::training::{Objective, ShapesData, TrainConfig, Trainer};
+
+/// Frame side in pixels.
+const SIDE: usize = 32;
+/// Tokens per prompt (the captions have at most 8 words).
+const MAX_LENGTH: usize = 16;
+
+/// Train the embedded Moving Shapes model.
+#[derive(Debug, Parser)]
+#[command(name = "train", version)]
+struct Args {
+    /// Output folder (the model folder and its training state).
+    #[arg(long, default_value = "models/moving-shapes")]
+    out: PathBuf,
+    /// Optimiser steps in total.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Videos per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint (and the model folder) every N steps.
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: usize,
+    /// Continue the run saved in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps in this invocation (the run resumes later with --resume).
+    #[arg(long)]
+    max_steps_now: Option<usize>,
+    /// Stop (saving) once this many minutes have passed in this invocation.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+}
+
+/// The scheduler the model is trained for and ships with: cosine betas (Nichol & Dhariwal
+/// 2021: better than linear at low resolution), v-prediction, DDIM with trailing spacing.
+const SCHEDULER: &str = r#"{
+  "_class_name": "DDIMScheduler",
+  "num_train_timesteps": 1000,
+  "beta_schedule": "squaredcos_cap_v2",
+  "prediction_type": "v_prediction",
+  "timestep_spacing": "trailing",
+  "clip_sample": false,
+  "set_alpha_to_one": false,
+  "steps_offset": 0
+}"#;
+
+fn unet_config() -> UNet3DConditionModelConfig {
+    UNet3DConditionModelConfig::from_json_str(
+        r#"{
+        "in_channels": 48, "out_channels": 48, "sample_size": 8,
+        "block_out_channels": [32, 64], "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D"],
+        "up_block_types": ["CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
+        "attention_head_dim": 8, "cross_attention_dim": 32, "norm_num_groups": 8
+    }"#,
+    )
+    .expect("a valid config")
+}
+
+fn text_config(vocab_size: usize, tokenizer: &CLIPTokenizer) -> CLIPTextConfig {
+    CLIPTextConfig {
+        vocab_size,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        max_position_embeddings: MAX_LENGTH,
+        bos_token_id: Some(i64::from(tokenizer.bos_token_id())),
+        eos_token_id: Some(i64::from(tokenizer.eos_token_id())),
+        pad_token_id: Some(i64::from(tokenizer.pad_token_id())),
+        ..CLIPTextConfig::default()
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let err = |e: vdm::Error| e.to_string();
+    let device = Device::flex();
+    device.seed(args.seed);
+    let tokenizer_dir = args.out.join("tokenizer");
+    std::fs::create_dir_all(&tokenizer_dir).map_err(|e| e.to_string())?;
+    let vocab_size = write_tokenizer(&tokenizer_dir, MAX_LENGTH).map_err(err)?;
+    let tokenizer = CLIPTokenizer::from_dir(&tokenizer_dir).map_err(err)?;
+    let text_config = text_config(vocab_size, &tokenizer);
+    let text_encoder = if args.resume {
+        CLIPTextModel::from_pretrained(args.out.join("text_encoder"), &Default::default(), &device)
+            .map_err(err)?
+    } else {
+        CLIPTextModel::new(&text_config, &device).map_err(err)?
+    };
+    let prompts = PromptEncoder::new(tokenizer, text_encoder.clone()).map_err(err)?;
+    let beta = BetaConfig {
+        beta_schedule: BetaSchedule::SquaredcosCapV2,
+        ..BetaConfig::default()
+    };
+    let config = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch,
+        learning_rate: args.lr,
+        warmup_steps: 100.min(args.steps / 10 + 1),
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
+    let objective = Objective::new(
+        NoiseSchedule::new(&beta).map_err(err)?,
+        config.prediction_type,
+        config.min_snr_gamma,
+    )
+    .map_err(err)?;
+    let unet = UNet3DConditionModel::new(&unet_config(), &device)
+        .map_err(err)?
+        .with_prediction_type(config.prediction_type);
+    let mut trainer = if args.resume {
+        Trainer::resume(unet, prompts, objective, &args.out, &device).map_err(err)?
+    } else {
+        Trainer::new(unet, prompts, objective, config, &device).map_err(err)?
+    };
+    let patchify = PatchifyConfig {
+        patch_size: 4,
+        in_channels: 3,
+    };
+    let data = ShapesData {
+        side: SIDE,
+        turn_probability: 0.2,
+        patchify: Patchify::new(patchify).map_err(err)?,
+    };
+    let total = trainer.config().steps;
+    let stop = args
+        .max_steps_now
+        .map_or(total, |n| (trainer.steps_done() + n).min(total));
+    let log_path = args.out.join("training").join("loss.csv");
+    std::fs::create_dir_all(log_path.parent().expect("a parent")).map_err(|e| e.to_string())?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    if trainer.steps_done() == 0 {
+        writeln!(log, "step,loss,learning_rate,grad_norm,image_step,seconds")
+            .map_err(|e| e.to_string())?;
+    }
+    let bar = ProgressBar::new(total as u64).with_position(trainer.steps_done() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            .expect("a valid template"),
+    );
+    let started = Instant::now();
+    let mut smoothed: Option<f32> = None;
+    while trainer.steps_done() < stop {
+        let report = trainer.step(&data).map_err(err)?;
+        smoothed = Some(smoothed.map_or(report.loss, |s| 0.98 * s + 0.02 * report.loss));
+        writeln!(
+            log,
+            "{},{},{},{},{},{:.2}",
+            report.step,
+            report.loss,
+            report.learning_rate,
+            report.grad_norm,
+            u8::from(report.image_step),
+            started.elapsed().as_secs_f64()
+        )
+        .map_err(|e| e.to_string())?;
+        bar.set_position(report.step as u64);
+        bar.set_message(format!("loss {:.4}", smoothed.unwrap_or(report.loss)));
+        let out_of_time = args
+            .max_minutes
+            .is_some_and(|m| started.elapsed().as_secs_f64() > 60.0 * m);
+        if report.step % args.checkpoint_every == 0 || report.step == stop || out_of_time {
+            save(&trainer, &text_encoder, patchify, &args.out).map_err(err)?;
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    bar.finish();
+    println!(
+        "{} steps done in {:.1} min; model folder: {}",
+        trainer.steps_done(),
+        started.elapsed().as_secs_f64() / 60.0,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Writes the resumable state and the model folder (EMA weights).
+fn save(
+    trainer: &Trainer<UNet3DConditionModel>,
+    text_encoder: &CLIPTextModel,
+    patchify: PatchifyConfig,
+    out: &Path,
+) -> vdm::Result<()> {
+    trainer.save_checkpoint(out)?;
+    let unet = trainer.inference_model();
+    PipelineExport {
+        unet: &unet,
+        text_encoder,
+        patchify,
+        scheduler_config: SCHEDULER,
+        write_tokenizer: &|dir| write_tokenizer(dir, MAX_LENGTH).map(|_| ()),
+    }
+    .write(out)
+}
