@@ -1,11 +1,16 @@
 //! `generate`: prompt in, video out.
 //!
 //! ```text
+//! cargo run --release --example generate -- --prompt "a red circle moving right"
+//! cargo run --release --example generate -- --prompt "a blue square moving up" \
+//!     --frames 256 --long freenoise --out square.mp4
 //! cargo run --release --example generate -- --model-dir path/to/zeroscope_v2_576w \
 //!     --prompt "a corgi running on the beach" --frames 24 --steps 25 --out corgi.gif
 //! cargo run --release --example generate -- --help
 //! ```
 //!
+//! Without `--model-dir` it runs vdm's embedded Moving Shapes model (trained by
+//! `examples/train.rs`, shipped in `crates/vdm/models/`; see `docs/embedded-model.md`).
 //! `--model-dir` is a diffusers pipeline folder (`TextToVideoSDPipeline` or
 //! `AnimateDiffPipeline`; see `docs/real-checkpoints.md`). Every argument is checked before any
 //! model is loaded; nothing is written unless the whole video is.
@@ -210,14 +215,11 @@ fn run(args: &Args) -> Result<(), String> {
         columns: None,
     };
     vdm::core::error::ensure_positive("fps", args.fps).map_err(|e| e.to_string())?;
-    let Some(model_dir) = &args.model_dir else {
-        return Err(
-            "no --model-dir given, and this build has no embedded model yet: pass a \
-                    diffusers text-to-video folder (see docs/real-checkpoints.md). vdm never \
-                    runs random weights in its place."
-                .into(),
-        );
-    };
+    let model_dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(vdm::embedded::moving_shapes_dir);
+    let model_dir = &model_dir;
 
     let device = vdm::device();
     let loading = Instant::now();

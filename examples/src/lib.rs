@@ -6,3 +6,4 @@
 pub mod measure;
 pub mod mixture;
 pub mod motion_bench;
+pub mod plot;

@@ -98,6 +98,7 @@ pub use vdm_schedulers as schedulers;
 
 pub use vdm_core::{Error, Result};
 
+pub mod embedded;
 pub mod pipeline;
 pub mod shapes;
 pub mod training;

@@ -13,8 +13,10 @@
 //!
 //! - [`scene`]: the parameters ([`Scene`]), their random draw and their caption;
 //! - [`render`]: a scene rendered to frames ([`Clip`], antialiased by 4×4 supersampling);
-//! - [`vocab`]: the domain's CLIP tokenizer files (one token per word).
+//! - [`vocab`]: the domain's CLIP tokenizer files (one token per word);
+//! - [`analyse`]: judging a generated video against its caption (the quality benchmark).
 
+pub mod analyse;
 pub mod render;
 pub mod scene;
 pub mod vocab;

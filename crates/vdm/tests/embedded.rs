@@ -1,0 +1,49 @@
+//! The embedded Moving Shapes model (`crates/vdm/models/moving-shapes`, trained by
+//! `examples/train.rs`) loads through the ordinary pipeline and makes what it is asked for:
+//! seeded 16-frame videos judged by `vdm::shapes::analyse` against their captions.
+//!
+//! The bounds sit under the figures measured when the model was trained (see
+//! `docs/embedded-model.md`) with a margin; a model that lost its training (random weights, a
+//! broken loader or sampler) scores 0 on them (it draws noise, or nothing).
+
+use burn::tensor::Device;
+use vdm::pipeline::{Generation, TextToVideoPipeline};
+use vdm::shapes::analyse::{Expectation, analyse_video, score_video};
+
+#[test]
+fn the_embedded_model_draws_one_shape_in_the_prompted_colour() {
+    let dir = vdm::embedded::moving_shapes_dir();
+    assert!(
+        dir.join("model_index.json").is_file(),
+        "missing {}",
+        dir.display()
+    );
+    let pipe = TextToVideoPipeline::from_dir(&dir, &Device::flex()).unwrap();
+    let prompts = [
+        "a red circle moving right",
+        "a blue square moving left",
+        "a yellow triangle moving down",
+    ];
+    let (mut valid, mut colour) = (0.0, 0.0);
+    for (seed, prompt) in prompts.iter().enumerate() {
+        let video = pipe
+            .generate(&Generation::new(*prompt).seed(seed as u64))
+            .unwrap();
+        let [f, c, h, w] = video.frames.dims();
+        assert_eq!([f, c, h, w], [16, 3, 32, 32]);
+        let pixels = video.frames.into_data().try_to_vec::<f32>().unwrap();
+        let expected = Expectation::from_caption(prompt).unwrap();
+        let scores = score_video(&analyse_video(&pixels, f, h, w), &expected, w);
+        println!("{prompt}: {scores:?}");
+        valid += scores.validity / 3.0;
+        colour += scores.colour / 3.0;
+    }
+    assert!(valid >= VALID, "validity {valid}");
+    assert!(colour >= COLOUR, "colour {colour}");
+}
+
+/// Lower bounds (see the module docs): measured 0.56 and 0.56 for the shipped weights
+/// (seed 0, 1600 steps). Direction of motion is not yet bounded: the shipped model moves its
+/// shapes the prompted way no more often than chance (`docs/embedded-model.md`).
+const VALID: f32 = 0.35;
+const COLOUR: f32 = 0.3;

@@ -1,0 +1,288 @@
+//! `quality`: the Moving Shapes long-video quality benchmark.
+//!
+//! ```text
+//! cargo run --release --example quality                          # the full table + plots
+//! cargo run --release --example quality -- --frames 16,64 --seeds 1   # a quick look
+//! ```
+//!
+//! For every method (direct sampling, FreeNoise, FreeInit, FreeNoise + FreeInit), video length
+//! and seed, it generates each prompt with the embedded model (or `--model-dir`), judges every
+//! video with `vdm::shapes::analyse` against its caption, and prints one table row per method
+//! and length (means over prompts and seeds): validity, prompt adherence (colour, shape,
+//! direction), consistency, smoothness (mean centroid acceleration, jumps), and for the
+//! prompt-travel cases ("moving right" until half-way, then "moving up") the direction score
+//! against the turned expectation. Plots of each metric against length are written to
+//! `--plots` (default `docs/quality/`). Everything is seeded: the same command prints the same
+//! table.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
+use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::pipeline::{Generation, TextToVideoPipeline};
+use vdm::shapes::analyse::{Expectation, VideoScores, analyse_video, score_video};
+use vdm::shapes::{Direction, Turn};
+use vdm_examples::plot::{Chart, Series, line_chart};
+
+/// The Moving Shapes quality benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "quality", version)]
+struct Args {
+    /// Model folder (default: the embedded Moving Shapes model).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Video lengths, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128,256")]
+    frames: Vec<usize>,
+    /// Seeds per prompt.
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 4.0)]
+    guidance: f64,
+    /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,freenoise,freeinit,freenoise+freeinit"
+    )]
+    methods: Vec<String>,
+    /// FreeInit iterations.
+    #[arg(long, default_value_t = 2)]
+    freeinit_iters: usize,
+    /// How many of the built-in prompts to use (1 to 5).
+    #[arg(long, default_value_t = 5)]
+    prompts: usize,
+    /// Where the PNG plots go (`none`: no plots).
+    #[arg(long, default_value = "docs/quality")]
+    plots: PathBuf,
+}
+
+/// The prompts of the single-prompt cases: every colour, shape and direction at least once.
+const PROMPTS: &[&str] = &[
+    "a red circle moving right",
+    "a blue square moving left",
+    "a green triangle moving up",
+    "a yellow circle moving down",
+    "a purple square moving right",
+];
+
+/// A figure of a cell, for the plots.
+type Metric = fn(&Cell) -> f32;
+
+/// Mean scores of one (method, length) cell.
+#[derive(Debug, Default, Clone, Copy)]
+struct Cell {
+    scores: VideoScores,
+    travel_direction: f32,
+    seconds: f64,
+    videos: usize,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, String> {
+    let mut g = Generation::new("")
+        .frames(frames)
+        .steps(args.steps)
+        .guidance_scale(args.guidance);
+    for part in method.split('+') {
+        match part {
+            "direct" => {}
+            "freenoise" => g = g.freenoise(FreeNoiseConfig::new(16, 4)),
+            "freeinit" => {
+                g = g.freeinit(
+                    FreeInit::new(LowPassFilter::default(), args.freeinit_iters)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            other => return Err(format!("unknown method `{other}`")),
+        }
+    }
+    Ok(g)
+}
+
+fn judge(
+    pipe: &TextToVideoPipeline,
+    settings: &Generation,
+    expected: &Expectation,
+) -> Result<VideoScores, String> {
+    let video = pipe.generate(settings).map_err(|e| e.to_string())?;
+    let [f, _, h, w] = video.frames.dims();
+    let pixels = video
+        .frames
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(score_video(&analyse_video(&pixels, f, h, w), expected, w))
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(vdm::embedded::moving_shapes_dir);
+    let device = vdm::device();
+    let pipe = TextToVideoPipeline::from_dir(&dir, &device).map_err(|e| e.to_string())?;
+    if !(1..=PROMPTS.len()).contains(&args.prompts) {
+        return Err(format!("--prompts must be 1 to {}", PROMPTS.len()));
+    }
+    let prompts = &PROMPTS[..args.prompts];
+    println!(
+        "model {}; {} steps, guidance {}, {} seed(s) × {} prompts (+1 prompt-travel case) per cell\n",
+        dir.display(),
+        args.steps,
+        args.guidance,
+        args.seeds,
+        prompts.len()
+    );
+    println!(
+        "| method | frames | valid | colour | shape | direction | consistency | accel (px/f²) | jumps | travel dir | s/video |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut table: Vec<(String, usize, Cell)> = Vec::new();
+    for method in &args.methods {
+        for &frames in &args.frames {
+            let base = settings(args, method, frames)?;
+            let mut cell = Cell::default();
+            let mut sums = [0.0f32; 7];
+            let started = Instant::now();
+            for seed in 0..args.seeds {
+                for prompt in prompts {
+                    let expected = Expectation::from_caption(prompt).expect("a domain caption");
+                    let mut s = base.clone().seed(seed);
+                    s.prompt = prompt.to_string();
+                    let v = judge(&pipe, &s, &expected)?;
+                    for (sum, x) in sums.iter_mut().zip([
+                        v.validity,
+                        v.colour,
+                        v.shape,
+                        v.direction,
+                        v.consistency,
+                        v.acceleration,
+                        v.jumps,
+                    ]) {
+                        *sum += x;
+                    }
+                    cell.videos += 1;
+                }
+                // Prompt travel: right until half-way, then up (a sharp switch: the first
+                // prompt is held until the frame before the second).
+                let half = frames / 2;
+                let keys = vec![
+                    (0, "a red circle moving right".to_string()),
+                    (half - 1, "a red circle moving right".to_string()),
+                    (half, "a red circle moving up".to_string()),
+                ];
+                let expected = Expectation {
+                    turn: Some(Turn {
+                        frame: half,
+                        direction: Direction::Up,
+                    }),
+                    ..Expectation::from_caption("a red circle moving right").expect("caption")
+                };
+                let s = base.clone().seed(seed).prompt_travel(keys);
+                cell.travel_direction += judge(&pipe, &s, &expected)?.direction;
+            }
+            let n = cell.videos as f32;
+            cell.scores = VideoScores {
+                validity: sums[0] / n,
+                colour: sums[1] / n,
+                shape: sums[2] / n,
+                direction: sums[3] / n,
+                consistency: sums[4] / n,
+                acceleration: sums[5] / n,
+                jumps: sums[6] / n,
+            };
+            cell.travel_direction /= args.seeds as f32;
+            cell.seconds =
+                started.elapsed().as_secs_f64() / (cell.videos as f64 + args.seeds as f64);
+            let s = cell.scores;
+            println!(
+                "| {method} | {frames} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |",
+                s.validity,
+                s.colour,
+                s.shape,
+                s.direction,
+                s.consistency,
+                s.acceleration,
+                s.jumps,
+                cell.travel_direction,
+                cell.seconds
+            );
+            table.push((method.clone(), frames, cell));
+        }
+    }
+    if args.plots.as_os_str() != "none" && args.frames.len() > 1 {
+        std::fs::create_dir_all(&args.plots).map_err(|e| e.to_string())?;
+        let metrics: [(&str, &str, Metric); 6] = [
+            ("validity", "frames with one plausible object", |c| {
+                c.scores.validity
+            }),
+            (
+                "adherence",
+                "prompt adherence (colour, shape, direction)",
+                |c| c.scores.adherence(),
+            ),
+            ("direction", "direction of motion as prompted", |c| {
+                c.scores.direction
+            }),
+            ("consistency", "consistency (colour, shape, area)", |c| {
+                c.scores.consistency
+            }),
+            (
+                "acceleration",
+                "mean centroid acceleration (px/frame²)",
+                |c| c.scores.acceleration,
+            ),
+            (
+                "travel",
+                "prompt travel: direction before and after the switch",
+                |c| c.travel_direction,
+            ),
+        ];
+        for (name, title, metric) in metrics {
+            let series: Vec<Series> = args
+                .methods
+                .iter()
+                .map(|m| Series {
+                    label: m.clone(),
+                    points: table
+                        .iter()
+                        .filter(|(method, _, _)| method == m)
+                        .map(|(_, f, c)| (*f as f64, f64::from(metric(c))))
+                        .collect(),
+                })
+                .collect();
+            let path = args.plots.join(format!("{name}.png"));
+            line_chart(
+                &path,
+                &Chart {
+                    title,
+                    x_label: "frames",
+                    y_label: name,
+                    log_y: false,
+                    log_x: true,
+                },
+                &series,
+            )?;
+        }
+        println!("\nplots in {}", args.plots.display());
+    }
+    Ok(())
+}
