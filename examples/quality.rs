@@ -23,7 +23,7 @@ use clap::Parser;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
-use vdm::shapes::analyse::{Expectation, VideoScores, analyse_video, score_video};
+use vdm::shapes::analyse::{Expectation, VideoScores, score};
 use vdm::shapes::{Direction, Turn};
 use vdm_examples::plot::{Chart, Series, line_chart};
 
@@ -122,14 +122,7 @@ fn judge(
     expected: &Expectation,
 ) -> Result<VideoScores, String> {
     let video = pipe.generate(settings).map_err(|e| e.to_string())?;
-    let [f, _, h, w] = video.frames.dims();
-    let pixels = video
-        .frames
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(score_video(&analyse_video(&pixels, f, h, w), expected, w))
+    score(&video, expected).map_err(|e| e.to_string())
 }
 
 fn run(args: &Args) -> Result<(), String> {

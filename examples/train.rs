@@ -29,7 +29,7 @@ use vdm::schedulers::options::BetaSchedule;
 use vdm::schedulers::schedule::{BetaConfig, NoiseSchedule};
 use vdm::shapes::vocab::write_tokenizer;
 use vdm::training::export::PipelineExport;
-use vdm::training::{Objective, ShapesData, TrainConfig, Trainer};
+use vdm::training::{ShapesData, TrainConfig, Trainer};
 
 /// Frame side in pixels.
 const SIDE: usize = 32;
@@ -167,19 +167,14 @@ fn run(args: &Args) -> Result<(), String> {
         min_snr_gamma: None,
         ..TrainConfig::default()
     };
-    let objective = Objective::new(
-        NoiseSchedule::new(&beta).map_err(err)?,
-        config.prediction_type,
-        config.min_snr_gamma,
-    )
-    .map_err(err)?;
+    let schedule = NoiseSchedule::new(&beta).map_err(err)?;
     let unet = UNet3DConditionModel::new(&unet_config(), &device)
         .map_err(err)?
         .with_prediction_type(config.prediction_type);
     let mut trainer = if args.resume {
-        Trainer::resume(unet, prompts, objective, &args.out, &device).map_err(err)?
+        Trainer::resume(unet, prompts, schedule, &args.out, &device).map_err(err)?
     } else {
-        Trainer::new(unet, prompts, objective, config, &device).map_err(err)?
+        Trainer::new(unet, prompts, schedule, config, &device).map_err(err)?
     };
     let patchify = PatchifyConfig {
         patch_size: 4,

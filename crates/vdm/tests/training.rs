@@ -20,7 +20,7 @@ use vdm::schedulers::options::BetaSchedule;
 use vdm::schedulers::schedule::{BetaConfig, NoiseSchedule};
 use vdm::training::export::PipelineExport;
 use vdm::training::params::{clip_grad_norm, ema_update, parameters};
-use vdm::training::{Objective, TrainConfig, Trainer, TrainingData};
+use vdm::training::{TrainConfig, Trainer, TrainingData};
 
 fn dev() -> Device {
     Device::flex()
@@ -56,17 +56,14 @@ fn unet(channels: usize) -> UNet3DConditionModel {
     UNet3DConditionModel::new(&config, &dev()).unwrap()
 }
 
-fn objective() -> Objective {
+/// The schedule the trainer's objective runs on (v-prediction with min-SNR-5: the config
+/// defaults).
+fn schedule() -> NoiseSchedule {
     let beta = BetaConfig {
         beta_schedule: BetaSchedule::SquaredcosCapV2,
         ..BetaConfig::default()
     };
-    Objective::new(
-        NoiseSchedule::new(&beta).unwrap(),
-        vdm::core::PredictionType::VPrediction,
-        Some(5.0),
-    )
-    .unwrap()
+    NoiseSchedule::new(&beta).unwrap()
 }
 
 /// Random latents and captions, drawn from the trainer's per-step generator.
@@ -145,19 +142,19 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
     let data = RandomLatents { channels: 4 };
     let model = unet(4);
     let mut straight =
-        Trainer::new(model.clone(), prompts(), objective(), config(3), &dev()).unwrap();
+        Trainer::new(model.clone(), prompts(), schedule(), config(3), &dev()).unwrap();
     let mut losses = Vec::new();
     for _ in 0..3 {
         losses.push(straight.step(&data).unwrap().loss);
     }
 
     let dir = temp_dir("resume");
-    let mut first = Trainer::new(model.clone(), prompts(), objective(), config(3), &dev()).unwrap();
+    let mut first = Trainer::new(model.clone(), prompts(), schedule(), config(3), &dev()).unwrap();
     let report = first.step(&data).unwrap();
     assert_eq!(report.loss, losses[0]);
     first.save_checkpoint(&dir).unwrap();
     drop(first);
-    let mut resumed = Trainer::resume(unet(4), prompts(), objective(), &dir, &dev()).unwrap();
+    let mut resumed = Trainer::resume(unet(4), prompts(), schedule(), &dir, &dev()).unwrap();
     assert_eq!(resumed.steps_done(), 1);
     assert_eq!(resumed.config(), &config(3));
     for want in &losses[1..] {
@@ -197,7 +194,7 @@ fn a_resumed_run_equals_an_uninterrupted_one_bit_for_bit() {
 #[test]
 fn resuming_from_a_missing_checkpoint_names_the_file() {
     let dir = temp_dir("missing");
-    let err = Trainer::resume(unet(4), prompts(), objective(), &dir, &dev()).unwrap_err();
+    let err = Trainer::resume(unet(4), prompts(), schedule(), &dir, &dev()).unwrap_err();
     assert!(err.to_string().contains("state.json"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -211,14 +208,8 @@ fn temporal_only_training_leaves_the_spatial_layers_untouched() {
         ema_decay: None,
         ..config(2)
     };
-    let mut trainer = Trainer::new(
-        model.clone(),
-        prompts(),
-        objective(),
-        config.clone(),
-        &dev(),
-    )
-    .unwrap();
+    let mut trainer =
+        Trainer::new(model.clone(), prompts(), schedule(), config.clone(), &dev()).unwrap();
     trainer.step(&data).unwrap();
     trainer.step(&data).unwrap();
     let (before, after) = (weights(&model), weights(&trainer.current_model()));
@@ -250,7 +241,7 @@ fn image_steps_train_on_single_frames() {
         image_batch_size: 3,
         ..config(4)
     };
-    let mut trainer = Trainer::new(unet(4), prompts(), objective(), config, &dev()).unwrap();
+    let mut trainer = Trainer::new(unet(4), prompts(), schedule(), config, &dev()).unwrap();
     let flags: Vec<bool> = (0..4)
         .map(|_| trainer.step(&data).unwrap().image_step)
         .collect();

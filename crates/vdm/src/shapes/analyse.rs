@@ -18,8 +18,11 @@
 //! - **smoothness**: the centroid's mean acceleration and its jumps (displacements over
 //!   [`JUMP`] pixels per frame at a 32-pixel frame: three times the fastest motion).
 
+use vdm_core::Result;
+
 use super::render::wrap;
 use super::scene::{Colour, Direction, ShapeKind, Turn};
+use crate::video::Video;
 
 /// Largest-channel distance from the background above which a pixel is foreground.
 pub const FOREGROUND: f32 = 0.2;
@@ -380,6 +383,16 @@ pub fn score_video(frames: &[FrameAnalysis], expected: &Expectation, side: usize
         acceleration,
         jumps,
     }
+}
+
+/// Analyses and scores a generated [`Video`] against what its caption asks for.
+///
+/// # Errors
+/// [`Video::to_values`]'s.
+pub fn score(video: &Video, expected: &Expectation) -> Result<VideoScores> {
+    let [f, _, h, w] = video.frames.dims();
+    let frames = analyse_video(&video.to_values()?, f, h, w);
+    Ok(score_video(&frames, expected, w))
 }
 
 /// The weighted circular mean of positions on a circle of circumference `period`, in `[0, period)`.

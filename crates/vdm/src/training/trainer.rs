@@ -11,6 +11,7 @@ use vdm_core::{
     Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, Result, SeededNoise, Timesteps,
 };
 use vdm_models::clip::{PromptEncoder, PromptOptions};
+use vdm_schedulers::schedule::NoiseSchedule;
 
 use super::config::TrainConfig;
 use super::data::TrainingData;
@@ -76,18 +77,20 @@ impl<M: Module + Denoiser> std::fmt::Debug for Trainer<M> {
 
 impl<M: Module + Denoiser> Trainer<M> {
     /// A trainer for `model` (its initial weights, on `device`), which trains on
-    /// `device.autodiff()`.
+    /// `device.autodiff()` over the noise `schedule`, with the [`Objective`] of the config's
+    /// prediction type and min-SNR-γ.
     ///
     /// # Errors
     /// [`TrainConfig::validate`]'s errors.
     pub fn new(
         model: M,
         prompts: PromptEncoder,
-        objective: Objective,
+        schedule: NoiseSchedule,
         config: TrainConfig,
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        let objective = Objective::new(schedule, config.prediction_type, config.min_snr_gamma)?;
         let train_device = device.clone().autodiff();
         let model = model.fork(&train_device).train();
         let ema = config.ema_decay.map(|_| model.valid());
@@ -261,7 +264,7 @@ impl<M: Module + Denoiser> Trainer<M> {
     pub fn resume(
         model: M,
         prompts: PromptEncoder,
-        objective: Objective,
+        schedule: NoiseSchedule,
         dir: impl AsRef<Path>,
         device: &Device,
     ) -> Result<Self> {
@@ -278,7 +281,7 @@ impl<M: Module + Denoiser> Trainer<M> {
         let model = model
             .try_load_file(dir.join("model.bpk"))
             .map_err(|e| file_error("model.bpk", &e))?;
-        let mut trainer = Self::new(model, prompts, objective, state.config, device)?;
+        let mut trainer = Self::new(model, prompts, schedule, state.config, device)?;
         if trainer.ema.is_some() {
             trainer.ema = Some(
                 template

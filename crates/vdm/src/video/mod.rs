@@ -140,19 +140,26 @@ impl Video {
         (h, w)
     }
 
+    /// The frames as `f32` values on the host, `[F, 3, H, W]` row-major.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the tensor data cannot be read as `f32`.
+    pub fn to_values(&self) -> Result<Vec<f32>> {
+        self.frames
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| Error::Unsupported(format!("reading frames: {e:?}")))
+    }
+
     /// The frames as 8-bit RGB images (`round(255 · x)`, values clamped to `[0, 1]` first).
     ///
     /// # Errors
     /// [`Error::Unsupported`] when the tensor data cannot be read as `f32`.
     pub fn to_rgb_images(&self) -> Result<Vec<RgbImage>> {
         let [f, _, h, w] = self.frames.dims();
-        let values = self
-            .frames
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Unsupported(format!("reading frames: {e:?}")))?;
+        let values = self.to_values()?;
         let plane = h * w;
         Ok((0..f)
             .map(|i| {
