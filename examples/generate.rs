@@ -144,8 +144,16 @@ enum SchedulerArg {
     Ddpm,
     /// Euler.
     Euler,
+    /// Euler ancestral ("Euler a": stochastic, a new noise draw every step).
+    EulerA,
+    /// Heun (second order: two model calls per step).
+    Heun,
+    /// KDPM2 (DPM-Solver-2: two model calls per step).
+    Kdpm2,
     /// DPM-Solver++ (good at 15–25 steps).
     Dpmpp,
+    /// UniPC (predictor-corrector, good at 10–20 steps).
+    Unipc,
     /// LCM (for LCM-distilled models, 4–8 steps).
     Lcm,
 }
@@ -157,7 +165,11 @@ impl SchedulerArg {
             Self::Ddim => "DDIMScheduler",
             Self::Ddpm => "DDPMScheduler",
             Self::Euler => "EulerDiscreteScheduler",
+            Self::EulerA => "EulerAncestralDiscreteScheduler",
+            Self::Heun => "HeunDiscreteScheduler",
+            Self::Kdpm2 => "KDPM2DiscreteScheduler",
             Self::Dpmpp => "DPMSolverMultistepScheduler",
+            Self::Unipc => "UniPCMultistepScheduler",
             Self::Lcm => "LCMScheduler",
         };
         SchedulerChoice::Class(class.into())

@@ -32,8 +32,28 @@ const OTHERS: &[(&str, &str, usize)] = &[
         25,
     ),
     (
+        "Euler a",
+        r#"{"_class_name":"EulerAncestralDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        25,
+    ),
+    (
+        "Heun (2 calls/step)",
+        r#"{"_class_name":"HeunDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        13,
+    ),
+    (
+        "KDPM2 (2 calls/step)",
+        r#"{"_class_name":"KDPM2DiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        13,
+    ),
+    (
         "DPM-Solver++ 2M",
         r#"{"_class_name":"DPMSolverMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        15,
+    ),
+    (
+        "UniPC (bh2, order 2)",
+        r#"{"_class_name":"UniPCMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
         15,
     ),
     (

@@ -228,6 +228,13 @@ impl<'a> LongVideoSampler<'a> {
         if num_inference_steps == 0 {
             return Err(Error::invalid("num_inference_steps", "must be at least 1"));
         }
+        if self.scheduler.inverts() {
+            return Err(Error::invalid(
+                "scheduler",
+                "an inversion scheduler (DDIMInverseScheduler) turns videos into noise and \
+                 cannot sample",
+            ));
+        }
         let guided = self.guidance.as_ref().filter(|g| g.scale > 1.0).cloned();
         if let Some(g) = &guided
             && !g.scale.is_finite()
@@ -495,6 +502,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("prediction_type"), "{e}");
+    }
+
+    #[test]
+    fn an_inversion_scheduler_is_refused() {
+        let model = Probe {
+            batches: Default::default(),
+            prediction: PredictionType::Epsilon,
+        };
+        let inverse = DDIM.replace("DDIMScheduler", "DDIMInverseScheduler");
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(&inverse).unwrap());
+        let e = run(&mut sampler, Conditioning::None, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inversion"), "{e}");
+    }
+
+    /// A two-stage scheduler (Heun) runs in the ordinary loop: 2N − 1 model calls for N steps,
+    /// every call with the guided batch, and the result is finite.
+    #[test]
+    fn a_two_stage_scheduler_calls_the_model_per_stage() {
+        let model = probe();
+        let heun = r#"{"_class_name": "HeunDiscreteScheduler"}"#;
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(heun).unwrap())
+            .with_guidance(Guidance {
+                scale: 2.0,
+                negative: ctx(0.0),
+            });
+        let out = run(&mut sampler, ctx(1.0), 4).unwrap();
+        assert_eq!(*model.batches.lock().unwrap(), vec![2; 7]);
+        let max: f32 = out.abs().max().into_scalar();
+        assert!(max.is_finite());
     }
 
     /// A hook that runs each stage twice: the probe's marker becomes 2 instead of 1.

@@ -4,11 +4,16 @@ use serde::{Deserialize, Serialize};
 use vdm_core::{Error, Result};
 
 use crate::ddim::DdimConfig;
+use crate::ddim_inverse::DdimInverseConfig;
 use crate::ddpm::DdpmConfig;
 use crate::dpm_solver::DpmSolverMultistepConfig;
 use crate::euler::EulerDiscreteConfig;
+use crate::euler_ancestral::EulerAncestralDiscreteConfig;
+use crate::heun::HeunDiscreteConfig;
+use crate::k_dpm_2::KDpm2DiscreteConfig;
 use crate::lcm::LcmConfig;
 use crate::scheduler::Scheduler;
+use crate::unipc::UniPcMultistepConfig;
 
 /// The given config keys laid over the serialized `defaults`.
 ///
@@ -61,15 +66,30 @@ pub enum SchedulerConfig {
     /// `DDIMScheduler`.
     #[serde(rename = "DDIMScheduler")]
     Ddim(DdimConfig),
+    /// `DDIMInverseScheduler` (DDIM inversion: ascending timesteps, clean → noise).
+    #[serde(rename = "DDIMInverseScheduler")]
+    DdimInverse(DdimInverseConfig),
     /// `DDPMScheduler`.
     #[serde(rename = "DDPMScheduler")]
     Ddpm(DdpmConfig),
     /// `EulerDiscreteScheduler`.
     #[serde(rename = "EulerDiscreteScheduler")]
     EulerDiscrete(EulerDiscreteConfig),
+    /// `EulerAncestralDiscreteScheduler` ("Euler a").
+    #[serde(rename = "EulerAncestralDiscreteScheduler")]
+    EulerAncestralDiscrete(EulerAncestralDiscreteConfig),
+    /// `HeunDiscreteScheduler` (two model calls per step).
+    #[serde(rename = "HeunDiscreteScheduler")]
+    HeunDiscrete(HeunDiscreteConfig),
+    /// `KDPM2DiscreteScheduler` (DPM-Solver-2, two model calls per step).
+    #[serde(rename = "KDPM2DiscreteScheduler")]
+    KDpm2Discrete(KDpm2DiscreteConfig),
     /// `DPMSolverMultistepScheduler`.
     #[serde(rename = "DPMSolverMultistepScheduler")]
     DpmSolverMultistep(DpmSolverMultistepConfig),
+    /// `UniPCMultistepScheduler`.
+    #[serde(rename = "UniPCMultistepScheduler")]
+    UniPcMultistep(UniPcMultistepConfig),
     /// `LCMScheduler`.
     #[serde(rename = "LCMScheduler")]
     Lcm(LcmConfig),
@@ -79,9 +99,14 @@ impl SchedulerConfig {
     /// The diffusers class names this crate can build.
     pub const CLASS_NAMES: &'static [&'static str] = &[
         "DDIMScheduler",
+        "DDIMInverseScheduler",
         "DDPMScheduler",
         "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
         "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
         "LCMScheduler",
     ];
 
@@ -108,9 +133,14 @@ impl SchedulerConfig {
     pub fn build(&self) -> Result<Box<dyn Scheduler>> {
         Ok(match self {
             SchedulerConfig::Ddim(c) => Box::new(c.build()?),
+            SchedulerConfig::DdimInverse(c) => c.build_boxed()?,
             SchedulerConfig::Ddpm(c) => c.build_boxed()?,
             SchedulerConfig::EulerDiscrete(c) => c.build_boxed()?,
+            SchedulerConfig::EulerAncestralDiscrete(c) => c.build_boxed()?,
+            SchedulerConfig::HeunDiscrete(c) => c.build_boxed()?,
+            SchedulerConfig::KDpm2Discrete(c) => c.build_boxed()?,
             SchedulerConfig::DpmSolverMultistep(c) => c.build_boxed()?,
+            SchedulerConfig::UniPcMultistep(c) => c.build_boxed()?,
             SchedulerConfig::Lcm(c) => c.build_boxed()?,
         })
     }

@@ -332,16 +332,19 @@ pub struct DpmSolverMultistep {
     model_outputs: Vec<Option<Tensor<5>>>,
     lower_order_nums: usize,
     step_index: Option<usize>,
+    /// Round Karras / λ-uniform timesteps for the cosine schedule too (UniPC); diffusers'
+    /// DPM-Solver truncates them there.
+    round_cosine_timesteps: bool,
 }
 
 /// `(α, σ)` of a sigma, in `f32`: `α = 1/sqrt(σ̃² + 1)`, `σ = σ̃·α`.
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
+pub(crate) fn alpha_sigma(sigma: f32) -> (f32, f32) {
     let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
     (alpha, sigma * alpha)
 }
 
 /// `λ = log α − log σ`, in `f32` (`+inf` at `σ = 0`).
-fn lambda(alpha: f32, sigma: f32) -> f32 {
+pub(crate) fn lambda(alpha: f32, sigma: f32) -> f32 {
     alpha.ln() - sigma.ln()
 }
 
@@ -404,7 +407,15 @@ impl DpmSolverMultistep {
             model_outputs,
             lower_order_nums: 0,
             step_index: None,
+            round_cosine_timesteps: false,
         })
+    }
+
+    /// Rounds Karras timesteps for the cosine schedule too, as diffusers' UniPC (which shares
+    /// this scheduler's timesteps and sigmas otherwise).
+    pub(crate) fn rounding_karras_timesteps(mut self) -> Self {
+        self.round_cosine_timesteps = true;
+        self
     }
 
     /// The configuration.
@@ -740,7 +751,8 @@ impl Scheduler for DpmSolverMultistep {
         let log_sigmas: Vec<f32> = self.train_sigmas.iter().map(|s| s.ln()).collect();
         let sigma_min = self.train_sigmas[0] as f64;
         let sigma_max = self.train_sigmas[train - 1] as f64;
-        let cosine = self.config.betas.trained_betas.is_none()
+        let cosine = !self.round_cosine_timesteps
+            && self.config.betas.trained_betas.is_none()
             && self.config.betas.beta_schedule == BetaSchedule::SquaredcosCapV2;
         // Custom sigma schedules: timesteps are the (rounded, except for the cosine schedule
         // where diffusers truncates them) training timesteps of the sigmas.

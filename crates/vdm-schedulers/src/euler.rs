@@ -113,7 +113,7 @@ impl Default for EulerDiscreteConfig {
 }
 
 /// diffusers types the `use_*_sigmas` flags `bool | None`; `null` means `false`.
-fn bool_or_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+pub(crate) fn bool_or_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
     Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
@@ -192,11 +192,11 @@ pub struct EulerDiscrete {
     /// `σ_t` per training timestep (ascending in `t`), in `f32` with torch's square root.
     train_sigmas: Vec<f32>,
     /// `ln σ_t` in `f32` (numpy's `np.log` on the `f32` table), for `sigma → t`.
-    log_sigmas: Vec<f32>,
+    pub(crate) log_sigmas: Vec<f32>,
     timesteps: Vec<f64>,
     /// Inference sigmas, the final sigma appended.
-    sigmas: Vec<f32>,
-    step_index: Option<usize>,
+    pub(crate) sigmas: Vec<f32>,
+    pub(crate) step_index: Option<usize>,
     s_churn: f64,
     s_tmin: f64,
     s_tmax: f64,
@@ -304,26 +304,7 @@ impl EulerDiscrete {
     /// are compared in `f32`, and when the timestep occurs more than once the second occurrence
     /// is taken. A timestep that is not in the schedule is an error.
     pub fn index_for_timestep(&self, timestep: f64) -> Result<usize> {
-        if self.timesteps.is_empty() {
-            return Err(Error::invalid(
-                "num_inference_steps",
-                "call set_timesteps before using the scheduler",
-            ));
-        }
-        let t = timestep as f32;
-        let mut found = self
-            .timesteps
-            .iter()
-            .enumerate()
-            .filter(|&(_, &s)| s as f32 == t)
-            .map(|(i, _)| i);
-        let first = found.next().ok_or_else(|| {
-            Error::invalid(
-                "timestep",
-                format!("{timestep} is not one of the scheduler's timesteps"),
-            )
-        })?;
-        Ok(found.next().unwrap_or(first))
+        index_for_timestep(&self.timesteps, timestep)
     }
 
     /// The velocity target `v = α·ε − σ_vp·x₀` at `timestep`, with the variance-preserving
@@ -380,7 +361,7 @@ impl EulerDiscrete {
 
     /// diffusers' `_sigma_to_t`: the (fractional) training timestep of `sigma` by linear
     /// interpolation in `ln σ`.
-    fn sigma_to_t(&self, sigma: f64) -> f64 {
+    pub(crate) fn sigma_to_t(&self, sigma: f64) -> f64 {
         let log_sigmas = &self.log_sigmas;
         let log_sigma = sigma.max(1e-10).ln();
         // argmax of the cumulative count of `ln σ_i ≤ ln σ` (its first maximum).
@@ -407,7 +388,7 @@ impl EulerDiscrete {
 /// up to 3.83 ulp error, so not the correctly rounded `f32::ln`. diffusers' Euler takes
 /// `np.log` of the `f32` training sigmas, and a 1-ulp difference there moves the Karras
 /// timesteps by several `f32` ulps.
-fn np_log_f32(x: f32) -> f32 {
+pub(crate) fn np_log_f32(x: f32) -> f32 {
     const P: [f32; 6] = [0.0, 1.0, 2.1126776, 1.4800006, 0.38088378, 0.025899792];
     const Q: [f32; 6] = [
         1.0,
@@ -589,14 +570,13 @@ impl Scheduler for EulerDiscrete {
             let eps = z.mul_scalar(self.s_noise as f32);
             sample = sample + eps.mul_scalar(torch_sqrt(sigma_hat * sigma_hat - sigma * sigma));
         }
-        let pred_original = match self.config.prediction_type {
-            PredictionType::Epsilon => sample.clone() - model_output.mul_scalar(sigma_hat),
-            PredictionType::VPrediction => {
-                let d = sigma * sigma + 1.0;
-                model_output.mul_scalar(-sigma / torch_sqrt(d)) + sample.clone().div_scalar(d)
-            }
-            PredictionType::Sample => model_output,
-        };
+        let pred_original = predict_x0(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            sigma,
+            sigma_hat,
+        );
         let derivative = (sample.clone() - pred_original.clone()).div_scalar(sigma_hat);
         let prev_sample = sample + derivative.mul_scalar(sigma_next - sigma_hat);
         self.step_index = Some(index + 1);
@@ -608,9 +588,7 @@ impl Scheduler for EulerDiscrete {
 
     /// `x₀ + σ·ε`, `σ` at the position of `timestep` in the schedule.
     fn add_noise(&self, original: Tensor<5>, noise: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
-        expect_same_shape("noise", &noise, &original)?;
-        let sigma = self.sigmas[self.index_for_timestep(timestep)?];
-        Ok(original + noise.mul_scalar(sigma))
+        sigma_space_add_noise(&self.timesteps, &self.sigmas, original, noise, timestep)
     }
 
     fn prediction_type(&self) -> PredictionType {
@@ -630,7 +608,82 @@ impl Scheduler for EulerDiscrete {
     }
 }
 
-fn exhausted(index: usize) -> Error {
+/// The clean-sample estimate of the Euler samplers from the model output at `sigma` (diffusers:
+/// ε uses the churned `sigma_hat`, v the step's `sigma`; `sample` is the model output itself).
+pub(crate) fn predict_x0(
+    prediction_type: PredictionType,
+    model_output: Tensor<5>,
+    sample: Tensor<5>,
+    sigma: f32,
+    sigma_hat: f32,
+) -> Tensor<5> {
+    match prediction_type {
+        PredictionType::Epsilon => sample - model_output.mul_scalar(sigma_hat),
+        PredictionType::VPrediction => {
+            let d = sigma * sigma + 1.0;
+            model_output.mul_scalar(-sigma / torch_sqrt(d)) + sample.div_scalar(d)
+        }
+        PredictionType::Sample => model_output,
+    }
+}
+
+/// diffusers' `index_for_timestep` of the sigma-space schedulers: the position of `timestep` in
+/// `timesteps`, compared in `f32`; the second occurrence when it occurs more than once (so
+/// that a run started mid-schedule does not skip a sigma).
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `num_inference_steps` when `timesteps` is empty (before
+/// `set_timesteps`), or `timestep` when it is not in the schedule.
+pub(crate) fn index_for_timestep(timesteps: &[f64], timestep: f64) -> Result<usize> {
+    if timesteps.is_empty() {
+        return Err(Error::invalid(
+            "num_inference_steps",
+            "call set_timesteps before using the scheduler",
+        ));
+    }
+    let t = timestep as f32;
+    let mut found = (0..timesteps.len()).filter(|&i| timesteps[i] as f32 == t);
+    let first = found.next().ok_or_else(|| {
+        Error::invalid(
+            "timestep",
+            format!("{timestep} is not one of the scheduler's timesteps"),
+        )
+    })?;
+    Ok(found.next().unwrap_or(first))
+}
+
+/// The step index of a first step at `timestep` for the two-stage samplers: 0 when `timestep`
+/// is the schedule's first (a run from the start), else [`index_for_timestep`]'s choice.
+///
+/// diffusers applies the second-occurrence rule on every first step; when rounding makes the
+/// first timestep repeat (KDPM2's rounded Karras timesteps on a cosine schedule: 999 several
+/// times), a run from the start then skips two sigmas, walks off the schedule and divides by a
+/// zero sigma (NaN).
+pub(crate) fn first_index(timesteps: &[f64], timestep: f64) -> Result<usize> {
+    match timesteps.first() {
+        Some(&first) if first as f32 == timestep as f32 => Ok(0),
+        _ => index_for_timestep(timesteps, timestep),
+    }
+}
+
+/// `x₀ + σ·ε` with the `σ` of `timestep`'s position in `timesteps` (the sigma-space
+/// schedulers' `add_noise`; `sigmas` is aligned with `timesteps`).
+///
+/// # Errors
+/// [`Error::Shape`] naming `noise`; [`index_for_timestep`]'s errors.
+pub(crate) fn sigma_space_add_noise(
+    timesteps: &[f64],
+    sigmas: &[f32],
+    original: Tensor<5>,
+    noise: Tensor<5>,
+    timestep: f64,
+) -> Result<Tensor<5>> {
+    expect_same_shape("noise", &noise, &original)?;
+    let sigma = sigmas[index_for_timestep(timesteps, timestep)?];
+    Ok(original + noise.mul_scalar(sigma))
+}
+
+pub(crate) fn exhausted(index: usize) -> Error {
     Error::invalid(
         "timestep",
         format!("step index {index} is past the end of the schedule; call set_timesteps again"),

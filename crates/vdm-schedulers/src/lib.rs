@@ -8,7 +8,8 @@
 //! - timestep spacings `leading`, `trailing`, `linspace` with `steps_offset` ([`spacing`]);
 //! - prediction types `epsilon`, `v_prediction`, `sample` and the conversions between them,
 //!   including the angular form of v-prediction ([`prediction`]);
-//! - the schedulers [`Ddim`], `Ddpm`, `EulerDiscrete`, `DpmSolverMultistep` and `Lcm`
+//! - the schedulers [`Ddim`], `DdimInverse`, `Ddpm`, `EulerDiscrete`, `EulerAncestralDiscrete`
+//!   ("Euler a"), `HeunDiscrete`, `KDpm2Discrete`, `DpmSolverMultistep`, `UniPcMultistep` and `Lcm`
 //!   behind one small [`Scheduler`] trait, built from a diffusers `scheduler_config.json` with
 //!   [`from_config_json`].
 //!
@@ -39,9 +40,13 @@
 
 pub mod config;
 pub mod ddim;
+pub mod ddim_inverse;
 pub mod ddpm;
 pub mod dpm_solver;
 pub mod euler;
+pub mod euler_ancestral;
+pub mod heun;
+pub mod k_dpm_2;
 pub mod lcm;
 pub mod options;
 pub mod prediction;
@@ -49,14 +54,20 @@ pub mod schedule;
 pub mod scheduler;
 pub mod spacing;
 pub mod threshold;
+pub mod unipc;
 
 pub use config::{SchedulerConfig, from_config_json};
 pub use ddim::{Ddim, DdimConfig};
+pub use ddim_inverse::{DdimInverse, DdimInverseConfig};
 pub use ddpm::{Ddpm, DdpmConfig};
 pub use dpm_solver::{DpmSolverMultistep, DpmSolverMultistepConfig};
 pub use euler::{EulerDiscrete, EulerDiscreteConfig};
+pub use euler_ancestral::{EulerAncestralDiscrete, EulerAncestralDiscreteConfig};
+pub use heun::{HeunDiscrete, HeunDiscreteConfig};
+pub use k_dpm_2::{KDpm2Discrete, KDpm2DiscreteConfig};
 pub use lcm::{Lcm, LcmConfig};
 pub use options::{BetaSchedule, TimestepSpacing};
 pub use schedule::{BetaConfig, NoiseSchedule};
 pub use scheduler::{Scheduler, StepOutput};
+pub use unipc::{UniPcMultistep, UniPcMultistepConfig};
 pub use vdm_core::PredictionType;

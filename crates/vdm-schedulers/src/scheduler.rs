@@ -30,6 +30,12 @@ pub struct StepOutput {
 /// }
 /// ```
 ///
+/// Two-stage samplers (Heun) need two model calls per step. They list every timestep after
+/// the first twice, and each [`Scheduler::step`] consumes one model output: the first call of a
+/// pair returns the predictor's sample, which the model must see next, the second the
+/// corrected one. The loop above drives them unchanged; count model calls as
+/// `timesteps().len()`, not as the number of steps.
+///
 /// Scheduler state (multistep history, step index) is part of the value: clone a scheduler
 /// (see [`Scheduler::box_clone`]) to keep separate state per frame window.
 ///
@@ -85,6 +91,12 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// variance-preserving space (`x = α·x₀ + σ·ε`). Algorithms that re-noise latents
     /// (FreeInit) use it to stay consistent with the scheduler.
     fn is_sigma_space(&self) -> bool {
+        false
+    }
+
+    /// Whether this scheduler runs the diffusion forwards, from a clean sample to noise with
+    /// ascending timesteps (DDIM inversion), instead of sampling. Samplers refuse it.
+    fn inverts(&self) -> bool {
         false
     }
 

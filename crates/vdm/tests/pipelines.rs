@@ -181,6 +181,10 @@ fn bad_settings_fail_before_any_model_work() {
             settings().scheduler(SchedulerChoice::Class("PNDMScheduler".into())),
             "scheduler",
         ),
+        (
+            settings().scheduler(SchedulerChoice::Class("DDIMInverseScheduler".into())),
+            "inversion",
+        ),
         (settings().decode_chunk_size(0), "decode_chunk_size"),
     ];
     for (s, field) in cases {
@@ -245,10 +249,19 @@ fn seeded_generation_is_reproducible_and_other_schedulers_run() {
     assert_eq!(a, b);
     let c = values(pipe.generate(&s.clone().seed(12)).unwrap().frames);
     assert_ne!(a, c);
-    let euler = s.scheduler(SchedulerChoice::Class("EulerDiscreteScheduler".into()));
+    let euler = s
+        .clone()
+        .scheduler(SchedulerChoice::Class("EulerDiscreteScheduler".into()));
     let video = pipe.generate(&euler).unwrap();
     assert_eq!(video.num_frames(), 4);
     assert!(values(video.frames).iter().all(|v| (0.0..=1.0).contains(v)));
+    // "Euler a" draws its step noise from the seed too: the same seed, the same video.
+    let euler_a = s.scheduler(SchedulerChoice::Class(
+        "EulerAncestralDiscreteScheduler".into(),
+    ));
+    let a = values(pipe.generate(&euler_a).unwrap().frames);
+    assert_eq!(a, values(pipe.generate(&euler_a).unwrap().frames));
+    assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
 }
 
 #[test]

@@ -4,7 +4,11 @@
 mod fixtures;
 
 mod ddim;
+mod ddim_inverse;
 mod ddpm;
 mod dpm_solver;
 mod euler;
+mod euler_ancestral;
 mod lcm;
+mod two_stage;
+mod unipc;

@@ -15,8 +15,8 @@ pub enum SchedulerChoice {
     Folder,
     /// Another vdm scheduler class on the folder's configuration (its betas, spacing and
     /// prediction type), as diffusers' `EulerDiscreteScheduler.from_config(pipe.scheduler
-    /// .config)`: `"DDIMScheduler"`, `"DDPMScheduler"`, `"EulerDiscreteScheduler"`,
-    /// `"DPMSolverMultistepScheduler"` or `"LCMScheduler"`.
+    /// .config)`: any of [`SchedulerConfig::CLASS_NAMES`](vdm_schedulers::SchedulerConfig::CLASS_NAMES)
+    /// (`"DDIMScheduler"`, `"EulerAncestralDiscreteScheduler"`, …).
     Class(String),
     /// A complete `scheduler_config.json` text.
     Config(String),

@@ -523,6 +523,13 @@ impl TextToVideoPipeline {
 
     /// `scheduler` if it predicts what the model was trained for.
     fn checked(&self, scheduler: Box<dyn Scheduler>) -> Result<Box<dyn Scheduler>> {
+        if scheduler.inverts() {
+            return Err(Error::invalid(
+                "scheduler",
+                "an inversion scheduler (DDIMInverseScheduler) turns videos into noise and \
+                 cannot sample; pick a sampler such as DDIMScheduler",
+            ));
+        }
         if scheduler.prediction_type() != self.unet.prediction_type() {
             return Err(Error::invalid(
                 "scheduler",
