@@ -21,7 +21,7 @@ use vdm::core::{Conditioning, Denoiser, DenoiserInput, NoiseSource, SeededNoise,
 use vdm::models::clip::PromptOptions;
 use vdm::pipeline::{FrameDecoder, TextToVideoPipeline};
 use vdm::schedulers::from_config_json;
-use vdm::schedulers::prediction::{Scales, to_x0_and_eps};
+use vdm::schedulers::prediction::to_x0_and_eps;
 use vdm::training::{Objective, ShapesData, TrainingData};
 
 /// Denoising error of a Moving Shapes model per timestep.
@@ -99,12 +99,8 @@ fn run(args: &Args) -> vdm::Result<()> {
                 Timesteps::Shared(t as f64),
                 Conditioning::Shared(Tensor::cat(parts, 0)),
             ))?;
-            let (x0_hat, _) = to_x0_and_eps(
-                prediction,
-                output.clone(),
-                batch.noisy.clone(),
-                Scales::from_alpha_cumprod(scales.alpha.powi(2) as f32),
-            )?;
+            let (x0_hat, _) =
+                to_x0_and_eps(prediction, output.clone(), batch.noisy.clone(), scales)?;
             row.push((mse(output, batch.target.clone()), mse(x0_hat, x0.clone())));
         }
         let zero: f32 = batch.target.clone().powf_scalar(2.0).mean().into_scalar();

@@ -240,6 +240,7 @@ mod tests {
     use vdm_core::noise::{NoNoise, SeededNoise};
 
     use crate::options::BetaSchedule;
+    use crate::test_support::spacings;
 
     fn config(pred: PredictionType, spacing: TimestepSpacing) -> EulerAncestralDiscreteConfig {
         EulerAncestralDiscreteConfig {
@@ -314,9 +315,8 @@ mod tests {
         assert_eq!(ancestral_sigmas(0.3, 0.0), (0.0, 0.0));
     }
 
-    /// With an exact x₀ model (ε-prediction of the true noise of a noise-free start: x = x₀ at
-    /// σ = 0 would be trivial, so the model predicts x₀ directly) the sampler lands on x₀: every
-    /// step is a convex mix of x and x₀ plus noise that vanishes at the last step.
+    /// With a model that always predicts x₀ (`prediction_type: "sample"`) the sampler lands on
+    /// x₀: every step mixes x with x₀ and adds noise of scale σ_up, which is 0 on the last step.
     #[test]
     fn exact_sample_model_lands_on_x0() {
         let device = Device::flex();
@@ -350,11 +350,7 @@ mod tests {
         #[test]
         fn schedule_invariants(
             steps in 1usize..200,
-            spacing in prop_oneof![
-                Just(TimestepSpacing::Leading),
-                Just(TimestepSpacing::Trailing),
-                Just(TimestepSpacing::Linspace)
-            ],
+            spacing in spacings(),
             zero_snr in any::<bool>(),
         ) {
             let mut c = config(PredictionType::VPrediction, spacing);

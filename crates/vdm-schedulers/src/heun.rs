@@ -327,9 +327,10 @@ impl Scheduler for HeunDiscrete {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
     use proptest::prelude::*;
-    use vdm_core::noise::NoNoise;
+
+    use crate::test_support::{distance_after_exact_x0_model, gaussian_ode_error, ramp, spacings};
 
     #[test]
     fn defaults_are_diffusers_defaults() {
@@ -378,51 +379,22 @@ mod tests {
     /// Gaussian to second order: its error falls ~4× when the steps double.
     #[test]
     fn exact_model_lands_and_converges_to_second_order() {
-        let device = Device::flex();
-        let x0 = Tensor::<5>::from_data(
-            TensorData::new(
-                (0..8).map(|i| i as f32 / 4.0 - 1.0).collect(),
-                [1, 1, 2, 2, 2],
-            ),
-            &device,
-        );
-        let mut s = HeunDiscreteConfig {
+        let x0 = ramp(&Device::flex());
+        let config = HeunDiscreteConfig {
             prediction_type: PredictionType::Sample,
             ..HeunDiscreteConfig::default()
-        }
-        .build()
-        .unwrap();
-        s.set_timesteps(10).unwrap();
-        let mut x = x0.clone().add_scalar(3.0);
-        for t in s.timesteps().to_vec() {
-            x = s.step(x0.clone(), t, x, &mut NoNoise).unwrap().prev_sample;
-        }
-        let d: f32 = (x - x0.clone()).abs().max().into_scalar();
-        assert!(d < 1e-5, "{d}");
-
-        // Data N(0, c²): the exact x₀ estimate at σ is x·c²/(c² + σ²), and the ODE maps
-        // x(σ_max) to x·sqrt((c² + 0)/(c² + σ_max²)) at σ = 0.
-        let c2 = 4.0f32;
-        let run = |steps: usize| {
-            let mut s = HeunDiscreteConfig {
-                prediction_type: PredictionType::Sample,
-                ..HeunDiscreteConfig::default()
-            }
-            .build()
-            .unwrap();
-            s.set_timesteps(steps).unwrap();
-            let smax = s.sigmas()[0];
-            let mut x = x0.clone();
-            for t in s.timesteps().to_vec() {
-                let sigma = s.sigmas()[s.current_index(t).unwrap()];
-                let est = x.clone().mul_scalar(c2 / (c2 + sigma * sigma));
-                x = s.step(est, t, x, &mut NoNoise).unwrap().prev_sample;
-            }
-            let exact = x0.clone().mul_scalar((c2 / (c2 + smax * smax)).sqrt());
-            let e: f32 = (x - exact).abs().max().into_scalar();
-            e
         };
-        let (e10, e20) = (run(10), run(20));
+        let run = |steps: usize| {
+            let mut s = config.build().unwrap();
+            s.set_timesteps(steps).unwrap();
+            s
+        };
+        let d = distance_after_exact_x0_model(&mut run(10), &x0, x0.clone().add_scalar(3.0));
+        assert!(d < 1e-5, "{d}");
+        let (e10, e20) = (
+            gaussian_ode_error(&mut run(10), &x0, 4.0),
+            gaussian_ode_error(&mut run(20), &x0, 4.0),
+        );
         eprintln!("Heun on a Gaussian ODE: error {e10:e} at 10 steps, {e20:e} at 20");
         assert!(e20 < e10 / 3.0, "errors {e10} (10 steps), {e20} (20 steps)");
     }
@@ -434,11 +406,7 @@ mod tests {
         #[test]
         fn schedule_invariants(
             steps in 1usize..150,
-            spacing in prop_oneof![
-                Just(TimestepSpacing::Leading),
-                Just(TimestepSpacing::Trailing),
-                Just(TimestepSpacing::Linspace)
-            ],
+            spacing in spacings(),
             karras in any::<bool>(),
         ) {
             let mut s = HeunDiscreteConfig {

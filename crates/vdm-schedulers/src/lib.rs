@@ -53,6 +53,8 @@ pub mod prediction;
 pub mod schedule;
 pub mod scheduler;
 pub mod spacing;
+#[cfg(test)]
+mod test_support;
 pub mod threshold;
 pub mod unipc;
 

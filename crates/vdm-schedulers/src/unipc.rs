@@ -593,19 +593,11 @@ impl Scheduler for UniPcMultistep {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Device, TensorData};
+    use burn::tensor::Device;
     use proptest::prelude::*;
     use vdm_core::noise::NoNoise;
 
-    fn x0(device: &Device) -> Tensor<5> {
-        Tensor::<5>::from_data(
-            TensorData::new(
-                (0..8).map(|i| i as f32 / 4.0 - 1.0).collect(),
-                [1, 1, 2, 2, 2],
-            ),
-            device,
-        )
-    }
+    use crate::test_support::{distance_after_exact_x0_model, ramp, spacings};
 
     #[test]
     fn defaults_are_diffusers_defaults() {
@@ -645,7 +637,7 @@ mod tests {
     #[test]
     fn exact_model_lands_on_x0() {
         let device = Device::flex();
-        let target = x0(&device);
+        let target = ramp(&device);
         for order in 1..=3 {
             for bh in ["bh1", "bh2"] {
                 let mut s = UniPcMultistepConfig {
@@ -657,14 +649,8 @@ mod tests {
                 .build()
                 .unwrap();
                 s.set_timesteps(12).unwrap();
-                let mut x = target.clone().add_scalar(2.0);
-                for t in s.timesteps().to_vec() {
-                    x = s
-                        .step(target.clone(), t, x, &mut NoNoise)
-                        .unwrap()
-                        .prev_sample;
-                }
-                let d: f32 = (x - target.clone()).abs().max().into_scalar();
+                let start = target.clone().add_scalar(2.0);
+                let d = distance_after_exact_x0_model(&mut s, &target, start);
                 assert!(d < 1e-5, "order {order} {bh}: {d}");
             }
         }
@@ -682,7 +668,7 @@ mod tests {
         .unwrap();
         a.set_timesteps(8).unwrap();
         let ts = a.timesteps().to_vec();
-        let mut x = x0(&device);
+        let mut x = ramp(&device);
         for &t in &ts[..3] {
             let out = x.clone().mul_scalar(0.1);
             x = a.step(out, t, x, &mut NoNoise).unwrap().prev_sample;
@@ -704,11 +690,7 @@ mod tests {
         #[test]
         fn schedule_invariants(
             steps in 1usize..200,
-            spacing in prop_oneof![
-                Just(TimestepSpacing::Leading),
-                Just(TimestepSpacing::Trailing),
-                Just(TimestepSpacing::Linspace)
-            ],
+            spacing in spacings(),
         ) {
             let mut s = UniPcMultistepConfig {
                 timestep_spacing: spacing,
