@@ -57,8 +57,18 @@ const CASES: &[(&str, &str, usize)] = &[
         50,
     ),
     (
+        "DEIS (log-rho, order 2)",
+        r#"{"_class_name":"DEISMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        50,
+    ),
+    (
         "LCM",
         r#"{"_class_name":"LCMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
+        8,
+    ),
+    (
+        "TCD (gamma 0.3)",
+        r#"{"_class_name":"TCDScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
         8,
     ),
 ];

@@ -154,8 +154,12 @@ enum SchedulerArg {
     Dpmpp,
     /// UniPC (predictor-corrector, good at 10–20 steps).
     Unipc,
+    /// DEIS (exponential integrator, good at 10–20 steps).
+    Deis,
     /// LCM (for LCM-distilled models, 4–8 steps).
     Lcm,
+    /// TCD (for TCD-distilled models, 4–8 steps; gamma 0.3).
+    Tcd,
 }
 
 impl SchedulerArg {
@@ -170,7 +174,9 @@ impl SchedulerArg {
             Self::Kdpm2 => "KDPM2DiscreteScheduler",
             Self::Dpmpp => "DPMSolverMultistepScheduler",
             Self::Unipc => "UniPCMultistepScheduler",
+            Self::Deis => "DEISMultistepScheduler",
             Self::Lcm => "LCMScheduler",
+            Self::Tcd => "TCDScheduler",
         };
         SchedulerChoice::Class(class.into())
     }

@@ -57,8 +57,18 @@ const OTHERS: &[(&str, &str, usize)] = &[
         15,
     ),
     (
+        "DEIS (log-rho, order 2)",
+        r#"{"_class_name":"DEISMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        15,
+    ),
+    (
         "LCM",
         r#"{"_class_name":"LCMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
+        8,
+    ),
+    (
+        "TCD (gamma 0.3)",
+        r#"{"_class_name":"TCDScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
         8,
     ),
 ];
@@ -147,8 +157,11 @@ fn main() -> Result<()> {
     }
     println!("\nA correct scheduler lands on one of the three videos (RMS distance << 1). The");
     println!(
-        "AnimateDiff DDIM config stops at alphas_cumprod[0] (set_alpha_to_one = false), which"
+        "AnimateDiff DDIM config (set_alpha_to_one = false), DEIS (final sigma_min) and TCD (last"
     );
-    println!("leaves sigma ~ 0.03 of noise: hence its larger distance.");
+    println!(
+        "step to timestep 0) stop at alphas_cumprod[0], which leaves sigma ~ 0.03 of noise: hence"
+    );
+    println!("their larger distance.");
     Ok(())
 }

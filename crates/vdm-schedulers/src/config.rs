@@ -6,6 +6,7 @@ use vdm_core::{Error, Result};
 use crate::ddim::DdimConfig;
 use crate::ddim_inverse::DdimInverseConfig;
 use crate::ddpm::DdpmConfig;
+use crate::deis::DeisMultistepConfig;
 use crate::dpm_solver::DpmSolverMultistepConfig;
 use crate::euler::EulerDiscreteConfig;
 use crate::euler_ancestral::EulerAncestralDiscreteConfig;
@@ -13,6 +14,7 @@ use crate::heun::HeunDiscreteConfig;
 use crate::k_dpm_2::KDpm2DiscreteConfig;
 use crate::lcm::LcmConfig;
 use crate::scheduler::Scheduler;
+use crate::tcd::TcdConfig;
 use crate::unipc::UniPcMultistepConfig;
 
 /// The given config keys laid over the serialized `defaults`.
@@ -90,9 +92,15 @@ pub enum SchedulerConfig {
     /// `UniPCMultistepScheduler`.
     #[serde(rename = "UniPCMultistepScheduler")]
     UniPcMultistep(UniPcMultistepConfig),
+    /// `DEISMultistepScheduler`.
+    #[serde(rename = "DEISMultistepScheduler")]
+    DeisMultistep(DeisMultistepConfig),
     /// `LCMScheduler`.
     #[serde(rename = "LCMScheduler")]
     Lcm(LcmConfig),
+    /// `TCDScheduler` (`γ = 0.3`; set another with [`crate::Tcd::with_gamma`]).
+    #[serde(rename = "TCDScheduler")]
+    Tcd(TcdConfig),
 }
 
 impl SchedulerConfig {
@@ -107,7 +115,9 @@ impl SchedulerConfig {
         "KDPM2DiscreteScheduler",
         "DPMSolverMultistepScheduler",
         "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
         "LCMScheduler",
+        "TCDScheduler",
     ];
 
     /// Parses a diffusers `scheduler_config.json`. Unknown keys (e.g. `_diffusers_version`)
@@ -141,7 +151,9 @@ impl SchedulerConfig {
             SchedulerConfig::KDpm2Discrete(c) => c.build_boxed()?,
             SchedulerConfig::DpmSolverMultistep(c) => c.build_boxed()?,
             SchedulerConfig::UniPcMultistep(c) => c.build_boxed()?,
+            SchedulerConfig::DeisMultistep(c) => c.build_boxed()?,
             SchedulerConfig::Lcm(c) => c.build_boxed()?,
+            SchedulerConfig::Tcd(c) => c.build_boxed()?,
         })
     }
 }

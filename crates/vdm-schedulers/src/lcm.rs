@@ -205,7 +205,7 @@ impl Lcm {
 
 /// The LCM inference timesteps: from the distillation grid `k·i − 1` (`i = 1..=orig`,
 /// `k = T // orig`) reversed, the entries at `floor(linspace(0, orig, n, endpoint=False))`.
-fn lcm_timesteps(
+pub(crate) fn lcm_timesteps(
     num_inference_steps: usize,
     original_steps: usize,
     num_train_timesteps: usize,
