@@ -155,6 +155,8 @@ pub enum Family {
     Big,
     /// `sched_product_*`: `[1,2,2,2,2]`, `init_small`, `R_small`, `noise_bank_small`.
     Small,
+    /// `sched_shapes`: `[2,3,5,3,7]`, its own `init`, `R`, `noise_bank`.
+    Odd,
 }
 
 /// The result of running one trajectory.
@@ -179,6 +181,7 @@ pub fn run_trajectory(
     let (init, r, bank) = match family {
         Family::Big => ("init_big", "R_big", "noise_bank_big"),
         Family::Small => ("init_small", "R_small", "noise_bank_small"),
+        Family::Odd => ("init", "R", "noise_bank"),
     };
     scheduler.set_timesteps(steps).expect("set_timesteps");
     let r = common.tensor5(r);
@@ -270,6 +273,20 @@ pub fn check_case(
             assert!(e < 1e-6, "{label}: alphas_cumprod rel err {e:e}");
         }
     }
+    check_samples(label, case, run, vectors, prefix, steps)
+}
+
+/// Checks every sample of a run against a case (or, for a case diffusers ends in NaN, that we
+/// stopped with `Error::NonFinite` before any), and the number of noise draws. Returns the
+/// worst relative sample error.
+pub fn check_samples(
+    label: &str,
+    case: &Value,
+    run: &Run,
+    vectors: &Vectors,
+    prefix: &str,
+    steps: usize,
+) -> f64 {
     let (shape, samples) = vectors.get(&format!("{prefix}.samples"));
     let n: usize = shape[1..].iter().product();
     let finite = case["finite"].as_bool().unwrap_or(true);

@@ -11,6 +11,7 @@ mod dpm_solver;
 mod euler;
 mod euler_ancestral;
 mod lcm;
+mod shapes;
 mod tcd;
 mod two_stage;
 mod unipc;
