@@ -14,15 +14,15 @@
 //! `f32` in diffusers' order.
 //!
 //! The timesteps and sigmas are those of [`DpmSolverMultistep`] with `final_sigmas_type:
-//! "sigma_min"` (diffusers computes them with the same code), except that Karras and
-//! exponential schedules repeat their last sigma instead of appending the training schedule's
+//! "sigma_min"` (diffusers computes them with the same code), except that Karras, exponential
+//! and beta schedules repeat their last sigma instead of appending the training schedule's
 //! smallest, and Karras timesteps are rounded for the cosine schedule too.
 //!
 //! # Deviations from diffusers
 //!
 //! - `rescale_betas_zero_snr: true` is honoured (the last `ᾱ` patched to 2⁻²⁴ as in
 //!   [`DpmSolverMultistep`]); diffusers' DEIS has no such option and ignores the key.
-//! - `use_beta_sigmas`, `use_flow_sigmas` and `use_dynamic_shifting` are typed errors.
+//! - `use_flow_sigmas` and `use_dynamic_shifting` are typed errors.
 //! - A run from the first timestep starts at step 0 even when rounding repeats that timestep
 //!   (as [`crate::UniPcMultistep`]); a timestep that is not in the schedule is an error, not
 //!   diffusers' silent jump to the last step.
@@ -69,7 +69,7 @@ pub struct DeisMultistepConfig {
     /// Log-uniform sigmas, timesteps truncated.
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_exponential_sigmas: bool,
-    /// Beta-distribution sigmas: not supported.
+    /// Beta-distribution sigmas (`Beta(0.6, 0.6)` quantiles), timesteps truncated.
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_beta_sigmas: bool,
     /// Flow-matching sigmas: not supported.
@@ -122,6 +122,7 @@ impl DeisMultistepConfig {
             prediction_type: self.prediction_type,
             use_karras_sigmas: self.use_karras_sigmas,
             use_exponential_sigmas: self.use_exponential_sigmas,
+            use_beta_sigmas: self.use_beta_sigmas,
             timestep_spacing: self.timestep_spacing,
             steps_offset: self.steps_offset,
             final_sigmas_type: FinalSigmasType::SigmaMin,
@@ -165,7 +166,6 @@ impl DeisMultistepConfig {
         }
         self.clipping().validate()?;
         let unsupported = [
-            ("use_beta_sigmas", self.use_beta_sigmas),
             ("use_flow_sigmas", self.use_flow_sigmas),
             ("use_dynamic_shifting", self.use_dynamic_shifting),
         ];
@@ -318,7 +318,10 @@ impl Scheduler for DeisMultistep {
         self.dpm.set_timesteps(num_inference_steps)?;
         let mut sigmas = self.dpm.sigmas().to_vec();
         let n = sigmas.len() - 1;
-        if self.config.use_karras_sigmas || self.config.use_exponential_sigmas {
+        if self.config.use_karras_sigmas
+            || self.config.use_exponential_sigmas
+            || self.config.use_beta_sigmas
+        {
             sigmas[n] = sigmas[n - 1];
         }
         self.sigmas = sigmas;

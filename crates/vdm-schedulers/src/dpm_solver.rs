@@ -22,6 +22,7 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
+use crate::beta_sigmas::beta_sigmas;
 use crate::options::{AlgorithmType, BetaSchedule, FinalSigmasType, SolverType, TimestepSpacing};
 use crate::schedule::integer_timestep;
 use crate::schedule::{BetaConfig, NoiseSchedule};
@@ -37,7 +38,7 @@ const ZERO_SNR_ALPHA_CUMPROD: f32 = 1.0 / 16_777_216.0; // 2⁻²⁴
 /// defaults (linear betas 1e-4 → 0.02, `dpmsolver++`, order 2, `midpoint`, `linspace`
 /// spacing, final sigma 0).
 ///
-/// Options this crate does not implement (`use_beta_sigmas`, `use_flow_sigmas`,
+/// Options this crate does not implement (`use_flow_sigmas`,
 /// `use_dynamic_shifting`, learned `variance_type`) are accepted by the parser so that real
 /// config files load, and rejected with [`Error::Unsupported`] when the scheduler is built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,7 +70,8 @@ pub struct DpmSolverMultistepConfig {
     pub use_karras_sigmas: bool,
     /// Log-uniform sigmas between the training schedule's extremes.
     pub use_exponential_sigmas: bool,
-    /// Beta-distribution sigmas (not supported: needs `scipy.stats.beta.ppf`).
+    /// Beta-distribution sigmas (`Beta(0.6, 0.6)` quantiles; Lee et al. 2024), timesteps
+    /// truncated.
     pub use_beta_sigmas: bool,
     /// Steps uniform in `λ` (log-SNR), as proposed in the DPM-Solver paper.
     pub use_lu_lambdas: bool,
@@ -226,7 +228,6 @@ impl DpmSolverMultistepConfig {
             ));
         }
         for (field, set) in [
-            ("use_beta_sigmas", self.use_beta_sigmas),
             ("use_flow_sigmas", self.use_flow_sigmas),
             ("use_dynamic_shifting", self.use_dynamic_shifting),
         ] {
@@ -773,6 +774,8 @@ impl Scheduler for DpmSolverMultistep {
                 .map(|r| (lambda_max + r * (lambda_min - lambda_max)).exp())
                 .collect();
             Some((sigmas, !cosine))
+        } else if self.config.use_beta_sigmas {
+            Some((beta_sigmas(sigma_min, sigma_max, n), false))
         } else if self.config.use_exponential_sigmas {
             let sigmas = np_linspace(sigma_max.ln(), sigma_min.ln(), n)
                 .into_iter()
@@ -836,8 +839,11 @@ impl Scheduler for DpmSolverMultistep {
     ) -> Result<StepOutput> {
         expect_same_shape("model_output", &model_output, &sample)?;
         let n = self.timesteps.len();
+        // A run from the first timestep starts at index 0 even when truncation repeats it
+        // (beta / exponential sigmas on the cosine schedule); diffusers starts at the repeat.
         let i = match self.step_index {
             Some(i) => i,
+            None if self.timesteps.first() == Some(&timestep) => 0,
             None => self.index_for_timestep(timestep)?,
         };
         if i >= n {
@@ -1039,6 +1045,7 @@ mod tests {
             ),
             (
                 DpmSolverMultistepConfig {
+                    use_karras_sigmas: true,
                     use_beta_sigmas: true,
                     ..sd()
                 },

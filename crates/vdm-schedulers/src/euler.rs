@@ -22,8 +22,8 @@
 //!   them by log-sigma interpolation) by a few `f32` ulps. Logs of the training sigmas reproduce
 //!   numpy's SIMD `np.log` exactly; `0.25·ln σ` (continuous timesteps) and the `exp` of
 //!   `log_linear` interpolation are IEEE `f32` where torch uses MKL's.
-//! - `use_beta_sigmas` (scipy's beta quantile function) is [`Error::Unsupported`], as is the
-//!   `sigmoid` beta schedule (diffusers' Euler raises too).
+//! - The `sigmoid` beta schedule is [`Error::Unsupported`] (diffusers' Euler raises too).
+//!   `use_beta_sigmas` takes its quantiles from `statrs` where diffusers calls scipy.
 //! - A `leading` timestep pushed past `T − 1` by `steps_offset` is an error (diffusers clamps its
 //!   sigma); `trailing` keeps the first `N` timesteps where numpy's `arange` returns `N + 1`.
 //! - [`Scheduler::scale_model_input`] takes `&self`, so it does not initialise the step index:
@@ -39,6 +39,7 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
+use crate::beta_sigmas::beta_sigmas;
 use crate::options::{
     BetaSchedule, FinalSigmasType, InterpolationType, TimestepSpacing, TimestepType,
 };
@@ -73,8 +74,8 @@ pub struct EulerDiscreteConfig {
     /// Use sigmas evenly spaced in `log σ`.
     #[serde(deserialize_with = "bool_or_null")]
     pub use_exponential_sigmas: bool,
-    /// Use the beta-distribution sigma schedule (Lee et al. 2024). Not supported: diffusers
-    /// computes it with `scipy.stats.beta.ppf`, which this crate does not reproduce.
+    /// Use the beta-distribution sigma schedule (Lee et al. 2024): `Beta(0.6, 0.6)` quantiles
+    /// between the smallest and largest sigma, timesteps from `sigma_to_t`.
     #[serde(deserialize_with = "bool_or_null")]
     pub use_beta_sigmas: bool,
     /// Smallest sigma of the Karras / exponential schedules (default: the last interpolated
@@ -138,13 +139,6 @@ impl EulerDiscreteConfig {
                 "use_karras_sigmas",
                 "only one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas can be \
                  set",
-            ));
-        }
-        if self.use_beta_sigmas {
-            return Err(Error::Unsupported(
-                "`use_beta_sigmas`: diffusers builds this schedule with scipy.stats.beta.ppf, \
-                 which is not reproduced here; use use_karras_sigmas or use_exponential_sigmas"
-                    .into(),
             ));
         }
         if let Some(v) = self.sigma_min {
@@ -470,7 +464,10 @@ impl Scheduler for EulerDiscrete {
             }
         };
         let mut timesteps: Vec<f64> = spaced.iter().map(|&t| t as f64).collect();
-        if self.config.use_karras_sigmas || self.config.use_exponential_sigmas {
+        if self.config.use_karras_sigmas
+            || self.config.use_exponential_sigmas
+            || self.config.use_beta_sigmas
+        {
             let (lo, hi) = self.sigma_range(&sigmas);
             let ramp = np_linspace(0.0, 1.0, n);
             sigmas = if self.config.use_karras_sigmas {
@@ -478,6 +475,8 @@ impl Scheduler for EulerDiscrete {
                 ramp.iter()
                     .map(|r| (max_inv + r * (min_inv - max_inv)).powf(KARRAS_RHO))
                     .collect()
+            } else if self.config.use_beta_sigmas {
+                beta_sigmas(lo, hi, n)
             } else {
                 np_linspace(hi.ln(), lo.ln(), n)
                     .into_iter()
@@ -741,12 +740,10 @@ mod tests {
         assert!(e.contains("use_karras_sigmas"), "{e}");
         let e = err(EulerDiscreteConfig {
             use_beta_sigmas: true,
+            use_exponential_sigmas: true,
             ..base()
         });
-        assert!(
-            e.contains("use_beta_sigmas") && e.contains("unsupported"),
-            "{e}"
-        );
+        assert!(e.contains("use_karras_sigmas"), "{e}");
         let e = err(EulerDiscreteConfig {
             sigma_min: Some(-1.0),
             ..base()

@@ -14,13 +14,13 @@
 //! see next. The last step (to `σ = 0`) is a plain Euler step.
 //!
 //! The sigmas and timesteps are [`EulerDiscrete`]'s (diffusers computes them with the same
-//! code), including Karras and exponential sigmas.
+//! code), including Karras, exponential and beta sigmas.
 //!
 //! # Deviations from diffusers
 //!
 //! - `rescale_betas_zero_snr: true` is honoured (the last `ᾱ` patched to 2⁻²⁴ as in Euler);
 //!   diffusers' Heun silently ignores the key.
-//! - `use_beta_sigmas` and the `exp` beta schedule are typed errors (not implemented).
+//! - The `exp` beta schedule is a typed error (not implemented).
 //! - As for [`EulerDiscrete`]: [`Scheduler::scale_model_input`] does not initialise the step
 //!   index, and there is no `set_begin_index` or custom timestep list.
 
@@ -55,7 +55,7 @@ pub struct HeunDiscreteConfig {
     /// Use sigmas evenly spaced in `log σ`.
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_exponential_sigmas: bool,
-    /// The beta-distribution sigma schedule: not supported (see [`EulerDiscreteConfig`]).
+    /// The beta-distribution sigma schedule (`Beta(0.6, 0.6)` quantiles; Lee et al. 2024).
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_beta_sigmas: bool,
     /// Clamp `x̂₀` to `±clip_sample_range`.

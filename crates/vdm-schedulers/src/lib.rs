@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod beta_sigmas;
 pub mod config;
 pub mod ddim;
 pub mod ddim_inverse;

@@ -17,7 +17,7 @@
 //!
 //! # Deviations from diffusers
 //!
-//! - `solver_p` (another scheduler as the predictor), `use_beta_sigmas`, `use_flow_sigmas`,
+//! - `solver_p` (another scheduler as the predictor), `use_flow_sigmas`,
 //!   `use_dynamic_shifting` and custom `sigma_min` / `sigma_max` are typed errors.
 //! - A run from the first timestep starts at step 0 even when rounding repeats that timestep
 //!   (Karras or exponential sigmas near a zero-SNR or cosine schedule's end); diffusers starts
@@ -78,7 +78,7 @@ pub struct UniPcMultistepConfig {
     /// Log-uniform sigmas, timesteps truncated.
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_exponential_sigmas: bool,
-    /// Beta-distribution sigmas: not supported.
+    /// Beta-distribution sigmas (`Beta(0.6, 0.6)` quantiles), timesteps truncated.
     #[serde(deserialize_with = "crate::euler::bool_or_null")]
     pub use_beta_sigmas: bool,
     /// Flow-matching sigmas: not supported.
@@ -165,6 +165,7 @@ impl UniPcMultistepConfig {
             prediction_type: self.prediction_type,
             use_karras_sigmas: self.use_karras_sigmas,
             use_exponential_sigmas: self.use_exponential_sigmas,
+            use_beta_sigmas: self.use_beta_sigmas,
             timestep_spacing: self.timestep_spacing,
             steps_offset: self.steps_offset,
             final_sigmas_type: self.final_sigmas_type,
@@ -197,7 +198,6 @@ impl UniPcMultistepConfig {
                 "solver_p",
                 self.solver_p.as_ref().is_some_and(|v| !v.is_null()),
             ),
-            ("use_beta_sigmas", self.use_beta_sigmas),
             ("use_flow_sigmas", self.use_flow_sigmas),
             ("use_dynamic_shifting", self.use_dynamic_shifting),
             ("sigma_min", self.sigma_min.is_some()),

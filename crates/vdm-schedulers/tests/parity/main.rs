@@ -3,6 +3,7 @@
 
 mod fixtures;
 
+mod beta_sigmas;
 mod ddim;
 mod ddim_inverse;
 mod ddpm;
