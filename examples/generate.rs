@@ -152,6 +152,8 @@ enum SchedulerArg {
     Kdpm2,
     /// DPM-Solver++ (good at 15–25 steps).
     Dpmpp,
+    /// DPM-Solver singlestep (order 2 groups).
+    DpmSingle,
     /// UniPC (predictor-corrector, good at 10–20 steps).
     Unipc,
     /// DEIS (exponential integrator, good at 10–20 steps).
@@ -173,6 +175,7 @@ impl SchedulerArg {
             Self::Heun => "HeunDiscreteScheduler",
             Self::Kdpm2 => "KDPM2DiscreteScheduler",
             Self::Dpmpp => "DPMSolverMultistepScheduler",
+            Self::DpmSingle => "DPMSolverSinglestepScheduler",
             Self::Unipc => "UniPCMultistepScheduler",
             Self::Deis => "DEISMultistepScheduler",
             Self::Lcm => "LCMScheduler",

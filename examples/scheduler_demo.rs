@@ -52,6 +52,11 @@ const OTHERS: &[(&str, &str, usize)] = &[
         15,
     ),
     (
+        "DPM-Solver singlestep (order 2)",
+        r#"{"_class_name":"DPMSolverSinglestepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
+        15,
+    ),
+    (
         "UniPC (bh2, order 2)",
         r#"{"_class_name":"UniPCMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
         15,

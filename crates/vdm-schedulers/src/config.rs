@@ -7,6 +7,7 @@ use crate::ddim::DdimConfig;
 use crate::ddim_inverse::DdimInverseConfig;
 use crate::ddpm::DdpmConfig;
 use crate::deis::DeisMultistepConfig;
+use crate::dpm_singlestep::DpmSolverSinglestepConfig;
 use crate::dpm_solver::DpmSolverMultistepConfig;
 use crate::euler::EulerDiscreteConfig;
 use crate::euler_ancestral::EulerAncestralDiscreteConfig;
@@ -89,6 +90,9 @@ pub enum SchedulerConfig {
     /// `DPMSolverMultistepScheduler`.
     #[serde(rename = "DPMSolverMultistepScheduler")]
     DpmSolverMultistep(DpmSolverMultistepConfig),
+    /// `DPMSolverSinglestepScheduler`.
+    #[serde(rename = "DPMSolverSinglestepScheduler")]
+    DpmSolverSinglestep(DpmSolverSinglestepConfig),
     /// `UniPCMultistepScheduler`.
     #[serde(rename = "UniPCMultistepScheduler")]
     UniPcMultistep(UniPcMultistepConfig),
@@ -114,6 +118,7 @@ impl SchedulerConfig {
         "HeunDiscreteScheduler",
         "KDPM2DiscreteScheduler",
         "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
         "UniPCMultistepScheduler",
         "DEISMultistepScheduler",
         "LCMScheduler",
@@ -150,6 +155,7 @@ impl SchedulerConfig {
             SchedulerConfig::HeunDiscrete(c) => c.build_boxed()?,
             SchedulerConfig::KDpm2Discrete(c) => c.build_boxed()?,
             SchedulerConfig::DpmSolverMultistep(c) => c.build_boxed()?,
+            SchedulerConfig::DpmSolverSinglestep(c) => c.build_boxed()?,
             SchedulerConfig::UniPcMultistep(c) => c.build_boxed()?,
             SchedulerConfig::DeisMultistep(c) => c.build_boxed()?,
             SchedulerConfig::Lcm(c) => c.build_boxed()?,

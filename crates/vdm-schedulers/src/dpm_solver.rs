@@ -135,7 +135,7 @@ impl Default for DpmSolverMultistepConfig {
 
 /// Writes a non-finite `f64` as the string `"-inf"` / `"inf"` / `"nan"` (JSON has no
 /// infinities), a finite one as a number.
-fn serialize_extended_f64<S: Serializer>(
+pub(crate) fn serialize_extended_f64<S: Serializer>(
     value: &f64,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
@@ -147,7 +147,9 @@ fn serialize_extended_f64<S: Serializer>(
 }
 
 /// Reads a number, a string such as `"-inf"` / `"-Infinity"`, or `null` (= `-inf`).
-fn deserialize_extended_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+pub(crate) fn deserialize_extended_f64<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
     struct Visitor;
     impl serde::de::Visitor<'_> for Visitor {
         type Value = f64;

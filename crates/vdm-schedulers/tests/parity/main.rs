@@ -8,6 +8,7 @@ mod ddim;
 mod ddim_inverse;
 mod ddpm;
 mod deis;
+mod dpm_singlestep;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
