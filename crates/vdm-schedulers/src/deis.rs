@@ -33,7 +33,7 @@ use vdm_core::layout::expect_same_shape;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::dpm_solver::{DpmSolverMultistep, DpmSolverMultistepConfig, alpha_sigma, lambda};
-use crate::euler::first_index;
+use crate::euler::step_position;
 use crate::options::{FinalSigmasType, TimestepSpacing};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
@@ -354,25 +354,7 @@ impl Scheduler for DeisMultistep {
         expect_same_shape("model_output", &model_output, &sample)?;
         let timesteps = self.dpm.timesteps();
         let n = timesteps.len();
-        let i = match self.step_index {
-            Some(i) => i,
-            None => first_index(timesteps, timestep)?,
-        };
-        if i >= n {
-            return Err(Error::invalid(
-                "timestep",
-                format!("all {n} steps have been taken; call set_timesteps to sample again"),
-            ));
-        }
-        if timesteps[i] != timestep {
-            return Err(Error::invalid(
-                "timestep",
-                format!(
-                    "step {i} of the schedule is at timestep {}, got {timestep}",
-                    timesteps[i]
-                ),
-            ));
-        }
+        let i = step_position(timesteps, self.step_index, timestep)?;
         let lower = self.config.lower_order_final && n < 15;
         let (x0, eps) = self.convert(model_output, &sample, i)?;
         self.model_outputs.remove(0);

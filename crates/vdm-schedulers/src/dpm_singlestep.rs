@@ -34,7 +34,7 @@ use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::dpm_solver::{DpmSolverMultistep, DpmSolverMultistepConfig, alpha_sigma, lambda};
-use crate::euler::first_index;
+use crate::euler::step_position;
 use crate::options::{AlgorithmType, FinalSigmasType, SolverType, TimestepSpacing};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
@@ -478,27 +478,7 @@ impl Scheduler for DpmSolverSinglestep {
         noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         expect_same_shape("model_output", &model_output, &sample)?;
-        let timesteps = self.dpm.timesteps();
-        let n = timesteps.len();
-        let i = match self.step_index {
-            Some(i) => i,
-            None => first_index(timesteps, timestep)?,
-        };
-        if i >= n {
-            return Err(Error::invalid(
-                "timestep",
-                format!("all {n} steps have been taken; call set_timesteps to sample again"),
-            ));
-        }
-        if timesteps[i] != timestep {
-            return Err(Error::invalid(
-                "timestep",
-                format!(
-                    "step {i} of the schedule is at timestep {}, got {timestep}",
-                    timesteps[i]
-                ),
-            ));
-        }
+        let i = step_position(self.dpm.timesteps(), self.step_index, timestep)?;
         let (converted, x0) = self.convert(model_output, &sample, i)?;
         let z = if self.algorithm == AlgorithmType::SdeDpmSolverPlusPlus {
             Some(draw(noise, sample.dims(), &sample.device())?)

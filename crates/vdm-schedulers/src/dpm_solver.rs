@@ -23,6 +23,7 @@ use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::beta_sigmas::beta_sigmas;
+use crate::euler::step_position;
 use crate::options::{AlgorithmType, BetaSchedule, FinalSigmasType, SolverType, TimestepSpacing};
 use crate::schedule::integer_timestep;
 use crate::schedule::{BetaConfig, NoiseSchedule};
@@ -843,26 +844,7 @@ impl Scheduler for DpmSolverMultistep {
         let n = self.timesteps.len();
         // A run from the first timestep starts at index 0 even when truncation repeats it
         // (beta / exponential sigmas on the cosine schedule); diffusers starts at the repeat.
-        let i = match self.step_index {
-            Some(i) => i,
-            None if self.timesteps.first() == Some(&timestep) => 0,
-            None => self.index_for_timestep(timestep)?,
-        };
-        if i >= n {
-            return Err(Error::invalid(
-                "timestep",
-                format!("all {n} steps have been taken; call set_timesteps to sample again"),
-            ));
-        }
-        if self.timesteps[i] != timestep {
-            return Err(Error::invalid(
-                "timestep",
-                format!(
-                    "step {i} of the schedule is at timestep {}, got {timestep}",
-                    self.timesteps[i]
-                ),
-            ));
-        }
+        let i = step_position(&self.timesteps, self.step_index, timestep)?;
         let cfg = &self.config;
         let lower_order_final = i == n - 1
             && (cfg.euler_at_final

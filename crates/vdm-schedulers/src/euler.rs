@@ -682,6 +682,42 @@ pub(crate) fn sigma_space_add_noise(
     Ok(original + noise.mul_scalar(sigma))
 }
 
+/// The schedule position of a step at `timestep` for the multistep samplers: the running
+/// `step_index`, or [`first_index`] on the first step; checked to be inside the schedule and to
+/// be the position of `timestep` (a step called out of order is an error, where diffusers
+/// silently ignores its `timestep` argument).
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `timestep` (or `num_inference_steps` before
+/// `set_timesteps`).
+pub(crate) fn step_position(
+    timesteps: &[f64],
+    step_index: Option<usize>,
+    timestep: f64,
+) -> Result<usize> {
+    let n = timesteps.len();
+    let i = match step_index {
+        Some(i) => i,
+        None => first_index(timesteps, timestep)?,
+    };
+    if i >= n {
+        return Err(Error::invalid(
+            "timestep",
+            format!("all {n} steps have been taken; call set_timesteps to sample again"),
+        ));
+    }
+    if timesteps[i] != timestep {
+        return Err(Error::invalid(
+            "timestep",
+            format!(
+                "step {i} of the schedule is at timestep {}, got {timestep}",
+                timesteps[i]
+            ),
+        ));
+    }
+    Ok(i)
+}
+
 pub(crate) fn exhausted(index: usize) -> Error {
     Error::invalid(
         "timestep",
