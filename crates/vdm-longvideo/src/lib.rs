@@ -2,7 +2,7 @@
 //!
 //! Training-free long-video generation for any video diffusion model that implements the
 //! [`vdm_core::Denoiser`] trait and routes its temporal layers through
-//! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit,
+//! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit, Gen-L-Video co-denoising,
 //! correlated noise priors, and more.
 //!
 //! ```
@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod co_denoising;
 pub mod freeinit;
 
 pub mod noise_prior;

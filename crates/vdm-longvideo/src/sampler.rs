@@ -322,27 +322,51 @@ impl<'a> LongVideoSampler<'a> {
         routed: Option<(Conditioning, Vec<BlockKind>)>,
         guidance: Option<&Guidance>,
     ) -> Result<Tensor<5>> {
-        let input = match guidance {
-            Some(_) => Tensor::cat(vec![model_input.clone(), model_input], 0),
-            None => model_input,
-        };
-        let mut call = DenoiserInput::new(input, Timesteps::Shared(t), conditioning.clone());
-        if let Some(hook) = self.temporal {
-            call = call.with_temporal(hook);
+        guided_prediction(
+            self.denoiser,
+            self.temporal,
+            model_input,
+            t,
+            conditioning,
+            routed,
+            guidance,
+        )
+    }
+}
+
+/// One model evaluation at the shared timestep `t`: with `guidance`, the unconditional and
+/// conditional passes batched into one call (`conditioning` is then `[negative; positive]`)
+/// and combined as `ε_u + s·(ε_c − ε_u)`; `temporal` handed to the model's temporal layers;
+/// `routed` conditioning for the listed blocks.
+pub(crate) fn guided_prediction(
+    denoiser: &dyn Denoiser,
+    temporal: Option<&dyn TemporalHook>,
+    model_input: Tensor<5>,
+    t: f64,
+    conditioning: &Conditioning,
+    routed: Option<(Conditioning, Vec<BlockKind>)>,
+    guidance: Option<&Guidance>,
+) -> Result<Tensor<5>> {
+    let input = match guidance {
+        Some(_) => Tensor::cat(vec![model_input.clone(), model_input], 0),
+        None => model_input,
+    };
+    let mut call = DenoiserInput::new(input, Timesteps::Shared(t), conditioning.clone());
+    if let Some(hook) = temporal {
+        call = call.with_temporal(hook);
+    }
+    if let Some((single, blocks)) = routed {
+        call = call.with_block_conditioning(single, &blocks);
+    }
+    let output = denoiser.predict(call)?;
+    match guidance {
+        Some(g) => {
+            let batch = output.dims()[0] / 2;
+            let uncond = output.clone().narrow(0, 0, batch);
+            let cond = output.narrow(0, batch, batch);
+            Ok(uncond.clone() + (cond - uncond).mul_scalar(g.scale as f32))
         }
-        if let Some((single, blocks)) = routed {
-            call = call.with_block_conditioning(single, &blocks);
-        }
-        let output = self.denoiser.predict(call)?;
-        match guidance {
-            Some(g) => {
-                let batch = output.dims()[0] / 2;
-                let uncond = output.clone().narrow(0, 0, batch);
-                let cond = output.narrow(0, batch, batch);
-                Ok(uncond.clone() + (cond - uncond).mul_scalar(g.scale as f32))
-            }
-            None => Ok(output),
-        }
+        None => Ok(output),
     }
 }
 
