@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use vdm::core::SeededNoise;
+use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::sampler::Control;
@@ -91,15 +92,16 @@ struct Args {
 
     /// Long-video methods, comma separated: `freenoise` (windows of --context-length frames,
     /// for videos longer than the model was trained on), `freeinit` (--freeinit-iters
-    /// refinement passes for temporal consistency), or both.
+    /// refinement passes for temporal consistency), or both; or `co-denoise` (Gen-L-Video:
+    /// windows of --context-length frames denoised separately and averaged, pyramid weights).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
-    /// FreeNoise window: the number of frames the model was trained on.
+    /// FreeNoise / co-denoising window: the number of frames the model was trained on.
     #[arg(long, default_value_t = 16)]
     context_length: usize,
 
-    /// FreeNoise stride between windows.
+    /// FreeNoise / co-denoising stride between windows.
     #[arg(long, default_value_t = 4)]
     context_stride: usize,
 
@@ -191,6 +193,9 @@ enum LongArg {
     Freenoise,
     /// FreeInit: low-frequency re-initialisation between passes.
     Freeinit,
+    /// Gen-L-Video co-denoising: windows of --context-length frames every --context-stride,
+    /// denoised separately and averaged at every step (one model call per window).
+    CoDenoise,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -338,6 +343,13 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             args.context_length,
             args.context_stride,
         ));
+    }
+    if args.long.contains(&LongArg::CoDenoise) {
+        let plan = CoDenoising {
+            weights: CoWeights::Pyramid,
+            ..CoDenoising::new(args.context_length, args.context_stride)
+        };
+        settings = settings.co_denoising(plan);
     }
     if args.long.contains(&LongArg::Freeinit) {
         let freeinit = FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

@@ -278,6 +278,36 @@ fn long_video_methods_run_through_the_pipeline() {
     let video = anim.generate(&s).unwrap();
     assert_eq!(video.num_frames(), 40);
 
+    // Gen-L-Video co-denoising: 40 frames as windows of 16 every 8 (one model call per window
+    // per step); not combinable with FreeNoise; windows past the motion modules' positions are
+    // refused before any model work.
+    use vdm::longvideo::co_denoising::CoDenoising;
+    let co = settings()
+        .frames(40)
+        .steps(1)
+        .co_denoising(CoDenoising::new(16, 8));
+    let mut calls = 0;
+    let video = anim
+        .generate_with(&co, &mut vdm::core::SeededNoise::new(3), &mut |p| {
+            calls += usize::from(matches!(p, PipelineProgress::Denoise(_)));
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!((video.num_frames(), calls), (40, 1));
+    let e = anim
+        .generate(&co.clone().freenoise(FreeNoiseConfig::new(16, 4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("co_denoising"), "{e}");
+    let e = anim
+        .generate(
+            &settings()
+                .frames(40)
+                .steps(1)
+                .co_denoising(CoDenoising::new(40, 8)),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("window"), "{e}");
+
     // FreeInit: two sampling passes, reported as iterations.
     let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
     let s = settings()

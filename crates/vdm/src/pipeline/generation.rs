@@ -3,6 +3,7 @@
 
 use vdm_core::error::ensure_finite;
 use vdm_core::{Error, Result};
+use vdm_longvideo::co_denoising::CoDenoising;
 use vdm_longvideo::freeinit::FreeInit;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
 use vdm_models::clip::LongPrompt;
@@ -30,6 +31,9 @@ pub struct LongVideo {
     /// FreeInit: refinement passes re-initialised from the previous result's low
     /// frequencies.
     pub freeinit: Option<FreeInit>,
+    /// Gen-L-Video co-denoising: windows denoised separately at every step and their
+    /// results averaged (not combinable with FreeNoise or FreeInit).
+    pub co_denoising: Option<CoDenoising>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -182,6 +186,12 @@ impl Generation {
         self
     }
 
+    /// Enables Gen-L-Video co-denoising.
+    pub fn co_denoising(mut self, plan: CoDenoising) -> Self {
+        self.long_video.co_denoising = Some(plan);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -242,6 +252,16 @@ impl Generation {
         }
         if let Some(f) = &self.long_video.freeinit {
             f.validate()?;
+        }
+        if let Some(plan) = &self.long_video.co_denoising {
+            if self.long_video.freenoise.is_some() || self.long_video.freeinit.is_some() {
+                return Err(Error::invalid(
+                    "co_denoising",
+                    "cannot be combined with FreeNoise or FreeInit: co-denoising runs its own \
+                     windows and sampling loop",
+                ));
+            }
+            plan.windows(self.frames)?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use vdm_core::{
     Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, PredictionType, Result, SeededNoise,
     VideoShape,
 };
+use vdm_longvideo::co_denoising::CoDenoisingSampler;
 use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
@@ -352,17 +353,31 @@ impl TextToVideoPipeline {
         self.prompt_encoder
             .text_encoder
             .check_clip_skip(settings.clip_skip)?;
-        if let (Some(max), None) = (self.unet.max_frames(), &settings.long_video.freenoise)
-            && settings.frames > max
-        {
-            return Err(Error::invalid(
-                "frames",
-                format!(
-                    "{} frames exceed the motion modules' {max} positions; enable FreeNoise \
-                     for longer videos",
-                    settings.frames
-                ),
-            ));
+        let co_denoising = settings.long_video.co_denoising.clone();
+        if let Some(max) = self.unet.max_frames() {
+            match (&settings.long_video.freenoise, &co_denoising) {
+                (None, None) if settings.frames > max => {
+                    return Err(Error::invalid(
+                        "frames",
+                        format!(
+                            "{} frames exceed the motion modules' {max} positions; enable \
+                             FreeNoise or co-denoising for longer videos",
+                            settings.frames
+                        ),
+                    ));
+                }
+                (_, Some(plan)) if plan.window > max => {
+                    return Err(Error::invalid(
+                        "window",
+                        format!(
+                            "co-denoising windows of {} frames exceed the motion modules' {max} \
+                             positions",
+                            plan.window
+                        ),
+                    ));
+                }
+                _ => {}
+            }
         }
         // FreeNoise: window fusion in the temporal layers, and the matching noise rescheduling.
         let freenoise = match settings.long_video.freenoise {
@@ -390,12 +405,22 @@ impl TextToVideoPipeline {
         };
         let (cond, uncond) = self.conditioning(settings, options)?;
 
-        let mut sampler = LongVideoSampler::new(&self.unet, scheduler);
-        if let Some(uncond) = uncond {
-            sampler = sampler.with_guidance(Guidance {
-                scale: settings.guidance_scale,
-                negative: Conditioning::Shared(uncond),
+        let guidance = uncond.map(|uncond| Guidance {
+            scale: settings.guidance_scale,
+            negative: Conditioning::Shared(uncond),
+        });
+        if let Some(plan) = co_denoising {
+            let mut sampler = CoDenoisingSampler::new(&self.unet, scheduler, plan);
+            if let Some(g) = guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, settings.steps, noise, &self.device, &mut |p| {
+                progress(PipelineProgress::Denoise(p))
             });
+        }
+        let mut sampler = LongVideoSampler::new(&self.unet, scheduler);
+        if let Some(g) = guidance {
+            sampler = sampler.with_guidance(g);
         }
         if let Some((hook, rescheduling)) = &freenoise {
             sampler = sampler
