@@ -5,7 +5,8 @@
 //! cargo run --release --example quality -- --frames 16,64 --seeds 1   # a quick look
 //! ```
 //!
-//! For every method (direct sampling, FreeNoise, FreeInit, FreeNoise + FreeInit), video length
+//! For every method (direct sampling, FreeNoise, FreeInit, FreeNoise + FreeInit, Gen-L-Video
+//! co-denoising), video length
 //! and seed, it generates each prompt with the embedded model (or `--model-dir`), judges every
 //! video with `vdm::shapes::analyse` against its caption, and prints one table row per method
 //! and length (means over prompts and seeds): validity, prompt adherence (colour, shape,
@@ -20,6 +21,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
@@ -46,11 +48,12 @@ struct Args {
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 4.0)]
     guidance: f64,
-    /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit.
+    /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit, co-denoise
+    /// (Gen-L-Video: windows of 16 every 4, pyramid weights).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,freenoise,freeinit,freenoise+freeinit"
+        default_value = "direct,freenoise,freeinit,freenoise+freeinit,co-denoise"
     )]
     methods: Vec<String>,
     /// FreeInit iterations.
@@ -104,6 +107,12 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
         match part {
             "direct" => {}
             "freenoise" => g = g.freenoise(FreeNoiseConfig::new(16, 4)),
+            "co-denoise" => {
+                g = g.co_denoising(CoDenoising {
+                    weights: CoWeights::Pyramid,
+                    ..CoDenoising::new(16.min(frames), 4)
+                })
+            }
             "freeinit" => {
                 g = g.freeinit(
                     FreeInit::new(LowPassFilter::default(), args.freeinit_iters)
