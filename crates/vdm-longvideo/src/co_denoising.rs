@@ -30,7 +30,7 @@ use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
-use crate::sampler::{Control, Guidance, Progress, guided_prediction};
+use crate::sampler::{Control, Guidance, Progress, check_request, guided_prediction};
 
 /// How the windows' results are weighted frame by frame before averaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -287,25 +287,12 @@ impl<'a> CoDenoisingSampler<'a> {
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
         let windows = self.plan.windows(shape.frames)?;
-        if self.denoiser.prediction_type() != self.scheduler.prediction_type() {
-            return Err(Error::invalid(
-                "prediction_type",
-                format!(
-                    "the model predicts {} but the scheduler is configured for {}",
-                    self.denoiser.prediction_type().as_str(),
-                    self.scheduler.prediction_type().as_str()
-                ),
-            ));
-        }
-        if num_inference_steps == 0 {
-            return Err(Error::invalid("num_inference_steps", "must be at least 1"));
-        }
-        if self.scheduler.inverts() {
-            return Err(Error::invalid(
-                "scheduler",
-                "an inversion scheduler (DDIMInverseScheduler) cannot sample",
-            ));
-        }
+        let guided = check_request(
+            self.denoiser,
+            self.scheduler.as_ref(),
+            num_inference_steps,
+            self.guidance.as_ref(),
+        )?;
         if let Some(prompts) = &self.window_prompts
             && prompts.len() != windows.len()
         {
@@ -319,15 +306,6 @@ impl<'a> CoDenoisingSampler<'a> {
                     self.plan.stride,
                     shape.frames
                 ),
-            ));
-        }
-        let guided = self.guidance.as_ref().filter(|g| g.scale > 1.0).cloned();
-        if let Some(g) = &guided
-            && !g.scale.is_finite()
-        {
-            return Err(Error::invalid(
-                "guidance_scale",
-                format!("must be finite, got {}", g.scale),
             ));
         }
         let weights = self.plan.normalized_weights(&windows, shape.frames);

@@ -214,36 +214,12 @@ impl<'a> LongVideoSampler<'a> {
         device: &Device,
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
-        if self.denoiser.prediction_type() != self.scheduler.prediction_type() {
-            return Err(Error::invalid(
-                "prediction_type",
-                format!(
-                    "the model predicts {} but the scheduler is configured for {}; set the \
-                     scheduler config's prediction_type to match the model",
-                    self.denoiser.prediction_type().as_str(),
-                    self.scheduler.prediction_type().as_str()
-                ),
-            ));
-        }
-        if num_inference_steps == 0 {
-            return Err(Error::invalid("num_inference_steps", "must be at least 1"));
-        }
-        if self.scheduler.inverts() {
-            return Err(Error::invalid(
-                "scheduler",
-                "an inversion scheduler (DDIMInverseScheduler) turns videos into noise and \
-                 cannot sample",
-            ));
-        }
-        let guided = self.guidance.as_ref().filter(|g| g.scale > 1.0).cloned();
-        if let Some(g) = &guided
-            && !g.scale.is_finite()
-        {
-            return Err(Error::invalid(
-                "guidance_scale",
-                format!("must be finite, got {}", g.scale),
-            ));
-        }
+        let guided = check_request(
+            self.denoiser,
+            self.scheduler.as_ref(),
+            num_inference_steps,
+            self.guidance.as_ref(),
+        )?;
         let batch = |c: Conditioning| match &guided {
             Some(g) => Conditioning::cat(vec![g.negative.clone(), c]),
             None => Ok(c),
@@ -332,6 +308,52 @@ impl<'a> LongVideoSampler<'a> {
             guidance,
         )
     }
+}
+
+/// Checks a sampling request before any model work: the model and the scheduler predict the
+/// same thing, at least one step, a sampling (not inverting) scheduler and a finite guidance
+/// scale. Returns the guidance that applies (`None` when the scale is `≤ 1`).
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming `prediction_type`, `num_inference_steps`, `scheduler` or
+/// `guidance_scale`.
+pub(crate) fn check_request(
+    denoiser: &dyn Denoiser,
+    scheduler: &dyn Scheduler,
+    num_inference_steps: usize,
+    guidance: Option<&Guidance>,
+) -> Result<Option<Guidance>> {
+    if denoiser.prediction_type() != scheduler.prediction_type() {
+        return Err(Error::invalid(
+            "prediction_type",
+            format!(
+                "the model predicts {} but the scheduler is configured for {}; set the \
+                 scheduler config's prediction_type to match the model",
+                denoiser.prediction_type().as_str(),
+                scheduler.prediction_type().as_str()
+            ),
+        ));
+    }
+    if num_inference_steps == 0 {
+        return Err(Error::invalid("num_inference_steps", "must be at least 1"));
+    }
+    if scheduler.inverts() {
+        return Err(Error::invalid(
+            "scheduler",
+            "an inversion scheduler (DDIMInverseScheduler) turns videos into noise and \
+             cannot sample",
+        ));
+    }
+    let guided = guidance.filter(|g| g.scale > 1.0).cloned();
+    if let Some(g) = &guided
+        && !g.scale.is_finite()
+    {
+        return Err(Error::invalid(
+            "guidance_scale",
+            format!("must be finite, got {}", g.scale),
+        ));
+    }
+    Ok(guided)
 }
 
 /// One model evaluation at the shared timestep `t`: with `guidance`, the unconditional and
