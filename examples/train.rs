@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value = "models/moving-shapes")]
     out: PathBuf,
     /// Optimiser steps in total.
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = 1200)]
     steps: usize,
     /// Videos per step.
     #[arg(long, default_value_t = 8)]
@@ -71,7 +71,7 @@ struct Args {
     #[arg(long)]
     max_minutes: Option<f64>,
     /// The UNet's channels per level (`block_out_channels`), comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = [32, 64])]
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 96])]
     channels: Vec<usize>,
     /// What the model predicts: `epsilon`, `v_prediction` or `sample` (x₀).
     #[arg(long, default_value = "sample", value_parser = parse_prediction)]

@@ -40,8 +40,9 @@ fn the_embedded_model_draws_one_shape_in_the_prompted_colour() {
     assert!(colour >= COLOUR, "colour {colour}");
 }
 
-/// Lower bounds (see the module docs): measured 0.56 and 0.56 for the shipped weights
-/// (seed 0, 1600 steps). Direction of motion is not yet bounded: the shipped model moves its
-/// shapes the prompted way no more often than chance (`docs/embedded-model.md`).
-const VALID: f32 = 0.35;
-const COLOUR: f32 = 0.3;
+/// Lower bounds (see the module docs): measured 0.60 and 0.67 for the shipped weights (64/96
+/// channels, seed 0, 1200 steps; the earlier 32/64 model: 0.56 and 0.56). Direction of motion
+/// is not yet bounded: the shipped model moves its shapes the prompted way no more often than
+/// chance (`docs/embedded-model.md`).
+const VALID: f32 = 0.45;
+const COLOUR: f32 = 0.5;
