@@ -91,14 +91,6 @@ impl CoDenoising {
     /// (0 or longer than the window).
     #[allow(clippy::single_range_in_vec_init)] // a window is a list of one or two ranges
     pub fn windows(&self, num_frames: usize) -> Result<Vec<Window>> {
-        if !self.looped {
-            return Ok(context_windows(num_frames, self.window, self.stride)
-                .map_err(|e| rename(e, "context_length", "window"))
-                .map_err(|e| rename(e, "context_stride", "stride"))?
-                .into_iter()
-                .map(|r| Window { pieces: vec![r] })
-                .collect());
-        }
         if self.window == 0 || self.window > num_frames {
             return Err(Error::invalid(
                 "window",
@@ -116,6 +108,13 @@ impl CoDenoising {
                     self.window, self.stride
                 ),
             ));
+        }
+        if !self.looped {
+            // FreeNoise's windows, whose own checks are the ones above.
+            return Ok(context_windows(num_frames, self.window, self.stride)?
+                .into_iter()
+                .map(|r| Window { pieces: vec![r] })
+                .collect());
         }
         Ok((0..num_frames)
             .step_by(self.stride)
@@ -193,16 +192,6 @@ impl CoDenoising {
                     .collect()
             }
         }
-    }
-}
-
-fn rename(err: Error, from: &str, to: &str) -> Error {
-    match err {
-        Error::InvalidConfig { field, reason } if field == from => Error::InvalidConfig {
-            field: to.into(),
-            reason: reason.replace(from, to),
-        },
-        other => other,
     }
 }
 

@@ -263,7 +263,9 @@ impl<'a> LongVideoSampler<'a> {
                         .collect();
                     (!blocks.is_empty()).then(|| (single.clone(), blocks))
                 });
-                let output = self.predict(
+                let output = guided_prediction(
+                    self.denoiser,
+                    self.temporal,
                     model_input,
                     t,
                     &batched_conditioning,
@@ -287,26 +289,6 @@ impl<'a> LongVideoSampler<'a> {
             }
         }
         Ok(latents)
-    }
-
-    /// One model evaluation, guided or not.
-    fn predict(
-        &self,
-        model_input: Tensor<5>,
-        t: f64,
-        conditioning: &Conditioning,
-        routed: Option<(Conditioning, Vec<BlockKind>)>,
-        guidance: Option<&Guidance>,
-    ) -> Result<Tensor<5>> {
-        guided_prediction(
-            self.denoiser,
-            self.temporal,
-            model_input,
-            t,
-            conditioning,
-            routed,
-            guidance,
-        )
     }
 }
 

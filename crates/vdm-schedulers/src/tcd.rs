@@ -110,12 +110,6 @@ impl Tcd {
     pub fn intermediate_timestep(&self, prev_timestep: f64) -> f64 {
         ((1.0 - self.gamma) as f32 * prev_timestep as f32).floor() as f64
     }
-
-    /// diffusers' `index_for_timestep`: the position of `timestep` in the schedule (the second
-    /// one if it occurs twice).
-    fn index_for_timestep(&self, timestep: f64) -> Result<usize> {
-        crate::euler::index_for_timestep(&self.timesteps, timestep)
-    }
 }
 
 impl Scheduler for Tcd {
@@ -152,7 +146,7 @@ impl Scheduler for Tcd {
         expect_same_shape("model_output", &model_output, &sample)?;
         let index = match self.step_index {
             Some(i) => i,
-            None => self.index_for_timestep(timestep)?,
+            None => crate::euler::index_for_timestep(&self.timesteps, timestep)?,
         };
         let n = self.timesteps.len();
         if index >= n {
