@@ -427,3 +427,102 @@ pub fn run_traj_cases(
     eprintln!("{class} trajectories: worst rel err {worst_all:e}");
     worst_all
 }
+
+/// What [`run_conditioned_product`] measured.
+pub struct ConditionedProduct {
+    /// Number of cases in the file.
+    pub cases: usize,
+    /// Worst relative sample error over the well-conditioned cases.
+    pub worst: f64,
+    /// Worst relative sample error over the ill-conditioned ones, and their number.
+    pub worst_ill: f64,
+    pub ill_conditioned: usize,
+    /// Cases diffusers could not run (`diffusers_error`; every one starts at a repeated first
+    /// timestep).
+    pub diffusers_errors: usize,
+    /// Cases diffusers ended in NaN (compared up to its first NaN).
+    pub nan_cases: Vec<Value>,
+}
+
+/// Runs every case of a deterministic `sched_product_<name>` file whose generator recorded
+/// each case's `fp64_deviation` (diffusers' float32 run against a float64 one), building
+/// `class` from the case's `init_kwargs`. Every run must finish with finite samples and
+/// diffusers' timesteps; a case diffusers could not run must start at a repeated first
+/// timestep; every other case is compared sample by sample (up to diffusers' first NaN) with
+/// the bound `tolerance(fp64_deviation)`, which also says whether the case is ill-conditioned.
+/// Panics listing every case over its bound.
+pub fn run_conditioned_product(
+    name: &str,
+    class: &str,
+    tolerance: impl Fn(f64) -> (f64, bool),
+) -> ConditionedProduct {
+    let json = load_json(&format!("sched_product_{name}.json"));
+    let vectors = Vectors::load(&format!("sched_product_{name}.safetensors"));
+    let common = Vectors::load("sched_common.safetensors");
+    let cases = json["cases"].as_array().unwrap();
+    let mut out = ConditionedProduct {
+        cases: cases.len(),
+        worst: 0.0,
+        worst_ill: 0.0,
+        ill_conditioned: 0,
+        diffusers_errors: 0,
+        nan_cases: Vec::new(),
+    };
+    let mut failures = Vec::new();
+    for case in cases {
+        let prefix = case["prefix"].as_str().unwrap();
+        let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
+        let config = config_json(case, class, "init_kwargs");
+        let mut s = vdm_schedulers::SchedulerConfig::from_json(&config)
+            .unwrap()
+            .build()
+            .unwrap();
+        let run = run_trajectory(s.as_mut(), steps, Family::Small, &common, 0);
+        assert!(run.error.is_none(), "{prefix}: {:?}", run.error);
+        assert_eq!(run.samples.len(), steps + 1, "{prefix}");
+        for sample in &run.samples {
+            assert!(sample.iter().all(|v| v.is_finite()), "{prefix}: not finite");
+        }
+        let theirs_t = vectors.values(&format!("{prefix}.timesteps"));
+        assert_eq!(s.timesteps(), theirs_t.as_slice(), "{prefix}: timesteps");
+        if case.get("diffusers_error").is_some() {
+            out.diffusers_errors += 1;
+            assert_eq!(
+                s.timesteps()[0],
+                s.timesteps()[1],
+                "{prefix}: another failure"
+            );
+            continue;
+        }
+        let (shape, theirs) = vectors.get(&format!("{prefix}.samples"));
+        let n: usize = shape[1..].iter().product();
+        let compared = if case["finite"].as_bool().unwrap() {
+            steps + 1
+        } else {
+            out.nan_cases.push(case.clone());
+            case["first_nonfinite_sample_index"].as_u64().unwrap() as usize
+        };
+        let scale = (0..compared)
+            .map(|i| max_abs(&theirs[i * n..(i + 1) * n]))
+            .fold(0.0, f64::max);
+        let (tol, ill) = tolerance(case["fp64_deviation"].as_f64().unwrap());
+        let case_worst = run
+            .samples
+            .iter()
+            .take(compared)
+            .enumerate()
+            .map(|(i, ours)| max_abs_diff(ours, &theirs[i * n..(i + 1) * n]) / scale)
+            .fold(0.0, f64::max);
+        if case_worst > tol {
+            failures.push(format!("{prefix}: {case_worst:e} > {tol:e}"));
+        }
+        if ill {
+            out.ill_conditioned += 1;
+            out.worst_ill = out.worst_ill.max(case_worst);
+        } else {
+            out.worst = out.worst.max(case_worst);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    out
+}
