@@ -37,7 +37,6 @@ use crate::euler::step_position;
 use crate::options::{FinalSigmasType, TimestepSpacing};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
-use crate::threshold::SampleClipping;
 
 /// The fields of a diffusers `DEISMultistepScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 1e-4 → 0.02, order 2, `lower_order_final`, `linspace` spacing).
@@ -123,20 +122,13 @@ impl DeisMultistepConfig {
             use_karras_sigmas: self.use_karras_sigmas,
             use_exponential_sigmas: self.use_exponential_sigmas,
             use_beta_sigmas: self.use_beta_sigmas,
+            thresholding: self.thresholding,
+            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
+            sample_max_value: self.sample_max_value,
             timestep_spacing: self.timestep_spacing,
             steps_offset: self.steps_offset,
             final_sigmas_type: FinalSigmasType::SigmaMin,
             ..DpmSolverMultistepConfig::default()
-        }
-    }
-
-    fn clipping(&self) -> SampleClipping {
-        SampleClipping {
-            clip_sample: false,
-            thresholding: self.thresholding,
-            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
-            sample_max_value: self.sample_max_value,
-            ..SampleClipping::default()
         }
     }
 
@@ -164,7 +156,6 @@ impl DeisMultistepConfig {
                 &solvers,
             ));
         }
-        self.clipping().validate()?;
         let unsupported = [
             ("use_flow_sigmas", self.use_flow_sigmas),
             ("use_dynamic_shifting", self.use_dynamic_shifting),
@@ -199,7 +190,6 @@ impl DeisMultistepConfig {
 #[derive(Debug, Clone)]
 pub struct DeisMultistep {
     config: DeisMultistepConfig,
-    clipping: SampleClipping,
     /// Timesteps, the noise schedule and `add_noise`.
     dpm: DpmSolverMultistep,
     /// The sigma of every timestep followed by the final sigma.
@@ -232,7 +222,6 @@ impl DeisMultistep {
         config.validate()?;
         let dpm = DpmSolverMultistep::new(config.dpm())?.rounding_karras_timesteps();
         Ok(Self {
-            clipping: config.clipping(),
             model_outputs: vec![None; config.solver_order],
             config,
             dpm,
@@ -261,16 +250,10 @@ impl DeisMultistep {
         index: usize,
     ) -> Result<(Tensor<5>, Tensor<5>)> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[index]);
-        let x0 = match self.config.prediction_type {
-            PredictionType::Epsilon => {
-                (sample.clone() - output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-            }
-            PredictionType::Sample => output,
-            PredictionType::VPrediction => {
-                sample.clone().mul_scalar(alpha_t) - output.mul_scalar(sigma_t)
-            }
-        };
-        let x0 = self.clipping.apply(x0)?;
+        // DPM-Solver++'s conversion (thresholded x̂₀), configured to match.
+        let x0 = self
+            .dpm
+            .convert_model_output(output, sample, self.sigmas[index])?;
         let eps = (sample.clone() - x0.clone().mul_scalar(alpha_t)).div_scalar(sigma_t);
         Ok((x0, eps))
     }

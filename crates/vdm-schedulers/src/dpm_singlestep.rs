@@ -38,7 +38,6 @@ use crate::euler::step_position;
 use crate::options::{AlgorithmType, FinalSigmasType, SolverType, TimestepSpacing};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
-use crate::threshold::SampleClipping;
 
 /// The fields of a diffusers `DPMSolverSinglestepScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 1e-4 → 0.02, `dpmsolver++`, order 2, `midpoint`, no lower-order
@@ -154,9 +153,14 @@ impl DpmSolverSinglestepConfig {
         }
     }
 
-    /// The multistep configuration with the same timesteps and sigmas.
-    fn dpm(&self) -> DpmSolverMultistepConfig {
-        DpmSolverMultistepConfig {
+    /// The multistep configuration with the same timesteps, sigmas and model-output
+    /// conversion.
+    fn dpm(&self) -> Result<DpmSolverMultistepConfig> {
+        Ok(DpmSolverMultistepConfig {
+            algorithm_type: self.algorithm()?,
+            thresholding: self.thresholding,
+            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
+            sample_max_value: self.sample_max_value,
             betas: self.betas.clone(),
             solver_order: 1,
             prediction_type: self.prediction_type,
@@ -167,17 +171,7 @@ impl DpmSolverSinglestepConfig {
             lambda_min_clipped: self.lambda_min_clipped,
             timestep_spacing: TimestepSpacing::Linspace,
             ..DpmSolverMultistepConfig::default()
-        }
-    }
-
-    fn clipping(&self) -> SampleClipping {
-        SampleClipping {
-            clip_sample: false,
-            thresholding: self.thresholding,
-            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
-            sample_max_value: self.sample_max_value,
-            ..SampleClipping::default()
-        }
+        })
     }
 
     /// Checks the fields, naming the first bad or unsupported one.
@@ -190,7 +184,6 @@ impl DpmSolverSinglestepConfig {
         }
         let algorithm = self.algorithm()?;
         self.solver()?;
-        self.clipping().validate()?;
         if algorithm == AlgorithmType::DpmSolver && self.final_sigmas_type == FinalSigmasType::Zero
         {
             return Err(Error::invalid(
@@ -209,7 +202,7 @@ impl DpmSolverSinglestepConfig {
                 "`{field}` is not implemented for DPMSolverSinglestepScheduler"
             )));
         }
-        self.dpm().validate()
+        self.dpm()?.validate()
     }
 
     /// Builds the scheduler (without timesteps; call [`Scheduler::set_timesteps`]).
@@ -265,7 +258,6 @@ pub struct DpmSolverSinglestep {
     config: DpmSolverSinglestepConfig,
     algorithm: AlgorithmType,
     solver: SolverType,
-    clipping: SampleClipping,
     /// Timesteps, sigmas, the noise schedule and `add_noise`.
     dpm: DpmSolverMultistep,
     orders: Vec<usize>,
@@ -283,11 +275,10 @@ impl DpmSolverSinglestep {
     /// [`DpmSolverSinglestepConfig::validate`]'s.
     pub fn new(config: DpmSolverSinglestepConfig) -> Result<Self> {
         config.validate()?;
-        let dpm = DpmSolverMultistep::new(config.dpm())?.rounding_karras_timesteps();
+        let dpm = DpmSolverMultistep::new(config.dpm()?)?.rounding_karras_timesteps();
         Ok(Self {
             algorithm: config.algorithm()?,
             solver: config.solver()?,
-            clipping: config.clipping(),
             model_outputs: vec![None; config.solver_order],
             config,
             dpm,
@@ -325,36 +316,14 @@ impl DpmSolverSinglestep {
         sample: &Tensor<5>,
         index: usize,
     ) -> Result<(Tensor<5>, Tensor<5>)> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.dpm.sigmas()[index]);
+        let sigma = self.dpm.sigmas()[index];
+        let converted = self.dpm.convert_model_output(output, sample, sigma)?;
         if self.data_prediction() {
-            let x0 = match self.config.prediction_type {
-                PredictionType::Epsilon => {
-                    (sample.clone() - output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-                }
-                PredictionType::Sample => output,
-                PredictionType::VPrediction => {
-                    sample.clone().mul_scalar(alpha_t) - output.mul_scalar(sigma_t)
-                }
-            };
-            let x0 = self.clipping.apply(x0)?;
-            return Ok((x0.clone(), x0));
+            return Ok((converted.clone(), converted));
         }
-        let mut eps = match self.config.prediction_type {
-            PredictionType::Epsilon => output,
-            PredictionType::Sample => {
-                (sample.clone() - output.mul_scalar(alpha_t)).div_scalar(sigma_t)
-            }
-            PredictionType::VPrediction => {
-                output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
-            }
-        };
-        if self.config.thresholding {
-            let x0 = (sample.clone() - eps.mul_scalar(sigma_t)).div_scalar(alpha_t);
-            let x0 = self.clipping.apply(x0)?;
-            eps = (sample.clone() - x0.mul_scalar(alpha_t)).div_scalar(sigma_t);
-        }
-        let x0 = (sample.clone() - eps.clone().mul_scalar(sigma_t)).div_scalar(alpha_t);
-        Ok((eps, x0))
+        let (alpha_t, sigma_t) = alpha_sigma(sigma);
+        let x0 = (sample.clone() - converted.clone().mul_scalar(sigma_t)).div_scalar(alpha_t);
+        Ok((converted, x0))
     }
 
     /// The update of `order` from the group's anchor at `sigmas[i + 1 − order]` to

@@ -547,7 +547,7 @@ impl DpmSolverMultistep {
 
     /// Converts a model output to what the solver integrates: `x̂₀` for DPM-Solver++, `ε̂` for
     /// DPM-Solver, at sigma `sigma`; thresholding applies to `x̂₀`.
-    fn convert_model_output(
+    pub(crate) fn convert_model_output(
         &self,
         model_output: Tensor<5>,
         sample: &Tensor<5>,

@@ -35,10 +35,9 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::dpm_solver::{DpmSolverMultistep, DpmSolverMultistepConfig, alpha_sigma, lambda};
 use crate::euler::first_index;
-use crate::options::{FinalSigmasType, TimestepSpacing};
+use crate::options::{AlgorithmType, FinalSigmasType, TimestepSpacing};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
-use crate::threshold::SampleClipping;
 
 /// The fields of a diffusers `UniPCMultistepScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 1e-4 → 0.02, order 2, `bh2`, `predict_x0`, `lower_order_final`,
@@ -166,20 +165,20 @@ impl UniPcMultistepConfig {
             use_karras_sigmas: self.use_karras_sigmas,
             use_exponential_sigmas: self.use_exponential_sigmas,
             use_beta_sigmas: self.use_beta_sigmas,
+            // What UniPC integrates is what DPM-Solver++ (x̂₀, thresholded) or DPM-Solver
+            // (ε̂, never thresholded in diffusers' UniPC) converts the model output to.
+            algorithm_type: if self.predict_x0 {
+                AlgorithmType::DpmSolverPlusPlus
+            } else {
+                AlgorithmType::DpmSolver
+            },
+            thresholding: self.thresholding && self.predict_x0,
+            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
+            sample_max_value: self.sample_max_value,
             timestep_spacing: self.timestep_spacing,
             steps_offset: self.steps_offset,
             final_sigmas_type: self.final_sigmas_type,
             ..DpmSolverMultistepConfig::default()
-        }
-    }
-
-    fn clipping(&self) -> SampleClipping {
-        SampleClipping {
-            clip_sample: false,
-            thresholding: self.thresholding,
-            dynamic_thresholding_ratio: self.dynamic_thresholding_ratio,
-            sample_max_value: self.sample_max_value,
-            ..SampleClipping::default()
         }
     }
 
@@ -192,7 +191,6 @@ impl UniPcMultistepConfig {
             ));
         }
         self.bh()?;
-        self.clipping().validate()?;
         let unsupported = [
             (
                 "solver_p",
@@ -243,7 +241,6 @@ impl UniPcMultistepConfig {
 pub struct UniPcMultistep {
     config: UniPcMultistepConfig,
     bh: BhVariant,
-    clipping: SampleClipping,
     /// Timesteps, sigmas, the index lookup and `add_noise`.
     dpm: DpmSolverMultistep,
     /// Converted outputs of the last `solver_order` steps, oldest first.
@@ -272,7 +269,6 @@ impl UniPcMultistep {
         let dpm = DpmSolverMultistep::new(config.dpm())?.rounding_karras_timesteps();
         Ok(Self {
             bh: config.bh()?,
-            clipping: config.clipping(),
             model_outputs: vec![None; config.solver_order],
             config,
             dpm,
@@ -413,31 +409,11 @@ impl UniPcMultistep {
         Ok((rks, d1s))
     }
 
-    /// diffusers' `convert_model_output`: `x̂₀` (thresholded) or `ε̂` at `sigmas[index]`.
+    /// diffusers' `convert_model_output`: `x̂₀` (thresholded) or `ε̂` at `sigmas[index]`
+    /// (DPM-Solver's conversion, configured to match).
     fn convert(&self, output: Tensor<5>, sample: &Tensor<5>, index: usize) -> Result<Tensor<5>> {
-        let (alpha_t, sigma_t) = alpha_sigma(self.dpm.sigmas()[index]);
-        if self.config.predict_x0 {
-            let x0 = match self.config.prediction_type {
-                PredictionType::Epsilon => {
-                    (sample.clone() - output.mul_scalar(sigma_t)).div_scalar(alpha_t)
-                }
-                PredictionType::Sample => output,
-                PredictionType::VPrediction => {
-                    sample.clone().mul_scalar(alpha_t) - output.mul_scalar(sigma_t)
-                }
-            };
-            self.clipping.apply(x0)
-        } else {
-            Ok(match self.config.prediction_type {
-                PredictionType::Epsilon => output,
-                PredictionType::Sample => {
-                    (sample.clone() - output.mul_scalar(alpha_t)).div_scalar(sigma_t)
-                }
-                PredictionType::VPrediction => {
-                    output.mul_scalar(alpha_t) + sample.clone().mul_scalar(sigma_t)
-                }
-            })
-        }
+        self.dpm
+            .convert_model_output(output, sample, self.dpm.sigmas()[index])
     }
 }
 
