@@ -25,7 +25,7 @@
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, VideoShape};
+use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, Timesteps, VideoShape};
 use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
@@ -333,7 +333,7 @@ impl<'a> CoDenoisingSampler<'a> {
                     self.denoiser,
                     None,
                     input,
-                    t,
+                    Timesteps::Shared(t),
                     &per_window[i],
                     None,
                     guided.as_ref(),

@@ -3,6 +3,7 @@
 //! Training-free long-video generation for any video diffusion model that implements the
 //! [`vdm_core::Denoiser`] trait and routes its temporal layers through
 //! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit, Gen-L-Video co-denoising,
+//! FIFO-Diffusion,
 //! correlated noise priors, and more.
 //!
 //! ```
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod co_denoising;
+pub mod fifo;
 pub mod freeinit;
 
 pub mod noise_prior;

@@ -267,7 +267,7 @@ impl<'a> LongVideoSampler<'a> {
                     self.denoiser,
                     self.temporal,
                     model_input,
-                    t,
+                    Timesteps::Shared(t),
                     &batched_conditioning,
                     routed,
                     guided.as_ref(),
@@ -338,24 +338,35 @@ pub(crate) fn check_request(
     Ok(guided)
 }
 
-/// One model evaluation at the shared timestep `t`: with `guidance`, the unconditional and
-/// conditional passes batched into one call (`conditioning` is then `[negative; positive]`)
-/// and combined as `ε_u + s·(ε_c − ε_u)`; `temporal` handed to the model's temporal layers;
-/// `routed` conditioning for the listed blocks.
+/// One model evaluation at `timesteps` (those of `model_input`'s batch): with `guidance`, the
+/// unconditional and conditional passes batched into one call (`conditioning` is then
+/// `[negative; positive]`, the timesteps repeated for both halves) and combined as
+/// `ε_u + s·(ε_c − ε_u)`; `temporal` handed to the model's temporal layers; `routed`
+/// conditioning for the listed blocks.
 pub(crate) fn guided_prediction(
     denoiser: &dyn Denoiser,
     temporal: Option<&dyn TemporalHook>,
     model_input: Tensor<5>,
-    t: f64,
+    timesteps: Timesteps,
     conditioning: &Conditioning,
     routed: Option<(Conditioning, Vec<BlockKind>)>,
     guidance: Option<&Guidance>,
 ) -> Result<Tensor<5>> {
-    let input = match guidance {
-        Some(_) => Tensor::cat(vec![model_input.clone(), model_input], 0),
-        None => model_input,
+    let (input, timesteps) = match guidance {
+        Some(_) => (
+            Tensor::cat(vec![model_input.clone(), model_input], 0),
+            match timesteps {
+                Timesteps::Shared(t) => Timesteps::Shared(t),
+                Timesteps::PerItem(ts) => Timesteps::PerItem(ts.repeat(2)),
+                Timesteps::PerFrame { frames, values } => Timesteps::PerFrame {
+                    frames,
+                    values: values.repeat(2),
+                },
+            },
+        ),
+        None => (model_input, timesteps),
     };
-    let mut call = DenoiserInput::new(input, Timesteps::Shared(t), conditioning.clone());
+    let mut call = DenoiserInput::new(input, timesteps, conditioning.clone());
     if let Some(hook) = temporal {
         call = call.with_temporal(hook);
     }

@@ -1,0 +1,896 @@
+//! FIFO-Diffusion (Kim et al. 2024, "FIFO-Diffusion: Generating Infinite Videos from Text
+//! without Training", NeurIPS; reference code `jjihwan/FIFO-Diffusion_public`,
+//! `scripts/evaluation/funcs.py` and `lvdm/models/samplers/ddim.py`, see
+//! `shared/reference/algorithms.md` §8).
+//!
+//! **Diagonal denoising.** A queue holds `S = window · partitions` frames at increasing noise
+//! levels: position `i` sits at the `i`-th smallest of the `S` inference timesteps. Every
+//! iteration denoises each frame of the queue by one level, `window` frames per model call,
+//! each frame with its own timestep ([`Timesteps::PerFrame`]); then the head of the queue is
+//! clean and leaves it, every frame moves one place forward and fresh noise enters at the
+//! tail. One clean frame per iteration, for as long as the caller wants: the queue, and with it
+//! the memory, does not grow with the video ([`FifoStream`] yields frames one by one, so a
+//! caller can decode and write each while sampling continues).
+//!
+//! **Lookahead denoising** (the reference's default): `window/2` already clean frames are kept
+//! in front of the queue as context, and the windows advance by `window/2`, each writing only
+//! its second half, so every frame is denoised with `window/2` less noisy frames before it.
+//! It doubles the model calls (`2·partitions` per frame instead of `partitions`).
+//!
+//! **Start.** As the reference: a `window`-frame clip is first sampled by ordinary DDIM over
+//! the same `S` timesteps; queue position `i` is that clip's frame `max(0, i − (S − window))`
+//! noised to level `i` (the lookahead context holds its clean frame 0). The first `S − window`
+//! frames that leave the queue are re-noised copies of frame 0 and are dropped, so the video's
+//! first `window` frames are the clip's frames denoised again along the diagonal.
+//!
+//! The update of a frame at level `i` is DDIM with `η` (`eta`; the reference uses 1) from
+//! `ᾱ(t_i)` to `ᾱ(t_{i−1})`, on the scheduler's training schedule and its `S` timesteps (its
+//! spacing), for any prediction type. Unlike the reference:
+//! - the frame at the lowest level steps to `ᾱ = 1`, to its clean estimate `x̂₀` (the
+//!   reference stops at `ᾱ(t_0)` and decodes that slightly noisy latent), and the context frames
+//!   of lookahead are these clean frames (labelled `t_0` for the model, as the reference does);
+//! - a per-frame conditioning (`[B, N, S, D]` for an `N`-frame video: prompt travel) gives each
+//!   queue position the context of the video frame it will become, instead of one prompt for
+//!   the whole queue switched when the dequeued frame passes a boundary.
+//!
+//! Invariant (tested): for a model that treats frames independently, every frame equals
+//! ordinary DDIM sampling of that frame alone from its initial noise, with or without
+//! lookahead.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use vdm_core::noise::draw;
+use vdm_core::{
+    Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, Timesteps, VideoShape,
+};
+use vdm_schedulers::Scheduler;
+use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
+
+use crate::sampler::{Control, Guidance, Progress, check_request, guided_prediction};
+
+/// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
+/// the DDIM `η`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fifo {
+    /// Frames per model call: the clip length the model was trained on (e.g. 16).
+    pub window: usize,
+    /// Partitions `n` of the queue: `window · n` noise levels (inference steps) and `n` model
+    /// calls per frame (`2n` with lookahead). The reference uses 4.
+    pub partitions: usize,
+    /// Lookahead denoising: windows advance by `window/2` and write their second half
+    /// (`window` must be even).
+    pub lookahead: bool,
+    /// DDIM `η`: 0 deterministic, 1 (the reference) DDPM-like noise at every update.
+    pub eta: f64,
+}
+
+impl Fifo {
+    /// The reference's settings for a model of clip length `window`: `partitions` levels
+    /// groups, lookahead on, `η = 1`.
+    pub fn new(window: usize, partitions: usize) -> Self {
+        Self {
+            window,
+            partitions,
+            lookahead: true,
+            eta: 1.0,
+        }
+    }
+
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `window`, `partitions` or `eta`.
+    pub fn validate(&self) -> Result<()> {
+        if self.window == 0 {
+            return Err(Error::invalid("window", "must be ≥ 1"));
+        }
+        if self.lookahead && (self.window < 2 || !self.window.is_multiple_of(2)) {
+            return Err(Error::invalid(
+                "window",
+                format!(
+                    "lookahead denoising advances by half a window: {} is not even",
+                    self.window
+                ),
+            ));
+        }
+        if self.partitions == 0 {
+            return Err(Error::invalid("partitions", "must be ≥ 1"));
+        }
+        if !(self.eta.is_finite() && self.eta >= 0.0) {
+            return Err(Error::invalid(
+                "eta",
+                format!("must be finite and ≥ 0, got {}", self.eta),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Noise levels in the queue (the inference steps): `window · partitions`.
+    pub fn num_levels(&self) -> usize {
+        self.window * self.partitions
+    }
+
+    /// Clean context frames in front of the queue: `window/2` with lookahead, else 0.
+    pub fn context(&self) -> usize {
+        if self.lookahead { self.window / 2 } else { 0 }
+    }
+
+    /// Frames held at any time: the levels and the context.
+    pub fn queue_len(&self) -> usize {
+        self.context() + self.num_levels()
+    }
+
+    /// Model calls (each on `window` frames, twice the batch with guidance) per video frame.
+    pub fn calls_per_frame(&self) -> usize {
+        if self.lookahead {
+            2 * self.partitions
+        } else {
+            self.partitions
+        }
+    }
+
+    /// The windows of one iteration in the order they run (back to front), as queue positions
+    /// `(start, write_from, end)`: the model sees `start..end`, the update is kept for
+    /// `write_from..end`.
+    pub fn windows(&self) -> Vec<(usize, usize, usize)> {
+        let (count, step) = if self.lookahead {
+            (2 * self.partitions, self.window / 2)
+        } else {
+            (self.partitions, self.window)
+        };
+        (0..count)
+            .rev()
+            .map(|r| {
+                let start = r * step;
+                let write_from = if self.lookahead { start + step } else { start };
+                (start, write_from, start + self.window)
+            })
+            .collect()
+    }
+
+    /// The noise level (index into the ascending timesteps) of queue position `p`.
+    pub fn level_of(&self, position: usize) -> usize {
+        position.saturating_sub(self.context())
+    }
+}
+
+/// The FIFO-Diffusion sampler over any [`Denoiser`] that accepts per-frame timesteps.
+pub struct FifoSampler<'a> {
+    denoiser: &'a dyn Denoiser,
+    scheduler: Box<dyn Scheduler>,
+    plan: Fifo,
+    guidance: Option<Guidance>,
+}
+
+impl<'a> FifoSampler<'a> {
+    /// A sampler for `plan` on `scheduler`'s training schedule and timestep spacing.
+    pub fn new(denoiser: &'a dyn Denoiser, scheduler: Box<dyn Scheduler>, plan: Fifo) -> Self {
+        Self {
+            denoiser,
+            scheduler,
+            plan,
+            guidance: None,
+        }
+    }
+
+    /// Enables classifier-free guidance.
+    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
+        self.guidance = Some(guidance);
+        self
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Fifo {
+        &self.plan
+    }
+
+    /// A stream of the `shape.frames` clean latent frames (`[B, C, 1, H, W]` each) of a video
+    /// of `shape`. `conditioning` is shared, or per frame with `shape.frames` frames; `noise`
+    /// provides every random number. The model runs only when frames are pulled.
+    ///
+    /// # Errors
+    /// Before any model work: a bad plan, a prediction-type mismatch, an inversion scheduler,
+    /// a scheduler whose timesteps are not `num_levels()` distinct integers, a per-frame
+    /// conditioning of another length, a non-finite guidance scale.
+    pub fn stream<'s>(
+        &'s self,
+        shape: VideoShape,
+        conditioning: Conditioning,
+        noise: &'s mut dyn NoiseSource,
+        device: &Device,
+    ) -> Result<FifoStream<'s>> {
+        self.plan.validate()?;
+        let levels = self.plan.num_levels();
+        let guided = check_request(
+            self.denoiser,
+            self.scheduler.as_ref(),
+            levels,
+            self.guidance.as_ref(),
+        )?;
+        let mut scheduler = self.scheduler.box_clone();
+        scheduler.set_timesteps(levels)?;
+        let mut timesteps = scheduler.timesteps().to_vec();
+        let distinct = timesteps.windows(2).all(|p| p[0] > p[1]);
+        if timesteps.len() != levels || !distinct {
+            return Err(Error::invalid(
+                "scheduler",
+                format!(
+                    "FIFO-Diffusion needs {levels} distinct timesteps for {levels} levels, the \
+                     scheduler lists {} ({}); use a DDIM-style scheduler",
+                    timesteps.len(),
+                    if distinct { "distinct" } else { "with repeats" }
+                ),
+            ));
+        }
+        timesteps.reverse();
+        let alphas = timesteps
+            .iter()
+            .map(|&t| {
+                scheduler.noise_schedule().alpha_cumprod_at(t).map_err(|_| {
+                    Error::invalid(
+                        "scheduler",
+                        format!(
+                            "FIFO-Diffusion steps on integer training timesteps, the scheduler \
+                             lists {t}"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<f32>>>()?;
+        let mut given = vec![("conditioning", &conditioning)];
+        if let Some(g) = &guided {
+            given.push(("negative", &g.negative));
+        }
+        for (name, c) in given {
+            if let Conditioning::PerFrame(ctx) = c
+                && ctx.dims()[1] != shape.frames
+            {
+                return Err(Error::shape(
+                    name,
+                    format!(
+                        "[B, F, S, D] with F = {} (the video's frames)",
+                        shape.frames
+                    ),
+                    &ctx.dims(),
+                ));
+            }
+        }
+        Ok(FifoStream {
+            denoiser: self.denoiser,
+            prediction_type: self.denoiser.prediction_type(),
+            plan: self.plan,
+            timesteps,
+            alphas,
+            guidance: guided,
+            conditioning,
+            shape,
+            device: device.clone(),
+            noise,
+            queue: None,
+            iteration: 0,
+            emitted: 0,
+        })
+    }
+
+    /// Samples the whole video `[B, C, F, H, W]` (`F = shape.frames`), reporting every warm-up
+    /// step (pass 0) and every emitted frame (pass 1) to `progress`, which may cancel.
+    ///
+    /// # Errors
+    /// As [`FifoSampler::stream`]; the model's errors; [`Error::Cancelled`].
+    pub fn sample(
+        &self,
+        shape: VideoShape,
+        conditioning: Conditioning,
+        noise: &mut dyn NoiseSource,
+        device: &Device,
+        progress: &mut dyn FnMut(Progress<'_>) -> Control,
+    ) -> Result<Tensor<5>> {
+        let mut stream = self.stream(shape, conditioning, noise, device)?;
+        let mut frames = Vec::with_capacity(shape.frames);
+        while let Some(frame) = stream.next_frame(progress) {
+            frames.push(frame?);
+        }
+        Ok(Tensor::cat(frames, 2))
+    }
+}
+
+/// The frames of a FIFO-Diffusion video, produced as they leave the queue (an [`Iterator`] of
+/// `[B, C, 1, H, W]` clean latents; [`FifoStream::next_frame`] also reports progress).
+pub struct FifoStream<'s> {
+    denoiser: &'s dyn Denoiser,
+    prediction_type: PredictionType,
+    plan: Fifo,
+    /// The `S` timesteps, ascending (level `i` = `timesteps[i]`).
+    timesteps: Vec<f64>,
+    /// `ᾱ` of each level.
+    alphas: Vec<f32>,
+    guidance: Option<Guidance>,
+    conditioning: Conditioning,
+    shape: VideoShape,
+    device: Device,
+    noise: &'s mut dyn NoiseSource,
+    /// `[B, C, queue_len, H, W]`, `None` before the warm-up.
+    queue: Option<Tensor<5>>,
+    /// Iterations run (frames dequeued, dropped ones included).
+    iteration: usize,
+    /// Frames handed to the caller.
+    emitted: usize,
+}
+
+impl FifoStream<'_> {
+    /// The queue `[B, C, queue_len, H, W]` (`None` before the first frame is asked for).
+    pub fn queue(&self) -> Option<&Tensor<5>> {
+        self.queue.as_ref()
+    }
+
+    /// Frames dequeued before the video starts (`S − window`, or fewer when `S < window`).
+    fn dropped(&self) -> usize {
+        self.plan.num_levels().saturating_sub(self.plan.window)
+    }
+
+    /// The next clean frame `[B, C, 1, H, W]`, `None` after the last; `progress` sees every
+    /// warm-up step and every emitted frame and may cancel. After an error the stream ends.
+    pub fn next_frame(
+        &mut self,
+        progress: &mut dyn FnMut(Progress<'_>) -> Control,
+    ) -> Option<Result<Tensor<5>>> {
+        if self.emitted >= self.shape.frames {
+            return None;
+        }
+        let result = self.advance(progress);
+        if result.is_err() {
+            self.emitted = self.shape.frames;
+        }
+        Some(result)
+    }
+
+    fn advance(&mut self, progress: &mut dyn FnMut(Progress<'_>) -> Control) -> Result<Tensor<5>> {
+        if self.queue.is_none() {
+            let queue = self.warm_up(progress)?;
+            self.queue = Some(queue);
+        }
+        loop {
+            let frame = self.iterate()?;
+            self.iteration += 1;
+            if self.iteration > self.dropped() {
+                let step = self.emitted;
+                self.emitted += 1;
+                let control = progress(Progress {
+                    iteration: 1,
+                    iterations: 2,
+                    step,
+                    num_steps: self.shape.frames,
+                    timestep: self.timesteps[0],
+                    latents: self.queue.as_ref().expect("set above"),
+                    pred_original: Some(&frame),
+                });
+                if control == Control::Cancel {
+                    return Err(Error::Cancelled { step });
+                }
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Samples the starting clip by DDIM over the `S` levels and builds the queue from it.
+    fn warm_up(&mut self, progress: &mut dyn FnMut(Progress<'_>) -> Control) -> Result<Tensor<5>> {
+        let plan = self.plan;
+        let levels = plan.num_levels();
+        let clip_shape = self.shape.with_frames(plan.window);
+        let mut clip = draw(self.noise, clip_shape.dims(), &self.device)?;
+        // Clip frame j becomes video frame j (see the module doc).
+        let outputs: Vec<usize> = (0..plan.window)
+            .map(|j| j.min(self.shape.frames - 1))
+            .collect();
+        for (step, level) in (0..levels).rev().enumerate() {
+            let frame_levels = vec![level; plan.window];
+            let output = self.predict(clip.clone(), &frame_levels, &outputs)?;
+            clip = self.update(clip, output, &frame_levels)?;
+            let control = progress(Progress {
+                iteration: 0,
+                iterations: 2,
+                step,
+                num_steps: levels,
+                timestep: self.timesteps[level],
+                latents: &clip,
+                pred_original: None,
+            });
+            if control == Control::Cancel {
+                return Err(Error::Cancelled { step });
+            }
+        }
+        let fresh = draw(
+            self.noise,
+            self.shape.with_frames(levels).dims(),
+            &self.device,
+        )?;
+        let mut parts = Vec::with_capacity(plan.queue_len());
+        for _ in 0..plan.context() {
+            parts.push(clip.clone().narrow(2, 0, 1));
+        }
+        for level in 0..levels {
+            let source = (level + plan.window)
+                .saturating_sub(levels)
+                .min(plan.window - 1);
+            let scales = Scales::from_alpha_cumprod(self.alphas[level]);
+            let x0 = clip.clone().narrow(2, source, 1);
+            let eps = fresh.clone().narrow(2, level, 1);
+            parts.push(x0.mul_scalar(scales.alpha as f32) + eps.mul_scalar(scales.sigma as f32));
+        }
+        Ok(Tensor::cat(parts, 2))
+    }
+
+    /// One iteration: every level denoised once (windows back to front), the head dequeued
+    /// and fresh noise enqueued. Returns the dequeued (clean) frame.
+    fn iterate(&mut self) -> Result<Tensor<5>> {
+        let plan = self.plan;
+        let mut queue = self.queue.take().expect("warmed up");
+        for (start, write_from, end) in plan.windows() {
+            let x = queue.clone().narrow(2, start, end - start);
+            let positions: Vec<usize> = (start..end).collect();
+            let frame_levels: Vec<usize> = positions.iter().map(|&p| plan.level_of(p)).collect();
+            let outputs: Vec<usize> = positions.iter().map(|&p| self.output_frame(p)).collect();
+            let output = self.predict(x.clone(), &frame_levels, &outputs)?;
+            let keep = write_from - start;
+            let written = end - write_from;
+            let updated = self.update(
+                x.narrow(2, keep, written),
+                output.narrow(2, keep, written),
+                &frame_levels[keep..],
+            )?;
+            let [b, c, _, h, w] = queue.dims();
+            queue = queue.slice_assign([0..b, 0..c, write_from..end, 0..h, 0..w], updated);
+        }
+        let head = plan.context();
+        let frame = queue.clone().narrow(2, head, 1);
+        let fresh = draw(self.noise, self.shape.with_frames(1).dims(), &self.device)?;
+        let len = plan.queue_len();
+        self.queue = Some(Tensor::cat(vec![queue.narrow(2, 1, len - 1), fresh], 2));
+        Ok(frame)
+    }
+
+    /// The video frame that queue position `p` becomes (clamped to the video), for per-frame
+    /// conditioning.
+    fn output_frame(&self, position: usize) -> usize {
+        let emitted = (self.iteration + position) as i64 - self.plan.context() as i64;
+        let frame = emitted - self.dropped() as i64;
+        frame.clamp(0, self.shape.frames as i64 - 1) as usize
+    }
+
+    /// The guided model output for `x` (`[B, C, w, H, W]`), frame `j` at level
+    /// `frame_levels[j]` with the conditioning of video frame `outputs[j]`.
+    fn predict(
+        &self,
+        x: Tensor<5>,
+        frame_levels: &[usize],
+        outputs: &[usize],
+    ) -> Result<Tensor<5>> {
+        let frames = frame_levels.len();
+        let values: Vec<f64> = (0..self.shape.batch)
+            .flat_map(|_| frame_levels.iter().map(|&l| self.timesteps[l]))
+            .collect();
+        let timesteps = Timesteps::PerFrame { frames, values };
+        let own = select_frames(&self.conditioning, outputs, &self.device);
+        let conditioning = match &self.guidance {
+            Some(g) => {
+                Conditioning::cat(vec![select_frames(&g.negative, outputs, &self.device), own])?
+            }
+            None => own,
+        };
+        guided_prediction(
+            self.denoiser,
+            None,
+            x,
+            timesteps,
+            &conditioning,
+            None,
+            self.guidance.as_ref(),
+        )
+    }
+
+    /// DDIM with `η` for every frame from its level to the level below (level 0: to `ᾱ = 1`).
+    fn update(
+        &mut self,
+        x: Tensor<5>,
+        output: Tensor<5>,
+        frame_levels: &[usize],
+    ) -> Result<Tensor<5>> {
+        let z = if self.plan.eta > 0.0 {
+            Some(draw(self.noise, x.dims(), &self.device)?)
+        } else {
+            None
+        };
+        let mut frames = Vec::with_capacity(frame_levels.len());
+        for (j, &level) in frame_levels.iter().enumerate() {
+            let a = f64::from(self.alphas[level]);
+            let a_prev = if level == 0 {
+                1.0
+            } else {
+                f64::from(self.alphas[level - 1])
+            };
+            let (x0, eps) = to_x0_and_eps(
+                self.prediction_type,
+                output.clone().narrow(2, j, 1),
+                x.clone().narrow(2, j, 1),
+                Scales::from_alpha_cumprod(self.alphas[level]),
+            )?;
+            let variance = (1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev);
+            let std = self.plan.eta * variance.max(0.0).sqrt();
+            let direction = (1.0 - a_prev - std * std).max(0.0).sqrt();
+            let mut prev = x0.mul_scalar(a_prev.sqrt() as f32) + eps.mul_scalar(direction as f32);
+            if let Some(z) = &z {
+                prev = prev + z.clone().narrow(2, j, 1).mul_scalar(std as f32);
+            }
+            frames.push(prev);
+        }
+        Ok(Tensor::cat(frames, 2))
+    }
+}
+
+impl Iterator for FifoStream<'_> {
+    type Item = Result<Tensor<5>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_frame(&mut |_| Control::Continue)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.shape.frames - self.emitted;
+        (left, Some(left))
+    }
+}
+
+/// `conditioning` for the video frames `frames` (per-frame contexts are gathered; shared ones
+/// are kept).
+fn select_frames(conditioning: &Conditioning, frames: &[usize], device: &Device) -> Conditioning {
+    match conditioning {
+        Conditioning::PerFrame(ctx) => {
+            let idx: Vec<i64> = frames.iter().map(|&f| f as i64).collect();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [frames.len()]), device);
+            Conditioning::PerFrame(ctx.clone().select(1, idx))
+        }
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use proptest::prelude::*;
+    use vdm_core::{DenoiserInput, SeededNoise};
+    use vdm_schedulers::from_config_json;
+
+    use crate::sampler::LongVideoSampler;
+
+    /// DDIM whose timesteps step exactly to the next one (leading spacing, 1000 / 8 = 125) and
+    /// end at `ᾱ = 1`, as FIFO's lowest level does.
+    const DDIM: &str = r#"{"_class_name": "DDIMScheduler", "clip_sample": false,
+        "set_alpha_to_one": true, "timestep_spacing": "leading", "steps_offset": 0}"#;
+
+    /// A frame-local model: `ε = 0.1·x + c_f + 0.001·t_f`, `c_f` the mean of frame `f`'s
+    /// context and `t_f` its timestep; records the frames and timesteps of every call.
+    #[derive(Default)]
+    struct FrameLocal {
+        calls: Mutex<Vec<Vec<f64>>>,
+    }
+
+    impl Denoiser for FrameLocal {
+        fn prediction_type(&self) -> PredictionType {
+            PredictionType::Epsilon
+        }
+        fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+            let shape = input.shape()?;
+            let (b, f) = (shape.batch, shape.frames);
+            let ts = input.timesteps.per_frame(b, f)?;
+            self.calls.lock().unwrap().push(ts.clone());
+            let device = input.latents.device();
+            let ts: Vec<f32> = ts.iter().map(|&t| 0.001 * t as f32).collect();
+            let t = Tensor::<5>::from_data(TensorData::new(ts, [b, 1, f, 1, 1]), &device);
+            let out = input.latents.clone().mul_scalar(0.1) + t;
+            Ok(match input.conditioning.per_frame(b, f)? {
+                Some(ctx) => out + ctx.mean_dim(2).mean_dim(1).reshape([b, 1, f, 1, 1]),
+                None => out,
+            })
+        }
+    }
+
+    /// Noise whose `k`-th draw is the constant `value(k)` everywhere.
+    struct ConstantDraws(usize);
+
+    fn value(k: usize) -> f32 {
+        (k as f32 * 0.37 + 0.2).sin()
+    }
+
+    impl NoiseSource for ConstantDraws {
+        fn normal(&mut self, shape: &[usize]) -> Result<TensorData> {
+            let v = value(self.0);
+            self.0 += 1;
+            Ok(TensorData::new(
+                vec![v; shape.iter().product()],
+                shape.to_vec(),
+            ))
+        }
+        fn permutation(&mut self, n: usize) -> Result<Vec<usize>> {
+            Ok((0..n).collect())
+        }
+    }
+
+    /// Frame `f`'s context is `(v_f, v_f)`.
+    fn per_frame_context(values: &[f32], device: &Device) -> Conditioning {
+        let data: Vec<f32> = values.iter().flat_map(|&v| [v, v]).collect();
+        Conditioning::PerFrame(Tensor::from_data(
+            TensorData::new(data, [1, values.len(), 1, 2]),
+            device,
+        ))
+    }
+
+    fn host(t: &Tensor<5>) -> Vec<f32> {
+        t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn guidance(device: &Device) -> Guidance {
+        Guidance {
+            scale: 3.0,
+            negative: Conditioning::Shared(Tensor::zeros([1, 1, 2], device)),
+        }
+    }
+
+    #[test]
+    fn every_fresh_frame_equals_ddim_of_that_frame_alone() {
+        let device = Device::flex();
+        let frames = 10;
+        let shape = VideoShape::new([1, 2, frames, 2, 3]);
+        let contexts: Vec<f32> = (0..frames).map(|f| 0.05 * f as f32 - 0.2).collect();
+        for lookahead in [false, true] {
+            for guided in [false, true] {
+                let model = FrameLocal::default();
+                let plan = Fifo {
+                    lookahead,
+                    eta: 0.0,
+                    ..Fifo::new(4, 2)
+                };
+                let mut sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), plan);
+                if guided {
+                    sampler = sampler.with_guidance(guidance(&device));
+                }
+                let video = sampler
+                    .sample(
+                        shape,
+                        per_frame_context(&contexts, &device),
+                        &mut ConstantDraws(0),
+                        &device,
+                        &mut |_| Control::Continue,
+                    )
+                    .unwrap();
+                assert_eq!(video.dims(), shape.dims());
+                // Draw 0: the warm-up clip, draw 1: the queue's noise, then one fresh frame per
+                // iteration: video frame k ≥ window started as draw 2 + k − window.
+                for k in plan.window..frames {
+                    let alone = FrameLocal::default();
+                    let mut direct = LongVideoSampler::new(&alone, from_config_json(DDIM).unwrap());
+                    if guided {
+                        direct = direct.with_guidance(guidance(&device));
+                    }
+                    let want = direct
+                        .sample(
+                            shape.with_frames(1),
+                            per_frame_context(&contexts[k..k + 1], &device),
+                            plan.num_levels(),
+                            &mut ConstantDraws(2 + k - plan.window),
+                            &device,
+                            &mut |_| Control::Continue,
+                        )
+                        .unwrap();
+                    let got = host(&video.clone().narrow(2, k, 1));
+                    for (g, w) in got.iter().zip(host(&want)) {
+                        assert!(
+                            (g - w).abs() < 1e-5,
+                            "lookahead {lookahead}, guided {guided}, frame {k}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_queue_and_the_calls_per_frame_do_not_grow_with_length() {
+        let device = Device::flex();
+        for lookahead in [false, true] {
+            let plan = Fifo {
+                lookahead,
+                ..Fifo::new(4, 3)
+            };
+            for frames in [5, 40] {
+                let model = FrameLocal::default();
+                let sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), plan);
+                let mut noise = SeededNoise::new(3);
+                let shape = VideoShape::new([1, 2, frames, 2, 2]);
+                let mut stream = sampler
+                    .stream(shape, Conditioning::None, &mut noise, &device)
+                    .unwrap();
+                assert_eq!(stream.size_hint(), (frames, Some(frames)));
+                let mut got = 0;
+                while let Some(frame) = stream.next() {
+                    assert_eq!(frame.unwrap().dims(), [1, 2, 1, 2, 2]);
+                    assert_eq!(stream.queue().unwrap().dims()[2], plan.queue_len());
+                    got += 1;
+                }
+                assert_eq!(got, frames);
+                assert!(stream.next().is_none());
+                let calls = model.calls.lock().unwrap();
+                let dropped = plan.num_levels() - plan.window;
+                assert_eq!(
+                    calls.len(),
+                    plan.num_levels() + (dropped + frames) * plan.calls_per_frame()
+                );
+                assert!(calls.iter().all(|ts| ts.len() == plan.window));
+                // The warm-up runs the levels from the noisiest down, all frames together.
+                // Leading spacing: level i is timestep i·(1000 / S).
+                let stride = 1000 / plan.num_levels();
+                let levels: Vec<f64> = (0..plan.num_levels())
+                    .map(|i| (i * stride) as f64)
+                    .collect();
+                for (step, ts) in calls[..plan.num_levels()].iter().enumerate() {
+                    assert!(
+                        ts.iter()
+                            .all(|&t| t == levels[plan.num_levels() - 1 - step])
+                    );
+                }
+                // Then windows back to front, each frame at its own level; the front window of
+                // lookahead starts with window/2 context frames labelled t_0.
+                let mut windows = plan.windows();
+                let first = &calls[plan.num_levels()];
+                let (start, _, end) = windows[0];
+                let want: Vec<f64> = (start..end).map(|p| levels[plan.level_of(p)]).collect();
+                assert_eq!(first, &want);
+                let front = windows.pop().unwrap();
+                let front_call = &calls[plan.num_levels() + plan.calls_per_frame() - 1];
+                let want: Vec<f64> = (front.0..front.2)
+                    .map(|p| levels[plan.level_of(p)])
+                    .collect();
+                assert_eq!(front_call, &want);
+                if lookahead {
+                    assert_eq!(front_call, &[0.0, 0.0, 0.0, stride as f64]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_stream_is_the_sample_and_one_seed_gives_one_video() {
+        let device = Device::flex();
+        let model = FrameLocal::default();
+        let sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), Fifo::new(4, 2))
+            .with_guidance(guidance(&device));
+        let shape = VideoShape::new([1, 2, 7, 2, 2]);
+        let cond = || Conditioning::Shared(Tensor::ones([1, 1, 2], &device).mul_scalar(0.3));
+        let sample = |seed| {
+            host(
+                &sampler
+                    .sample(
+                        shape,
+                        cond(),
+                        &mut SeededNoise::new(seed),
+                        &device,
+                        &mut |_| Control::Continue,
+                    )
+                    .unwrap(),
+            )
+        };
+        let a = sample(5);
+        assert_eq!(a, sample(5));
+        assert_ne!(a, sample(6));
+        let mut noise = SeededNoise::new(5);
+        let frames: Vec<Tensor<5>> = sampler
+            .stream(shape, cond(), &mut noise, &device)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(host(&Tensor::cat(frames, 2)), a);
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn progress_sees_the_warm_up_and_every_frame_and_may_cancel() {
+        let device = Device::flex();
+        let model = FrameLocal::default();
+        let plan = Fifo::new(2, 2);
+        let sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), plan);
+        let shape = VideoShape::new([1, 1, 3, 1, 1]);
+        let mut seen = Vec::new();
+        sampler
+            .sample(
+                shape,
+                Conditioning::None,
+                &mut SeededNoise::new(0),
+                &device,
+                &mut |p| {
+                    seen.push((p.iteration, p.step, p.num_steps));
+                    Control::Continue
+                },
+            )
+            .unwrap();
+        let want: Vec<(usize, usize, usize)> = (0..4)
+            .map(|s| (0, s, 4))
+            .chain((0..3).map(|s| (1, s, 3)))
+            .collect();
+        assert_eq!(seen, want);
+        let err = sampler
+            .sample(
+                shape,
+                Conditioning::None,
+                &mut SeededNoise::new(0),
+                &device,
+                &mut |p| {
+                    if p.iteration == 1 {
+                        Control::Cancel
+                    } else {
+                        Control::Continue
+                    }
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled { step: 0 }));
+    }
+
+    #[test]
+    fn bad_requests_are_named_before_any_model_call() {
+        let device = Device::flex();
+        let shape = VideoShape::new([1, 2, 6, 2, 2]);
+        let model = FrameLocal::default();
+        let try_plan = |plan: Fifo, config: &str, cond: Conditioning| {
+            let sampler = FifoSampler::new(&model, from_config_json(config).unwrap(), plan);
+            let mut noise = SeededNoise::new(0);
+            sampler
+                .stream(shape, cond, &mut noise, &device)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let none = || Conditioning::None;
+        assert!(try_plan(Fifo::new(3, 2), DDIM, none()).contains("window"));
+        assert!(try_plan(Fifo::new(0, 2), DDIM, none()).contains("window"));
+        assert!(try_plan(Fifo::new(4, 0), DDIM, none()).contains("partitions"));
+        for eta in [-1.0, f64::NAN] {
+            let plan = Fifo {
+                eta,
+                ..Fifo::new(4, 2)
+            };
+            assert!(try_plan(plan, DDIM, none()).contains("eta"));
+        }
+        let heun = r#"{"_class_name": "HeunDiscreteScheduler"}"#;
+        assert!(try_plan(Fifo::new(4, 2), heun, none()).contains("scheduler"));
+        let v = r#"{"_class_name": "DDIMScheduler", "prediction_type": "v_prediction"}"#;
+        assert!(try_plan(Fifo::new(4, 2), v, none()).contains("prediction_type"));
+        let short = per_frame_context(&[0.0; 5], &device);
+        assert!(try_plan(Fifo::new(4, 2), DDIM, short).contains("conditioning"));
+        let odd_window = Fifo {
+            lookahead: false,
+            ..Fifo::new(3, 2)
+        };
+        assert!(try_plan(odd_window, DDIM, none()).is_empty());
+        assert!(model.calls.lock().unwrap().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn each_iteration_writes_every_level_once(
+            half in 1usize..10,
+            partitions in 1usize..6,
+            lookahead: bool,
+        ) {
+            let plan = Fifo { lookahead, ..Fifo::new(2 * half, partitions) };
+            let mut written = vec![0usize; plan.queue_len()];
+            for (start, write_from, end) in plan.windows() {
+                prop_assert_eq!(end - start, plan.window);
+                prop_assert!(start <= write_from && end <= plan.queue_len());
+                for w in &mut written[write_from..end] {
+                    *w += 1;
+                }
+            }
+            prop_assert!(written[..plan.context()].iter().all(|&w| w == 0));
+            prop_assert!(written[plan.context()..].iter().all(|&w| w == 1));
+            prop_assert_eq!(plan.windows().len(), plan.calls_per_frame());
+        }
+    }
+}
