@@ -24,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use vdm::core::SeededNoise;
 use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
+use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::sampler::Control;
@@ -93,17 +94,28 @@ struct Args {
     /// Long-video methods, comma separated: `freenoise` (windows of --context-length frames,
     /// for videos longer than the model was trained on), `freeinit` (--freeinit-iters
     /// refinement passes for temporal consistency), or both; or `co-denoise` (Gen-L-Video:
-    /// windows of --context-length frames denoised separately and averaged, pyramid weights).
+    /// windows of --context-length frames denoised separately and averaged, pyramid weights);
+    /// or `fifo` (FIFO-Diffusion: a queue of frames at increasing noise levels, one clean
+    /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
-    /// FreeNoise / co-denoising window: the number of frames the model was trained on.
+    /// FreeNoise / co-denoising / FIFO window: the number of frames the model was trained on.
     #[arg(long, default_value_t = 16)]
     context_length: usize,
 
     /// FreeNoise / co-denoising stride between windows.
     #[arg(long, default_value_t = 4)]
     context_stride: usize,
+
+    /// FIFO-Diffusion partitions: --context-length × this many noise levels, and this many
+    /// model calls per frame (twice with lookahead).
+    #[arg(long, default_value_t = 4)]
+    fifo_partitions: usize,
+
+    /// FIFO-Diffusion without lookahead denoising (half the model calls).
+    #[arg(long)]
+    fifo_no_lookahead: bool,
 
     /// FreeInit sampling passes (each costs a full sampling).
     #[arg(long, default_value_t = 3)]
@@ -196,6 +208,9 @@ enum LongArg {
     /// Gen-L-Video co-denoising: windows of --context-length frames every --context-stride,
     /// denoised separately and averaged at every step (one model call per window).
     CoDenoise,
+    /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
+    /// η = 1, lookahead), memory independent of the length.
+    Fifo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,14 +270,22 @@ fn run(args: &Args) -> Result<(), String> {
         pipe = pipe.with_chunking(Chunking::new(frames, 4096));
     }
     let (height, width) = pipe.resolve_size(&settings).map_err(|e| e.to_string())?;
+    let fifo = settings.long_video.fifo;
+    let sampling = match fifo {
+        Some(plan) => format!(
+            "FIFO-Diffusion ({} levels, {} model calls per frame)",
+            plan.num_levels(),
+            plan.calls_per_frame()
+        ),
+        None => format!("{} steps", settings.steps),
+    };
     println!(
-        "loaded {} from {} in {:.1} s ({} backend); {} frames of {width}×{height}, {} steps, seed {seed}",
+        "loaded {} from {} in {:.1} s ({} backend); {} frames of {width}×{height}, {sampling}, seed {seed}",
         pipe.class.name(),
         model_dir.display(),
         loading.elapsed().as_secs_f64(),
         vdm::backend_name(),
         settings.frames,
-        settings.steps,
     );
 
     let bar = progress_bar();
@@ -275,6 +298,17 @@ fn run(args: &Args) -> Result<(), String> {
                 PipelineProgress::Denoise(p) => {
                     step_times.push(last.elapsed());
                     last = Instant::now();
+                    if fifo.is_some() {
+                        // Pass 0: the warm-up clip's levels; pass 1: the frames.
+                        bar.set_length(p.num_steps as u64);
+                        bar.set_position((p.step + 1) as u64);
+                        bar.set_message(if p.iteration == 0 {
+                            "FIFO warm-up clip"
+                        } else {
+                            "FIFO frames"
+                        });
+                        return Control::Continue;
+                    }
                     bar.set_length((p.num_steps * p.iterations) as u64);
                     bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
                     bar.set_message(if p.iterations > 1 {
@@ -302,8 +336,12 @@ fn run(args: &Args) -> Result<(), String> {
         .write(&args.out, &write_options)
         .map_err(|e| e.to_string())?;
     let per_step = mean(&step_times);
+    let unit = match fifo {
+        Some(_) => "warm-up steps and frames",
+        None => "steps",
+    };
     println!(
-        "wrote {} ({:?}, {} frames at {} fps); seed {seed}; {:.2} s per step over {} steps",
+        "wrote {} ({:?}, {} frames at {} fps); seed {seed}; {:.2} s each over {} {unit}",
         args.out.display(),
         format,
         video.num_frames(),
@@ -350,6 +388,12 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             ..CoDenoising::new(args.context_length, args.context_stride)
         };
         settings = settings.co_denoising(plan);
+    }
+    if args.long.contains(&LongArg::Fifo) {
+        settings = settings.fifo(Fifo {
+            lookahead: !args.fifo_no_lookahead,
+            ..Fifo::new(args.context_length, args.fifo_partitions)
+        });
     }
     if args.long.contains(&LongArg::Freeinit) {
         let freeinit = FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
+use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
@@ -49,11 +50,12 @@ struct Args {
     #[arg(long, default_value_t = 4.0)]
     guidance: f64,
     /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit, co-denoise
-    /// (Gen-L-Video: windows of 16 every 4, pyramid weights).
+    /// (Gen-L-Video: windows of 16 every 4, pyramid weights), fifo (FIFO-Diffusion: windows of
+    /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,freenoise,freeinit,freenoise+freeinit,co-denoise"
+        default_value = "direct,freenoise,freeinit,freenoise+freeinit,co-denoise,fifo"
     )]
     methods: Vec<String>,
     /// FreeInit iterations.
@@ -113,6 +115,7 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
                     ..CoDenoising::new(16.min(frames), 4)
                 })
             }
+            "fifo" => g = g.fifo(Fifo::new(16, 2)),
             "freeinit" => {
                 g = g.freeinit(
                     FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

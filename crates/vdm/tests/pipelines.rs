@@ -308,6 +308,33 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap_err();
     assert!(e.to_string().contains("window"), "{e}");
 
+    // FIFO-Diffusion: 12 frames out of a queue of 8 levels (windows of 8, one partition,
+    // lookahead: two model calls per frame), reported as the warm-up (pass 0, 8 levels) and the
+    // frames (pass 1); not combinable with the others; windows past the positions refused.
+    use vdm::longvideo::fifo::Fifo;
+    let fifo = settings().frames(12).fifo(Fifo::new(8, 1));
+    let mut passes = Vec::new();
+    let video = anim
+        .generate_with(&fifo, &mut vdm::core::SeededNoise::new(3), &mut |p| {
+            if let PipelineProgress::Denoise(p) = p {
+                passes.push((p.iteration, p.num_steps));
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(video.num_frames(), 12);
+    let want: Vec<(usize, usize)> = [(0, 8); 8].into_iter().chain([(1, 12); 12]).collect();
+    assert_eq!(passes, want);
+    assert!(values(video.frames).iter().all(|v| v.is_finite()));
+    let e = anim
+        .generate(&fifo.clone().freenoise(FreeNoiseConfig::new(16, 4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("fifo"), "{e}");
+    let e = anim
+        .generate(&settings().frames(40).fifo(Fifo::new(40, 1)))
+        .unwrap_err();
+    assert!(e.to_string().contains("window"), "{e}");
+
     // FreeInit: two sampling passes, reported as iterations.
     let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
     let s = settings()
@@ -324,6 +351,12 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap();
     assert_eq!(passes, vec![(0, 2), (0, 2), (1, 2), (1, 2)]);
     assert_eq!(video.num_frames(), 4);
+
+    // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
+    let video = pipe
+        .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))
+        .unwrap();
+    assert_eq!(video.num_frames(), 6);
 }
 
 /// Copies folder `from` into `to`, recursively.

@@ -4,6 +4,7 @@
 use vdm_core::error::ensure_finite;
 use vdm_core::{Error, Result};
 use vdm_longvideo::co_denoising::CoDenoising;
+use vdm_longvideo::fifo::Fifo;
 use vdm_longvideo::freeinit::FreeInit;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
 use vdm_models::clip::LongPrompt;
@@ -34,6 +35,10 @@ pub struct LongVideo {
     /// Gen-L-Video co-denoising: windows denoised separately at every step and their
     /// results averaged (not combinable with FreeNoise or FreeInit).
     pub co_denoising: Option<CoDenoising>,
+    /// FIFO-Diffusion: diagonal denoising of a queue of frames at increasing noise levels
+    /// (not combinable with the others; it runs `window · partitions` levels and ignores
+    /// [`Generation::steps`]).
+    pub fifo: Option<Fifo>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -192,6 +197,12 @@ impl Generation {
         self
     }
 
+    /// Enables FIFO-Diffusion.
+    pub fn fifo(mut self, plan: Fifo) -> Self {
+        self.long_video.fifo = Some(plan);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -262,6 +273,16 @@ impl Generation {
                 ));
             }
             plan.windows(self.frames)?;
+        }
+        if let Some(plan) = &self.long_video.fifo {
+            let long = &self.long_video;
+            if long.freenoise.is_some() || long.freeinit.is_some() || long.co_denoising.is_some() {
+                return Err(Error::invalid(
+                    "fifo",
+                    "cannot be combined with FreeNoise, FreeInit or co-denoising:                      FIFO-Diffusion runs its own queue and sampling loop",
+                ));
+            }
+            plan.validate()?;
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use vdm_core::{
     VideoShape,
 };
 use vdm_longvideo::co_denoising::CoDenoisingSampler;
+use vdm_longvideo::fifo::FifoSampler;
 use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
@@ -355,24 +356,29 @@ impl TextToVideoPipeline {
             .check_clip_skip(settings.clip_skip)?;
         let co_denoising = settings.long_video.co_denoising.clone();
         if let Some(max) = self.unet.max_frames() {
-            match (&settings.long_video.freenoise, &co_denoising) {
-                (None, None) if settings.frames > max => {
+            let long = &settings.long_video;
+            let windowed = match (&long.co_denoising, &long.fifo) {
+                (Some(plan), _) => Some(("co-denoising", plan.window)),
+                (None, Some(plan)) => Some(("FIFO", plan.window)),
+                (None, None) => None,
+            };
+            match windowed {
+                Some((method, window)) if window > max => {
+                    return Err(Error::invalid(
+                        "window",
+                        format!(
+                            "{method} windows of {window} frames exceed the motion modules' \
+                             {max} positions"
+                        ),
+                    ));
+                }
+                None if long.freenoise.is_none() && settings.frames > max => {
                     return Err(Error::invalid(
                         "frames",
                         format!(
                             "{} frames exceed the motion modules' {max} positions; enable \
-                             FreeNoise or co-denoising for longer videos",
+                             FreeNoise, co-denoising or FIFO-Diffusion for longer videos",
                             settings.frames
-                        ),
-                    ));
-                }
-                (_, Some(plan)) if plan.window > max => {
-                    return Err(Error::invalid(
-                        "window",
-                        format!(
-                            "co-denoising windows of {} frames exceed the motion modules' {max} \
-                             positions",
-                            plan.window
                         ),
                     ));
                 }
@@ -409,6 +415,15 @@ impl TextToVideoPipeline {
             scale: settings.guidance_scale,
             negative: Conditioning::Shared(uncond),
         });
+        if let Some(plan) = settings.long_video.fifo {
+            let mut sampler = FifoSampler::new(&self.unet, scheduler, plan);
+            if let Some(g) = guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, noise, &self.device, &mut |p| {
+                progress(PipelineProgress::Denoise(p))
+            });
+        }
         if let Some(plan) = co_denoising {
             let mut sampler = CoDenoisingSampler::new(&self.unet, scheduler, plan);
             if let Some(g) = guidance {
