@@ -325,7 +325,23 @@ fn long_video_methods_run_through_the_pipeline() {
     assert_eq!(video.num_frames(), 12);
     let want: Vec<(usize, usize)> = [(0, 8); 8].into_iter().chain([(1, 12); 12]).collect();
     assert_eq!(passes, want);
-    assert!(values(video.frames).iter().all(|v| v.is_finite()));
+    assert!(values(video.frames.clone()).iter().all(|v| v.is_finite()));
+    // Frame by frame, as they leave the queue: the same video, one frame per piece.
+    let mut pieces = Vec::new();
+    let mut frames = Vec::new();
+    anim.generate_frames(
+        &fifo,
+        &mut vdm::core::SeededNoise::new(3),
+        &mut |_| Control::Continue,
+        &mut |first, piece| {
+            pieces.push((first, piece.num_frames()));
+            frames.extend(values(piece.frames));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(pieces, (0..12).map(|i| (i, 1)).collect::<Vec<_>>());
+    assert_eq!(frames, values(video.frames));
     let e = anim
         .generate(&fifo.clone().freenoise(FreeNoiseConfig::new(16, 4)))
         .unwrap_err();
@@ -351,6 +367,25 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap();
     assert_eq!(passes, vec![(0, 2), (0, 2), (1, 2), (1, 2)]);
     assert_eq!(video.num_frames(), 4);
+
+    // Without FIFO, generate_frames hands over decode chunks of the same video.
+    let chunked = settings().steps(2).decode_chunk_size(3);
+    let whole = values(pipe.generate(&chunked).unwrap().frames);
+    let mut pieces = Vec::new();
+    let mut frames = Vec::new();
+    pipe.generate_frames(
+        &chunked,
+        &mut vdm::core::SeededNoise::new(chunked.seed),
+        &mut |_| Control::Continue,
+        &mut |first, piece| {
+            pieces.push((first, piece.num_frames()));
+            frames.extend(values(piece.frames));
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(pieces, vec![(0, 3), (3, 1)]);
+    assert_eq!(frames, whole);
 
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe

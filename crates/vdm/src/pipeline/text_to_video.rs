@@ -38,6 +38,15 @@ use crate::video::Video;
 /// `decode_chunk_size`).
 pub const DEFAULT_DECODE_CHUNK: usize = 16;
 
+/// A checked sampling request ([`TextToVideoPipeline::request`]).
+struct Request {
+    shape: VideoShape,
+    scheduler: Box<dyn Scheduler>,
+    conditioning: Conditioning,
+    guidance: Option<Guidance>,
+    freenoise: Option<(FreeNoiseHook, NoiseRescheduling)>,
+}
+
 /// The video UNet of a pipeline.
 #[derive(Debug)]
 pub enum VideoUNet {
@@ -347,6 +356,85 @@ impl TextToVideoPipeline {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
+        let request = self.request(settings)?;
+        let mut progress = |p: Progress<'_>| progress(PipelineProgress::Denoise(p));
+        let (shape, cond, device) = (request.shape, request.conditioning, &self.device);
+        if let Some(plan) = settings.long_video.fifo {
+            let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, noise, device, &mut progress);
+        }
+        if let Some(plan) = settings.long_video.co_denoising.clone() {
+            let mut sampler = CoDenoisingSampler::new(&self.unet, request.scheduler, plan);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
+        }
+        let mut sampler = LongVideoSampler::new(&self.unet, request.scheduler);
+        if let Some(g) = request.guidance {
+            sampler = sampler.with_guidance(g);
+        }
+        if let Some((hook, rescheduling)) = &request.freenoise {
+            sampler = sampler
+                .with_temporal(hook)
+                .with_initial_noise(*rescheduling);
+        }
+        if let Some(freeinit) = &settings.long_video.freeinit {
+            sampler = sampler.with_refinement(*freeinit);
+        }
+        sampler.sample(shape, cond, settings.steps, noise, device, &mut progress)
+    }
+
+    /// Generates a video piece by piece: every decoded piece (a [`Video`] of one frame with
+    /// FIFO-Diffusion, of up to [`Generation::decode_chunk_size`] frames otherwise) goes to
+    /// `on_frames` with the index of its first frame as soon as it exists, so the decoded
+    /// video is never held whole. With FIFO-Diffusion frames come out while sampling goes on
+    /// and the memory does not grow with the length; the other methods sample every latent
+    /// first (small beside the frames), then decode.
+    ///
+    /// # Errors
+    /// As [`generate_with`](Self::generate_with); the errors of `on_frames`, which stop the
+    /// generation.
+    pub fn generate_frames(
+        &self,
+        settings: &Generation,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+        on_frames: &mut dyn FnMut(usize, Video) -> Result<()>,
+    ) -> Result<()> {
+        let Some(plan) = settings.long_video.fifo else {
+            let latents = self.sample_latents(settings, noise, progress)?;
+            return self.decode_pieces(latents, settings.decode_chunk_size, progress, on_frames);
+        };
+        let request = self.request(settings)?;
+        let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan);
+        if let Some(g) = request.guidance {
+            sampler = sampler.with_guidance(g);
+        }
+        let total = request.shape.frames;
+        let mut stream =
+            sampler.stream(request.shape, request.conditioning, noise, &self.device)?;
+        let mut done = 0;
+        while let Some(latent) = stream.next_frame(&mut |p| progress(PipelineProgress::Denoise(p)))
+        {
+            self.decode_pieces(latent?, Some(1), &mut |_| Control::Continue, &mut |_, v| {
+                on_frames(done, v)
+            })?;
+            done += 1;
+            if progress(PipelineProgress::Decode { done, total }) == Control::Cancel {
+                return Err(Error::Cancelled { step: done });
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything a sampling run needs, checked before any model work: the settings, the
+    /// size, the scheduler, `clip_skip`, the frame count against the motion modules'
+    /// positions, FreeNoise's windows, the prompts' embeddings.
+    fn request(&self, settings: &Generation) -> Result<Request> {
         let factor = self.vae_scale_factor();
         settings.validate(factor)?;
         let (height, width) = self.resolve_size(settings)?;
@@ -354,7 +442,6 @@ impl TextToVideoPipeline {
         self.prompt_encoder
             .text_encoder
             .check_clip_skip(settings.clip_skip)?;
-        let co_denoising = settings.long_video.co_denoising.clone();
         if let Some(max) = self.unet.max_frames() {
             let long = &settings.long_video;
             let windowed = match (&long.co_denoising, &long.fifo) {
@@ -409,44 +496,17 @@ impl TextToVideoPipeline {
             clip_skip: settings.clip_skip,
             long_prompt: settings.long_prompt,
         };
-        let (cond, uncond) = self.conditioning(settings, options)?;
-
+        let (conditioning, uncond) = self.conditioning(settings, options)?;
         let guidance = uncond.map(|uncond| Guidance {
             scale: settings.guidance_scale,
             negative: Conditioning::Shared(uncond),
         });
-        if let Some(plan) = settings.long_video.fifo {
-            let mut sampler = FifoSampler::new(&self.unet, scheduler, plan);
-            if let Some(g) = guidance {
-                sampler = sampler.with_guidance(g);
-            }
-            return sampler.sample(shape, cond, noise, &self.device, &mut |p| {
-                progress(PipelineProgress::Denoise(p))
-            });
-        }
-        if let Some(plan) = co_denoising {
-            let mut sampler = CoDenoisingSampler::new(&self.unet, scheduler, plan);
-            if let Some(g) = guidance {
-                sampler = sampler.with_guidance(g);
-            }
-            return sampler.sample(shape, cond, settings.steps, noise, &self.device, &mut |p| {
-                progress(PipelineProgress::Denoise(p))
-            });
-        }
-        let mut sampler = LongVideoSampler::new(&self.unet, scheduler);
-        if let Some(g) = guidance {
-            sampler = sampler.with_guidance(g);
-        }
-        if let Some((hook, rescheduling)) = &freenoise {
-            sampler = sampler
-                .with_temporal(hook)
-                .with_initial_noise(*rescheduling);
-        }
-        if let Some(freeinit) = &settings.long_video.freeinit {
-            sampler = sampler.with_refinement(*freeinit);
-        }
-        sampler.sample(shape, cond, settings.steps, noise, &self.device, &mut |p| {
-            progress(PipelineProgress::Denoise(p))
+        Ok(Request {
+            shape,
+            scheduler,
+            conditioning,
+            guidance,
+            freenoise,
         })
     }
 
@@ -462,6 +522,23 @@ impl TextToVideoPipeline {
         chunk: Option<usize>,
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
     ) -> Result<Video> {
+        let mut parts = Vec::new();
+        self.decode_pieces(latents, chunk, progress, &mut |_, piece| {
+            parts.push(piece.frames);
+            Ok(())
+        })?;
+        Video::new(Tensor::cat(parts, 0))
+    }
+
+    /// Decodes latents `[1, C, F, h, w]` `chunk` frames per VAE call, handing every piece to
+    /// `sink` with the index of its first frame (see [`decode`](Self::decode)).
+    fn decode_pieces(
+        &self,
+        latents: Tensor<5>,
+        chunk: Option<usize>,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+        sink: &mut dyn FnMut(usize, Video) -> Result<()>,
+    ) -> Result<()> {
         let chunk = chunk.unwrap_or(DEFAULT_DECODE_CHUNK);
         if chunk == 0 {
             return Err(Error::invalid("decode_chunk_size", "must be ≥ 1"));
@@ -470,13 +547,17 @@ impl TextToVideoPipeline {
         if shape.batch != 1 {
             return Err(Error::shape("latents", "[1, C, F, h, w]", &latents.dims()));
         }
-        let mut parts = Vec::new();
         let mut done = 0;
         while done < shape.frames {
             let n = chunk.min(shape.frames - done);
             let images = self.vae.decode(latents.clone().narrow(2, done, n))?;
             // diffusers' VideoProcessor.postprocess_video: (x / 2 + 0.5).clamp(0, 1).
-            parts.push(images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0));
+            let images = images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0);
+            let [_, c, f, h, w] = images.dims(); // [1, 3, n, H, W]
+            sink(
+                done,
+                Video::new(images.reshape([c, f, h, w]).swap_dims(0, 1))?,
+            )?;
             done += n;
             if progress(PipelineProgress::Decode {
                 done,
@@ -486,9 +567,7 @@ impl TextToVideoPipeline {
                 return Err(Error::Cancelled { step: done });
             }
         }
-        let video = Tensor::cat(parts, 2); // [1, 3, F, H, W]
-        let [_, c, f, h, w] = video.dims();
-        Video::new(video.reshape([c, f, h, w]).swap_dims(0, 1))
+        Ok(())
     }
 
     /// The conditional and (with guidance) unconditional conditioning: one prompt shared by
