@@ -26,6 +26,7 @@ use vdm::core::SeededNoise;
 use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
 use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
+use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::sampler::Control;
 use vdm::models::chunking::Chunking;
@@ -96,7 +97,8 @@ struct Args {
     /// refinement passes for temporal consistency), or both; or `co-denoise` (Gen-L-Video:
     /// windows of --context-length frames denoised separately and averaged, pyramid weights);
     /// or `fifo` (FIFO-Diffusion: a queue of frames at increasing noise levels, one clean
-    /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored).
+    /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored);
+    /// or `freelong` (global and local temporal attention blended in frequency space).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
@@ -208,6 +210,9 @@ enum LongArg {
     /// Gen-L-Video co-denoising: windows of --context-length frames every --context-stride,
     /// denoised separately and averaged at every step (one model call per window).
     CoDenoise,
+    /// FreeLong: SpectralBlend temporal attention (global attention's low frequencies, local
+    /// attention's high ones, local windows of --context-length frames); combines with FreeInit.
+    Freelong,
     /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
     /// η = 1, lookahead), memory independent of the length.
     Fifo,
@@ -388,6 +393,9 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             ..CoDenoising::new(args.context_length, args.context_stride)
         };
         settings = settings.co_denoising(plan);
+    }
+    if args.long.contains(&LongArg::Freelong) {
+        settings = settings.freelong(FreeLong::new(args.context_length));
     }
     if args.long.contains(&LongArg::Fifo) {
         settings = settings.fifo(Fifo {

@@ -24,6 +24,7 @@ use clap::Parser;
 use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
 use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
+use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
@@ -51,11 +52,12 @@ struct Args {
     guidance: f64,
     /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit, co-denoise
     /// (Gen-L-Video: windows of 16 every 4, pyramid weights), fifo (FIFO-Diffusion: windows of
-    /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply).
+    /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply), freelong
+    /// (local windows of 16).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "direct,freenoise,freeinit,freenoise+freeinit,co-denoise,fifo"
+        default_value = "direct,freenoise,freeinit,freenoise+freeinit,co-denoise,fifo,freelong"
     )]
     methods: Vec<String>,
     /// FreeInit iterations.
@@ -116,6 +118,7 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
                 })
             }
             "fifo" => g = g.fifo(Fifo::new(16, 2)),
+            "freelong" => g = g.freelong(FreeLong::new(16)),
             "freeinit" => {
                 g = g.freeinit(
                     FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

@@ -11,7 +11,8 @@
 //! - [`AllFrames`] (the default) runs every stage once over all frames, positions `0..F`;
 //! - FreeNoise (in `vdm-longvideo`) runs the stages over overlapping windows with
 //!   window-relative positions and fuses the windows with weights;
-//! - FreeLong runs a global and a masked local pass and blends them in frequency space.
+//! - FreeLong runs a global and a masked local pass and blends them in frequency space
+//!   (it needs [`TemporalSite::spatial`]).
 //!
 //! Per-frame operations that do not mix frames (feed-forward, `proj_out`) stay in the layer.
 //!
@@ -68,6 +69,11 @@ pub struct TemporalSite<'a> {
     /// Length of the layer's positional-embedding table, if it has one: a window may not
     /// use positions at or beyond it.
     pub max_positions: Option<usize>,
+    /// The spatial layout `[B, H, W]` of the `N = B·H·W` token sequences, in that order
+    /// (`b·H·W + h·W + w`), when the hook sees every position of the video at once; `None`
+    /// when unknown or when the layer runs on chunks of positions. Hooks that work across
+    /// space as well as time (FreeLong's 3-D spectral blend) need it.
+    pub spatial: Option<[usize; 3]>,
 }
 
 impl<'a> TemporalSite<'a> {
@@ -77,7 +83,15 @@ impl<'a> TemporalSite<'a> {
             layer,
             num_frames,
             max_positions: None,
+            spatial: None,
         }
+    }
+
+    /// Declares the token sequences as the positions of `[batch, height, width]` frames (see
+    /// [`TemporalSite::spatial`]).
+    pub fn with_spatial(mut self, batch: usize, height: usize, width: usize) -> Self {
+        self.spatial = Some([batch, height, width]);
+        self
     }
 
     /// Sets the length of the layer's positional-embedding table.

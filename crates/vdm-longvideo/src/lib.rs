@@ -3,7 +3,7 @@
 //! Training-free long-video generation for any video diffusion model that implements the
 //! [`vdm_core::Denoiser`] trait and routes its temporal layers through
 //! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit, Gen-L-Video co-denoising,
-//! FIFO-Diffusion,
+//! FIFO-Diffusion, FreeLong,
 //! correlated noise priors, and more.
 //!
 //! ```
@@ -20,6 +20,7 @@
 pub mod co_denoising;
 pub mod fifo;
 pub mod freeinit;
+pub mod freelong;
 
 pub mod noise_prior;
 pub mod sampler;

@@ -549,7 +549,11 @@ impl PseudoAttention {
         let x = self.spatial_video(x, shape)?;
         let tokens = video_to_frame_tokens(x);
         let expected = tokens.dims();
-        let site = TemporalSite::new(&self.layer_name, shape.frames);
+        let site = TemporalSite::new(&self.layer_name, shape.frames).with_spatial(
+            shape.batch,
+            shape.height,
+            shape.width,
+        );
         let out = hook.apply(&site, tokens, self)?;
         if out.dims() != expected {
             return Err(Error::shape(

@@ -385,7 +385,11 @@ impl TransformerTemporalModel {
             self.norm.forward(x.clone())
         };
         let mut t = self.proj_in.forward(video_to_frame_tokens(normed));
-        let mut site = TemporalSite::new(layer, shape.frames);
+        let mut site = TemporalSite::new(layer, shape.frames).with_spatial(
+            shape.batch,
+            shape.height,
+            shape.width,
+        );
         if let Some(max) = self.max_positions() {
             site = site.with_max_positions(max);
         }

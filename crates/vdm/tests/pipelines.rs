@@ -387,6 +387,31 @@ fn long_video_methods_run_through_the_pipeline() {
     assert_eq!(pieces, vec![(0, 3), (3, 1)]);
     assert_eq!(frames, whole);
 
+    // FreeLong: with local windows covering the video it is plain sampling; shorter windows
+    // blend global and local attention (UNet3D here, the motion modules below); it does not
+    // combine with FreeNoise.
+    use vdm::longvideo::freelong::FreeLong;
+    let plain = values(pipe.generate(&settings().steps(2)).unwrap().frames);
+    let covering = settings().steps(2).freelong(FreeLong::new(16));
+    assert_eq!(values(pipe.generate(&covering).unwrap().frames), plain);
+    let blended = settings().steps(2).freelong(FreeLong::new(2));
+    let blended = values(pipe.generate(&blended).unwrap().frames);
+    assert!(blended.iter().all(|v| v.is_finite()));
+    assert!(
+        blended
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| (a - b).abs() > 1e-6)
+    );
+    let e = pipe
+        .generate(&covering.freenoise(FreeNoiseConfig::new(16, 4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("freelong"), "{e}");
+    let video = anim
+        .generate(&settings().frames(12).steps(1).freelong(FreeLong::new(4)))
+        .unwrap();
+    assert_eq!(video.num_frames(), 12);
+
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe
         .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))

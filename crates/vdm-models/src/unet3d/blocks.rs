@@ -172,6 +172,10 @@ pub fn temporal_transformer(
     if let Some(max) = model.max_positions() {
         site = site.with_max_positions(max);
     }
+    if positions.is_none_or(|p| p >= b * hw) {
+        // One call sees every position, in the order b·H·W + h·W + w.
+        site = site.with_spatial(b, h, w);
+    }
     let run_blocks = |mut t: Tensor<3>| -> Result<Tensor<3>> {
         for block in &model.transformer_blocks {
             let fused = hook.apply(&site, t, block)?;

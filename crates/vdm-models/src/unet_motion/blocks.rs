@@ -115,6 +115,10 @@ impl BlockContext<'_> {
         if let Some(max) = module.max_positions() {
             site = site.with_max_positions(max);
         }
+        if chunk >= batch * h * w {
+            // One chunk holds every position, in the order b·H·W + h·W + w.
+            site = site.with_spatial(batch, h, w);
+        }
         let tokens = video_to_frame_tokens(normed);
         let out = map_chunks(tokens, Some(chunk), |t, _| {
             let mut t = module.proj_in.forward(t);

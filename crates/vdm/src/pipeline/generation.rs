@@ -6,6 +6,7 @@ use vdm_core::{Error, Result};
 use vdm_longvideo::co_denoising::CoDenoising;
 use vdm_longvideo::fifo::Fifo;
 use vdm_longvideo::freeinit::FreeInit;
+use vdm_longvideo::freelong::FreeLong;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
 use vdm_models::clip::LongPrompt;
 
@@ -39,6 +40,9 @@ pub struct LongVideo {
     /// (not combinable with the others; it runs `window · partitions` levels and ignores
     /// [`Generation::steps`]).
     pub fifo: Option<Fifo>,
+    /// FreeLong: SpectralBlend temporal attention, global and local attention blended in
+    /// frequency space (combinable with FreeInit only).
+    pub freelong: Option<FreeLong>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -203,6 +207,12 @@ impl Generation {
         self
     }
 
+    /// Enables FreeLong.
+    pub fn freelong(mut self, freelong: FreeLong) -> Self {
+        self.long_video.freelong = Some(freelong);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -283,6 +293,18 @@ impl Generation {
                 ));
             }
             plan.validate()?;
+        }
+        if let Some(freelong) = &self.long_video.freelong {
+            let long = &self.long_video;
+            if long.freenoise.is_some() || long.co_denoising.is_some() || long.fifo.is_some() {
+                return Err(Error::invalid(
+                    "freelong",
+                    "combines with FreeInit only: FreeNoise replaces the same temporal \
+                     attention, and co-denoising and FIFO-Diffusion run windows of the \
+                     training length, where FreeLong changes nothing",
+                ));
+            }
+            freelong.validate()?;
         }
         Ok(())
     }

@@ -382,6 +382,9 @@ impl TextToVideoPipeline {
                 .with_temporal(hook)
                 .with_initial_noise(*rescheduling);
         }
+        if let Some(freelong) = &settings.long_video.freelong {
+            sampler = sampler.with_temporal(freelong);
+        }
         if let Some(freeinit) = &settings.long_video.freeinit {
             sampler = sampler.with_refinement(*freeinit);
         }
