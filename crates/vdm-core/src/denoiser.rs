@@ -5,6 +5,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
+use crate::cross_frame::{CrossFrameHook, OwnFrame};
 use crate::temporal::{AllFrames, TemporalHook};
 use crate::{Error, PredictionType, Result, VideoShape};
 
@@ -263,6 +264,9 @@ pub struct DenoiserInput<'a> {
     /// Conditioning for some blocks that differs from [`DenoiserInput::conditioning`] (none by
     /// default). Models read it through [`DenoiserInput::conditioning_for`].
     pub block_conditioning: Option<BlockConditioning>,
+    /// Which frames each frame's spatial self-attention reads ([`OwnFrame`] by default;
+    /// Text2Video-Zero's first-frame attention and others in [`crate::cross_frame`]).
+    pub cross_frame: &'a dyn CrossFrameHook,
 }
 
 impl<'a> DenoiserInput<'a> {
@@ -274,7 +278,14 @@ impl<'a> DenoiserInput<'a> {
             conditioning,
             temporal: &AllFrames,
             block_conditioning: None,
+            cross_frame: &OwnFrame,
         }
+    }
+
+    /// Hands a cross-frame attention pattern to the model's spatial self-attention layers.
+    pub fn with_cross_frame(mut self, hook: &'a dyn CrossFrameHook) -> Self {
+        self.cross_frame = hook;
+        self
     }
 
     /// Gives `blocks` another conditioning than the rest of the model (FreeNoise motion

@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cross_frame;
 pub mod denoiser;
 pub mod error;
 pub mod host;
@@ -39,6 +40,7 @@ pub mod noise;
 pub mod prediction;
 pub mod temporal;
 
+pub use cross_frame::{CrossFrame, CrossFrameHook, OwnFrame};
 pub use denoiser::{
     BlockConditioning, BlockKind, Conditioning, Denoiser, DenoiserInput, Timesteps,
 };

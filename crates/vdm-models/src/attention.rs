@@ -19,7 +19,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use vdm_core::temporal::{AttentionStage, FrameWindow, TemporalStages};
 use vdm_core::{Error, Result};
 
@@ -964,11 +964,81 @@ impl BasicTransformerBlock {
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Result<Tensor<3>> {
         expect_tokens("hidden_states", &x, self.dim)?;
         let window = FrameWindow::full(x.dims()[1]);
-        let mut x = self.stage_attn1(x, &window)?;
+        let x = self.stage_attn1(x, &window)?;
+        self.after_attn1(x, context, &window)
+    }
+
+    /// The block on the frames of videos (`N = B·F` items, frame-major within a video) with
+    /// cross-frame self-attention: `attn1` of frame `f` reads its keys and values from the
+    /// frames `key_frames[f]` of its video (see [`vdm_core::cross_frame`]); the rest is
+    /// [`forward`](Self::forward).
+    ///
+    /// # Shapes
+    /// - `x`: `[B·F, L, dim]`; `key_frames`: `F` lists of the same length `K`
+    /// - output: `[B·F, L, dim]`
+    pub fn forward_cross_frame(
+        &self,
+        x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        key_frames: &[Vec<usize>],
+    ) -> Result<Tensor<3>> {
+        expect_tokens("hidden_states", &x, self.dim)?;
+        let [n, l, d] = x.dims();
+        let frames = key_frames.len();
+        let k = key_frames.first().map_or(0, Vec::len);
+        if frames == 0
+            || !n.is_multiple_of(frames)
+            || k == 0
+            || key_frames.iter().flatten().any(|&f| f >= frames)
+            || key_frames.iter().any(|p| p.len() != k)
+        {
+            return Err(Error::shape(
+                "key_frames",
+                format!("F non-empty lists of K frames < F, with F dividing N = {n}"),
+                &[frames, k],
+            ));
+        }
+        let window = FrameWindow::full(l);
+        let h = self.add_pos(self.norm(&self.norm1, x.clone()), &window)?;
+        let b = n / frames;
+        let device = h.device();
+        let index = |values: Vec<i64>| {
+            let len = values.len();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [len]), &device)
+        };
+        let keys = if key_frames.iter().all(|p| p == &key_frames[0]) {
+            // The same key frames for every frame: one context per video, shared by its F
+            // frames (keys and values projected once per video).
+            let idx = index(key_frames[0].iter().map(|&f| f as i64).collect());
+            h.clone()
+                .reshape([b, frames, l, d])
+                .select(1, idx)
+                .reshape([b, k * l, d])
+        } else {
+            let idx: Vec<i64> = (0..b)
+                .flat_map(|v| {
+                    key_frames
+                        .iter()
+                        .flat_map(move |p| p.iter().map(move |&f| (v * frames + f) as i64))
+                })
+                .collect();
+            h.clone().select(0, index(idx)).reshape([n, k * l, d])
+        };
+        let x = self.attn1.forward_residual(h, Some(keys), None, x)?;
+        self.after_attn1(x, context, &window)
+    }
+
+    /// `attn2` (if any) and the feed-forward, after the first attention stage.
+    fn after_attn1(
+        &self,
+        mut x: Tensor<3>,
+        context: Option<Tensor<3>>,
+        window: &FrameWindow,
+    ) -> Result<Tensor<3>> {
         if let (Some(norm2), Some(attn2)) = (&self.norm2, &self.attn2) {
             // As in diffusers, `encoder_hidden_states` goes to attn2 whenever it is given
             // (a double-self-attention block called with a context attends to it).
-            let h = self.add_pos(self.norm(norm2, x.clone()), &window)?;
+            let h = self.add_pos(self.norm(norm2, x.clone()), window)?;
             x = attn2.forward_residual(h, context, None, x)?;
         }
         Ok(self.feed_forward(x))
@@ -1133,6 +1203,54 @@ mod tests {
 
     fn dev() -> Device {
         Device::flex()
+    }
+
+    /// Cross-frame self-attention: the first frame of First / SparseCausal is plain
+    /// self-attention; Full on a video of identical frames is too; other frames differ; a
+    /// bad plan is a typed error.
+    #[test]
+    fn cross_frame_blocks_keep_what_they_must() {
+        use vdm_core::cross_frame::{CrossFrame, key_frame_plan};
+        let config = BasicTransformerBlockConfig::new(8, 2, 4);
+        let block = config.try_init(&dev()).unwrap();
+        let (b, f, l) = (2, 4, 5);
+        let x = Tensor::<3>::random([b * f, l, 8], Distribution::Normal(0.0, 1.0), &dev());
+        let plain = block.forward(x.clone(), None).unwrap();
+        let frame =
+            |t: &Tensor<3>, v: usize, i: usize| t.clone().narrow(0, v * f + i, 1).into_data();
+        for pattern in [CrossFrame::First, CrossFrame::SparseCausal] {
+            let plan = key_frame_plan(&pattern, f).unwrap().unwrap();
+            let y = block.forward_cross_frame(x.clone(), None, &plan).unwrap();
+            for v in 0..b {
+                frame(&y, v, 0)
+                    .assert_approx_eq::<f32>(&frame(&plain, v, 0), Tolerance::absolute(1e-5));
+            }
+            let gap: f32 = (y - plain.clone()).abs().max().into_scalar();
+            assert!(gap > 1e-3, "{pattern:?}: {gap}");
+        }
+        let same = x
+            .clone()
+            .reshape([b, f, l, 8])
+            .narrow(1, 0, 1)
+            .expand([b, f, l, 8])
+            .reshape([b * f, l, 8]);
+        let full = key_frame_plan(&CrossFrame::Full, f).unwrap().unwrap();
+        block
+            .forward_cross_frame(same.clone(), None, &full)
+            .unwrap()
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &block.forward(same, None).unwrap().into_data(),
+                Tolerance::absolute(1e-5),
+            );
+        let e = block
+            .forward_cross_frame(x.clone(), None, &[vec![0], vec![5], vec![0], vec![0]])
+            .unwrap_err();
+        assert!(e.to_string().contains("key_frames"), "{e}");
+        let e = block
+            .forward_cross_frame(x, None, &vec![vec![0]; 3])
+            .unwrap_err();
+        assert!(e.to_string().contains("key_frames"), "{e}");
     }
 
     /// The [`AttentionStage`] contract: both stages of a temporal block with a positional

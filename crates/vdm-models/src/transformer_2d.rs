@@ -152,6 +152,31 @@ impl Transformer2DModel {
     ///   values are then projected once per context, see [`crate::attention::Attention::forward`])
     /// - output: `[N, in_channels, H, W]`
     pub fn forward(&self, x: Tensor<4>, context: Option<Tensor<3>>) -> Result<Tensor<4>> {
+        self.run(x, context, None)
+    }
+
+    /// [`forward`](Self::forward) on the frames of videos (`N = B·F`, frame-major within a
+    /// video) with cross-frame self-attention: every block's `attn1` of frame `f` reads the
+    /// frames `key_frames[f]` of its video (see
+    /// [`BasicTransformerBlock::forward_cross_frame`]).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward); `key_frames`: `F` lists of the same length.
+    pub fn forward_cross_frame(
+        &self,
+        x: Tensor<4>,
+        context: Option<Tensor<3>>,
+        key_frames: &[Vec<usize>],
+    ) -> Result<Tensor<4>> {
+        self.run(x, context, Some(key_frames))
+    }
+
+    fn run(
+        &self,
+        x: Tensor<4>,
+        context: Option<Tensor<3>>,
+        key_frames: Option<&[Vec<usize>]>,
+    ) -> Result<Tensor<4>> {
         expect_images("hidden_states", &x, self.in_channels)?;
         let [n, _, h, w] = x.dims();
         let residual = x.clone();
@@ -180,7 +205,10 @@ impl Transformer2DModel {
             ));
         }
         for block in &self.transformer_blocks {
-            t = block.forward(t, context.clone())?;
+            t = match key_frames {
+                Some(keys) => block.forward_cross_frame(t, context.clone(), keys)?,
+                None => block.forward(t, context.clone())?,
+            };
         }
         Ok(match &self.proj_out {
             Projection::Linear(lin) if fused => cpu::linear_to_channels_first(lin, t, residual),

@@ -46,6 +46,9 @@ pub(crate) struct Pass<'h, 't> {
     pub shared_context: Option<Tensor<3>>,
     /// The temporal strategy.
     pub hook: &'h dyn TemporalHook,
+    /// The key frames of every frame's spatial self-attention (`None`: its own frame), see
+    /// [`vdm_core::cross_frame`].
+    pub key_frames: Option<Vec<Vec<usize>>>,
     /// Chunk sizes.
     pub chunking: Chunking,
     /// Optional activation observer.
@@ -72,8 +75,13 @@ impl Pass<'_, '_> {
         })
     }
 
-    /// A spatial transformer over chunks of frames, with the matching text contexts.
+    /// A spatial transformer over chunks of frames, with the matching text contexts; with
+    /// cross-frame attention on whole videos (a frame's keys may lie in another chunk).
     pub fn spatial(&self, attn: &Transformer2DModel, x: Tensor<4>) -> Result<Tensor<4>> {
+        if let Some(keys) = &self.key_frames {
+            let all = 0..x.dims()[0];
+            return attn.forward_cross_frame(x, Some(self.context_for(all)), keys);
+        }
         map_chunks(x, self.chunking.frames, |x, r| {
             attn.forward(x, Some(self.context_for(r)))
         })

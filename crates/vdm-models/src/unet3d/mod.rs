@@ -47,6 +47,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use vdm_core::cross_frame::{CrossFrameHook, OwnFrame, key_frame_plan};
 use vdm_core::layout::{batch_to_frames, frames_to_batch};
 use vdm_core::temporal::TemporalHook;
 use vdm_core::{
@@ -330,7 +331,7 @@ impl UNet3DConditionModel {
         conditioning: &Conditioning,
         hook: &dyn TemporalHook,
     ) -> Result<Tensor<5>> {
-        self.run(sample, timesteps, conditioning, None, hook, None)
+        self.run(sample, timesteps, conditioning, Routing::plain(hook), None)
     }
 
     /// [`forward`](Self::forward), reporting intermediate activations to `tap` by module path
@@ -353,7 +354,13 @@ impl UNet3DConditionModel {
         hook: &dyn TemporalHook,
         tap: Tap<'_>,
     ) -> Result<Tensor<5>> {
-        self.run(sample, timesteps, conditioning, None, hook, Some(tap))
+        self.run(
+            sample,
+            timesteps,
+            conditioning,
+            Routing::plain(hook),
+            Some(tap),
+        )
     }
 
     /// The time embedding per frame `[B·F, time_embed_dim]`; each distinct timestep is
@@ -404,10 +411,14 @@ impl UNet3DConditionModel {
         sample: Tensor<5>,
         timesteps: &Timesteps,
         conditioning: &Conditioning,
-        block_conditioning: Option<&BlockConditioning>,
-        hook: &dyn TemporalHook,
+        routing: Routing<'_>,
         mut tap: Option<Tap<'_>>,
     ) -> Result<Tensor<5>> {
+        let Routing {
+            block_conditioning,
+            hook,
+            cross_frame,
+        } = routing;
         let shape = VideoShape::of("sample", &sample)?;
         shape.expect_channels("sample", self.config.in_channels)?;
         let VideoShape {
@@ -466,6 +477,7 @@ impl UNet3DConditionModel {
             context: encoder_context,
             shared_context: encoder_shared,
             hook,
+            key_frames: key_frame_plan(cross_frame, f)?,
             chunking: self.chunking,
             tap,
         };
@@ -547,19 +559,42 @@ impl UNet3DConditionModel {
     }
 }
 
+/// Where a forward pass routes its conditioning and frames: per-block conditioning, the
+/// temporal hook and the cross-frame hook.
+struct Routing<'a> {
+    block_conditioning: Option<&'a BlockConditioning>,
+    hook: &'a dyn TemporalHook,
+    cross_frame: &'a dyn CrossFrameHook,
+}
+
+impl<'a> Routing<'a> {
+    /// `hook` for the temporal layers, nothing else.
+    fn plain(hook: &'a dyn TemporalHook) -> Self {
+        Self {
+            block_conditioning: None,
+            hook,
+            cross_frame: &OwnFrame,
+        }
+    }
+}
+
 impl Denoiser for UNet3DConditionModel {
     fn prediction_type(&self) -> PredictionType {
         self.prediction_type
     }
 
-    /// Runs the model; honours [`DenoiserInput::block_conditioning`] (motion injection).
+    /// Runs the model; honours [`DenoiserInput::block_conditioning`] (motion injection) and
+    /// [`DenoiserInput::cross_frame`].
     fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
         self.run(
             input.latents,
             &input.timesteps,
             &input.conditioning,
-            input.block_conditioning.as_ref(),
-            input.temporal,
+            Routing {
+                block_conditioning: input.block_conditioning.as_ref(),
+                hook: input.temporal,
+                cross_frame: input.cross_frame,
+            },
             None,
         )
     }

@@ -38,6 +38,9 @@ pub struct BlockContext<'a> {
     pub num_frames: usize,
     /// The temporal strategy every motion module hands its attention stages to.
     pub hook: &'a dyn TemporalHook,
+    /// The key frames of every frame's spatial self-attention (`None`: its own frame), see
+    /// [`vdm_core::cross_frame`].
+    pub key_frames: Option<std::sync::Arc<Vec<Vec<usize>>>>,
     /// Chunk sizes of chunked inference.
     pub chunking: Chunking,
 }
@@ -51,7 +54,8 @@ impl BlockContext<'_> {
         })
     }
 
-    /// A spatial transformer over chunks of frames (the text states sliced alike).
+    /// A spatial transformer over chunks of frames (the text states sliced alike); with
+    /// cross-frame attention on whole videos.
     fn attention(&self, attn: &Transformer2DModel, x: Tensor<4>) -> Result<Tensor<4>> {
         let Some(context) = &self.encoder_hidden_states else {
             return Err(Error::invalid(
@@ -59,6 +63,10 @@ impl BlockContext<'_> {
                 "this UNetMotionModel has cross-attention blocks and needs text conditioning",
             ));
         };
+        if let Some(keys) = &self.key_frames {
+            // Whole videos: a frame's key frames may lie in another chunk.
+            return attn.forward_cross_frame(x, Some(context.clone()), keys);
+        }
         map_chunks(x, self.chunking.frames, |x, r| {
             attn.forward(x, Some(context.clone().narrow(0, r.start, r.len())))
         })

@@ -626,6 +626,8 @@ impl UNetMotionModel {
             encoder_hidden_states: context_for(BlockKind::Encoder),
             num_frames: f,
             hook: input.temporal,
+            key_frames: vdm_core::cross_frame::key_frame_plan(input.cross_frame, f)?
+                .map(std::sync::Arc::new),
             chunking: self.chunking,
         };
         let frames = self.chunking.frames;
@@ -779,6 +781,43 @@ mod tests {
             .unwrap();
         a.into_data()
             .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
+    }
+
+    /// Cross-frame attention reaches the spatial transformers (the block-level invariants are
+    /// in `attention.rs`; here frames stop being identical after the first motion module, whose
+    /// positional embedding differs per frame): one frame is plain self-attention under every
+    /// pattern, a moving video changes, and frame chunking does not change the result (the
+    /// spatial transformers then run on whole videos).
+    #[test]
+    fn cross_frame_attention_reaches_the_spatial_transformers() {
+        use vdm_core::cross_frame::CrossFrame;
+        let model = UNetMotionModel::new(&tiny(), &dev()).unwrap();
+        let text = Conditioning::Shared(rand([2, 3, 6]));
+        let with = |model: &UNetMotionModel, x: Tensor<5>, pattern: &CrossFrame| {
+            let call = DenoiserInput::new(x, Timesteps::Shared(321.0), text.clone())
+                .with_cross_frame(pattern);
+            model.predict(call).unwrap()
+        };
+        let one = rand([2, 4, 1, 4, 4]);
+        let plain = run(&model, one.clone(), text.clone()).unwrap();
+        for pattern in [
+            CrossFrame::First,
+            CrossFrame::SparseCausal,
+            CrossFrame::Full,
+        ] {
+            with(&model, one.clone(), &pattern)
+                .into_data()
+                .assert_approx_eq::<f32>(&plain.clone().into_data(), Tolerance::absolute(1e-5));
+        }
+        let moving = rand([2, 4, 5, 4, 4]);
+        let plain = run(&model, moving.clone(), text.clone()).unwrap();
+        let first = with(&model, moving.clone(), &CrossFrame::First);
+        let gap: f32 = (first.clone() - plain).abs().max().into_scalar();
+        assert!(gap > 1e-4, "{gap}");
+        let chunked = model.clone().with_chunking(Chunking::new(2, 8));
+        with(&chunked, moving, &CrossFrame::First)
+            .into_data()
+            .assert_approx_eq::<f32>(&first.into_data(), Tolerance::absolute(1e-5));
     }
 
     #[test]
