@@ -29,6 +29,7 @@ use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::sampler::Control;
+use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::models::chunking::Chunking;
 use vdm::models::clip::LongPrompt;
 use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPipeline};
@@ -98,7 +99,8 @@ struct Args {
     /// windows of --context-length frames denoised separately and averaged, pyramid weights);
     /// or `fifo` (FIFO-Diffusion: a queue of frames at increasing noise levels, one clean
     /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored);
-    /// or `freelong` (global and local temporal attention blended in frequency space).
+    /// or `freelong` (global and local temporal attention blended in frequency space); or
+    /// `t2v-zero` (Text2Video-Zero: motion dynamics and cross-frame attention, --t2v-motion).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
@@ -118,6 +120,16 @@ struct Args {
     /// FIFO-Diffusion without lookahead denoising (half the model calls).
     #[arg(long)]
     fifo_no_lookahead: bool,
+
+    /// Text2Video-Zero's motion: the content's displacement per frame in latent pixels, `X,Y`
+    /// (x to the right, y down).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [1.0, 0.0],
+        allow_negative_numbers = true
+    )]
+    t2v_motion: Vec<f64>,
 
     /// FreeInit sampling passes (each costs a full sampling).
     #[arg(long, default_value_t = 3)]
@@ -213,6 +225,9 @@ enum LongArg {
     /// FreeLong: SpectralBlend temporal attention (global attention's low frequencies, local
     /// attention's high ones, local windows of --context-length frames); combines with FreeInit.
     Freelong,
+    /// Text2Video-Zero: frame 0 denoised alone, moved by --t2v-motion per frame for the
+    /// others, then every frame with cross-frame attention to frame 0.
+    T2vZero,
     /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
     /// η = 1, lookahead), memory independent of the length.
     Fifo,
@@ -396,6 +411,16 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
     }
     if args.long.contains(&LongArg::Freelong) {
         settings = settings.freelong(FreeLong::new(args.context_length));
+    }
+    if args.long.contains(&LongArg::T2vZero) {
+        let &[x, y] = args.t2v_motion.as_slice() else {
+            return Err(format!(
+                "--t2v-motion takes two numbers X,Y, got {:?}",
+                args.t2v_motion
+            ));
+        };
+        let motion = (x, y);
+        settings = settings.text2video_zero(Text2VideoZero::for_steps(motion, args.steps));
     }
     if args.long.contains(&LongArg::Fifo) {
         settings = settings.fifo(Fifo {

@@ -26,6 +26,7 @@ use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
 use vdm::shapes::{Direction, Turn};
@@ -53,7 +54,8 @@ struct Args {
     /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit, co-denoise
     /// (Gen-L-Video: windows of 16 every 4, pyramid weights), fifo (FIFO-Diffusion: windows of
     /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply), freelong
-    /// (local windows of 16).
+    /// (local windows of 16), t2v-zero (Text2Video-Zero, motion 0.3 latent px per frame to
+    /// the right; not in the default list: its motion ignores the caption).
     #[arg(
         long,
         value_delimiter = ',',
@@ -119,6 +121,7 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
             }
             "fifo" => g = g.fifo(Fifo::new(16, 2)),
             "freelong" => g = g.freelong(FreeLong::new(16)),
+            "t2v-zero" => g = g.text2video_zero(Text2VideoZero::for_steps((0.3, 0.0), args.steps)),
             "freeinit" => {
                 g = g.freeinit(
                     FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

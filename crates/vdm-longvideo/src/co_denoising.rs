@@ -30,7 +30,7 @@ use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
-use crate::sampler::{Control, Guidance, Progress, check_request, guided_prediction};
+use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
 
 /// How the windows' results are weighted frame by frame before averaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -331,11 +331,10 @@ impl<'a> CoDenoisingSampler<'a> {
                 let input = schedulers[i].scale_model_input(x.clone(), t)?;
                 let output = guided_prediction(
                     self.denoiser,
-                    None,
                     input,
                     Timesteps::Shared(t),
                     &per_window[i],
-                    None,
+                    Routing::default(),
                     guided.as_ref(),
                 )?;
                 let prev = schedulers[i]

@@ -45,7 +45,7 @@ use vdm_core::{
 use vdm_schedulers::Scheduler;
 use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
 
-use crate::sampler::{Control, Guidance, Progress, check_request, guided_prediction};
+use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
 
 /// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
 /// the DDIM `η`.
@@ -476,11 +476,10 @@ impl FifoStream<'_> {
         };
         guided_prediction(
             self.denoiser,
-            None,
             x,
             timesteps,
             &conditioning,
-            None,
+            Routing::default(),
             self.guidance.as_ref(),
         )
     }

@@ -3,7 +3,7 @@
 //! Training-free long-video generation for any video diffusion model that implements the
 //! [`vdm_core::Denoiser`] trait and routes its temporal layers through
 //! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit, Gen-L-Video co-denoising,
-//! FIFO-Diffusion, FreeLong,
+//! FIFO-Diffusion, FreeLong, Text2Video-Zero,
 //! correlated noise priors, and more.
 //!
 //! ```
@@ -24,5 +24,6 @@ pub mod freelong;
 
 pub mod noise_prior;
 pub mod sampler;
+pub mod text2video_zero;
 
 pub mod freenoise;

@@ -6,8 +6,8 @@
 
 use burn::tensor::{Device, Tensor};
 use vdm_core::{
-    Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, Result, TemporalHook, Timesteps,
-    VideoShape,
+    Conditioning, CrossFrameHook, Denoiser, DenoiserInput, Error, NoiseSource, Result,
+    TemporalHook, Timesteps, VideoShape,
 };
 use vdm_schedulers::Scheduler;
 
@@ -138,6 +138,7 @@ pub struct LongVideoSampler<'a> {
     scheduler: Box<dyn Scheduler>,
     initial_noise: Box<dyn InitialNoise + 'a>,
     temporal: Option<&'a dyn TemporalHook>,
+    cross_frame: Option<&'a dyn CrossFrameHook>,
     refinement: Option<Box<dyn Refinement + 'a>>,
     guidance: Option<Guidance>,
     injection: Option<(Conditioning, MotionInjection)>,
@@ -152,6 +153,7 @@ impl<'a> LongVideoSampler<'a> {
             scheduler,
             initial_noise: Box::new(Gaussian),
             temporal: None,
+            cross_frame: None,
             refinement: None,
             guidance: None,
             injection: None,
@@ -181,6 +183,13 @@ impl<'a> LongVideoSampler<'a> {
     /// Hands a temporal strategy to the model's temporal layers at every call.
     pub fn with_temporal(mut self, hook: &'a dyn TemporalHook) -> Self {
         self.temporal = Some(hook);
+        self
+    }
+
+    /// Hands a cross-frame attention pattern to the model's spatial self-attention at every
+    /// call (see [`vdm_core::cross_frame`]).
+    pub fn with_cross_frame(mut self, hook: &'a dyn CrossFrameHook) -> Self {
+        self.cross_frame = Some(hook);
         self
     }
 
@@ -263,13 +272,17 @@ impl<'a> LongVideoSampler<'a> {
                         .collect();
                     (!blocks.is_empty()).then(|| (single.clone(), blocks))
                 });
+                let routing = Routing {
+                    temporal: self.temporal,
+                    cross_frame: self.cross_frame,
+                    blocks: routed,
+                };
                 let output = guided_prediction(
                     self.denoiser,
-                    self.temporal,
                     model_input,
                     Timesteps::Shared(t),
                     &batched_conditioning,
-                    routed,
+                    routing,
                     guided.as_ref(),
                 )?;
                 let out = self.scheduler.step(output, t, latents, noise)?;
@@ -338,18 +351,28 @@ pub(crate) fn check_request(
     Ok(guided)
 }
 
+/// What a model call hands to the model besides its inputs: the temporal hook, the
+/// cross-frame hook and conditioning routed to some blocks (all optional).
+#[derive(Default)]
+pub(crate) struct Routing<'a> {
+    /// Handed to the model's temporal layers.
+    pub temporal: Option<&'a dyn TemporalHook>,
+    /// Handed to the model's spatial self-attention layers.
+    pub cross_frame: Option<&'a dyn CrossFrameHook>,
+    /// Conditioning for the listed blocks.
+    pub blocks: Option<(Conditioning, Vec<BlockKind>)>,
+}
+
 /// One model evaluation at `timesteps` (those of `model_input`'s batch): with `guidance`, the
 /// unconditional and conditional passes batched into one call (`conditioning` is then
 /// `[negative; positive]`, the timesteps repeated for both halves) and combined as
-/// `ε_u + s·(ε_c − ε_u)`; `temporal` handed to the model's temporal layers; `routed`
-/// conditioning for the listed blocks.
+/// `ε_u + s·(ε_c − ε_u)`; the hooks and routed conditioning of `routing` handed to the model.
 pub(crate) fn guided_prediction(
     denoiser: &dyn Denoiser,
-    temporal: Option<&dyn TemporalHook>,
     model_input: Tensor<5>,
     timesteps: Timesteps,
     conditioning: &Conditioning,
-    routed: Option<(Conditioning, Vec<BlockKind>)>,
+    routing: Routing<'_>,
     guidance: Option<&Guidance>,
 ) -> Result<Tensor<5>> {
     let (input, timesteps) = match guidance {
@@ -367,10 +390,13 @@ pub(crate) fn guided_prediction(
         None => (model_input, timesteps),
     };
     let mut call = DenoiserInput::new(input, timesteps, conditioning.clone());
-    if let Some(hook) = temporal {
+    if let Some(hook) = routing.temporal {
         call = call.with_temporal(hook);
     }
-    if let Some((single, blocks)) = routed {
+    if let Some(hook) = routing.cross_frame {
+        call = call.with_cross_frame(hook);
+    }
+    if let Some((single, blocks)) = routing.blocks {
         call = call.with_block_conditioning(single, &blocks);
     }
     let output = denoiser.predict(call)?;

@@ -412,6 +412,38 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap();
     assert_eq!(video.num_frames(), 12);
 
+    // Text2Video-Zero: frame 0 alone, then every frame with cross-frame attention to it;
+    // reported as two passes; not combinable; t1 checked against the steps.
+    use vdm::longvideo::text2video_zero::Text2VideoZero;
+    let zero = settings()
+        .steps(5)
+        .text2video_zero(Text2VideoZero::for_steps((1.0, 0.0), 5));
+    let mut passes = Vec::new();
+    let video = pipe
+        .generate_with(&zero, &mut vdm::core::SeededNoise::new(3), &mut |p| {
+            if let PipelineProgress::Denoise(p) = p {
+                passes.push((p.iteration, p.step));
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(video.num_frames(), 4);
+    assert!(values(video.frames).iter().all(|v| v.is_finite()));
+    // 5 steps: t1 = 4, t0 = 3: frame 0 alone for step 0, then the video from step 0.
+    assert_eq!(passes, vec![(0, 0), (1, 0), (1, 1), (1, 2), (1, 3), (1, 4)]);
+    let e = pipe
+        .generate(&zero.clone().freelong(FreeLong::new(2)))
+        .unwrap_err();
+    assert!(e.to_string().contains("text2video_zero"), "{e}");
+    let e = pipe
+        .generate(
+            &settings()
+                .steps(3)
+                .text2video_zero(Text2VideoZero::new((1.0, 0.0))),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("t1"), "{e}");
+
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe
         .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))

@@ -8,6 +8,7 @@ use vdm_longvideo::fifo::Fifo;
 use vdm_longvideo::freeinit::FreeInit;
 use vdm_longvideo::freelong::FreeLong;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
+use vdm_longvideo::text2video_zero::Text2VideoZero;
 use vdm_models::clip::LongPrompt;
 
 /// Which scheduler samples the video.
@@ -43,6 +44,9 @@ pub struct LongVideo {
     /// FreeLong: SpectralBlend temporal attention, global and local attention blended in
     /// frequency space (combinable with FreeInit only).
     pub freelong: Option<FreeLong>,
+    /// Text2Video-Zero: frame 0 denoised alone, moved for the other frames, then all frames
+    /// with cross-frame attention to frame 0 (not combinable with the others).
+    pub text2video_zero: Option<Text2VideoZero>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -213,6 +217,12 @@ impl Generation {
         self
     }
 
+    /// Enables Text2Video-Zero.
+    pub fn text2video_zero(mut self, plan: Text2VideoZero) -> Self {
+        self.long_video.text2video_zero = Some(plan);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -305,6 +315,22 @@ impl Generation {
                 ));
             }
             freelong.validate()?;
+        }
+        if let Some(plan) = &self.long_video.text2video_zero {
+            let long = &self.long_video;
+            if long.freenoise.is_some()
+                || long.freeinit.is_some()
+                || long.co_denoising.is_some()
+                || long.fifo.is_some()
+                || long.freelong.is_some()
+            {
+                return Err(Error::invalid(
+                    "text2video_zero",
+                    "cannot be combined with the other long-video methods: it runs its own \
+                     sampling loop",
+                ));
+            }
+            plan.validate(self.steps)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
+use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
 use vdm_models::chunking::Chunking;
 use vdm_models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder, PromptOptions};
 use vdm_models::loading::{LoadOptions, find_weight_file};
@@ -365,6 +366,13 @@ impl TextToVideoPipeline {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, noise, device, &mut progress);
+        }
+        if let Some(plan) = settings.long_video.text2video_zero {
+            let mut sampler = Text2VideoZeroSampler::new(&self.unet, request.scheduler, plan);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.co_denoising.clone() {
             let mut sampler = CoDenoisingSampler::new(&self.unet, request.scheduler, plan);
