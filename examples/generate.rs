@@ -28,6 +28,7 @@ use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::reconstruction::Extension;
 use vdm::longvideo::sampler::Control;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::models::chunking::Chunking;
@@ -100,7 +101,8 @@ struct Args {
     /// or `fifo` (FIFO-Diffusion: a queue of frames at increasing noise levels, one clean
     /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored);
     /// or `freelong` (global and local temporal attention blended in frequency space); or
-    /// `t2v-zero` (Text2Video-Zero: motion dynamics and cross-frame attention, --t2v-motion).
+    /// `t2v-zero` (Text2Video-Zero: motion dynamics and cross-frame attention, --t2v-motion); or
+    /// `extend` (autoregressive windows with reconstruction guidance).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
@@ -130,6 +132,14 @@ struct Args {
         allow_negative_numbers = true
     )]
     t2v_motion: Vec<f64>,
+
+    /// Autoregressive extension: known frames at the start of every window.
+    #[arg(long, default_value_t = 8)]
+    extend_context: usize,
+
+    /// Autoregressive extension: the reconstruction-guidance weight (0: replacement only).
+    #[arg(long, default_value_t = 2.0)]
+    recon_weight: f64,
 
     /// FreeInit sampling passes (each costs a full sampling).
     #[arg(long, default_value_t = 3)]
@@ -228,6 +238,10 @@ enum LongArg {
     /// Text2Video-Zero: frame 0 denoised alone, moved by --t2v-motion per frame for the
     /// others, then every frame with cross-frame attention to frame 0.
     T2vZero,
+    /// Autoregressive extension with reconstruction guidance (Video Diffusion Models): a first
+    /// clip of --context-length frames, then windows that keep the last --extend-context frames
+    /// and are guided to reconstruct them (weight --recon-weight).
+    Extend,
     /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
     /// η = 1, lookahead), memory independent of the length.
     Fifo,
@@ -421,6 +435,13 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         };
         let motion = (x, y);
         settings = settings.text2video_zero(Text2VideoZero::for_steps(motion, args.steps));
+    }
+    if args.long.contains(&LongArg::Extend) {
+        settings = settings.extension(Extension::new(
+            args.context_length,
+            args.extend_context,
+            args.recon_weight,
+        ));
     }
     if args.long.contains(&LongArg::Fifo) {
         settings = settings.fifo(Fifo {

@@ -26,6 +26,7 @@ use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::reconstruction::Extension;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
@@ -55,7 +56,8 @@ struct Args {
     /// (Gen-L-Video: windows of 16 every 4, pyramid weights), fifo (FIFO-Diffusion: windows of
     /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply), freelong
     /// (local windows of 16), t2v-zero (Text2Video-Zero, motion 0.3 latent px per frame to
-    /// the right; not in the default list: its motion ignores the caption).
+    /// the right; not in the default list: its motion ignores the caption), extend
+    /// (autoregressive windows of 16 keeping 8, reconstruction weight 2).
     #[arg(
         long,
         value_delimiter = ',',
@@ -121,7 +123,11 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
             }
             "fifo" => g = g.fifo(Fifo::new(16, 2)),
             "freelong" => g = g.freelong(FreeLong::new(16)),
-            "t2v-zero" => g = g.text2video_zero(Text2VideoZero::for_steps((0.3, 0.0), args.steps)),
+            "extend" => g = g.extension(Extension::new(16, 8, 2.0)),
+            "t2v-zero" => {
+                let plan = Text2VideoZero::for_steps((0.3, 0.0), args.steps);
+                g = g.text2video_zero(plan)
+            }
             "freeinit" => {
                 g = g.freeinit(
                     FreeInit::new(LowPassFilter::default(), args.freeinit_iters)

@@ -444,6 +444,34 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap_err();
     assert!(e.to_string().contains("t1"), "{e}");
 
+    // Autoregressive extension: the first clip is direct sampling; the next window keeps its
+    // last 2 frames and is guided through the UNet on the autodiff device.
+    use vdm::longvideo::reconstruction::Extension;
+    let first = values(
+        pipe.generate(&settings().steps(2).frames(4))
+            .unwrap()
+            .frames,
+    );
+    let extended = settings()
+        .steps(2)
+        .frames(6)
+        .extension(Extension::new(4, 2, 1.0));
+    let video = pipe.generate(&extended).unwrap();
+    assert_eq!(video.num_frames(), 6);
+    let frames = values(video.frames);
+    assert!(frames.iter().all(|v| v.is_finite()));
+    for (a, b) in frames[..first.len()].iter().zip(&first) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let e = pipe
+        .generate(&extended.clone().freelong(FreeLong::new(2)))
+        .unwrap_err();
+    assert!(e.to_string().contains("extension"), "{e}");
+    let e = pipe
+        .generate(&settings().extension(Extension::new(4, 4, 1.0)))
+        .unwrap_err();
+    assert!(e.to_string().contains("context"), "{e}");
+
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe
         .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))

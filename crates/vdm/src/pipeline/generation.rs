@@ -8,6 +8,7 @@ use vdm_longvideo::fifo::Fifo;
 use vdm_longvideo::freeinit::FreeInit;
 use vdm_longvideo::freelong::FreeLong;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
+use vdm_longvideo::reconstruction::Extension;
 use vdm_longvideo::text2video_zero::Text2VideoZero;
 use vdm_models::clip::LongPrompt;
 
@@ -47,6 +48,10 @@ pub struct LongVideo {
     /// Text2Video-Zero: frame 0 denoised alone, moved for the other frames, then all frames
     /// with cross-frame attention to frame 0 (not combinable with the others).
     pub text2video_zero: Option<Text2VideoZero>,
+    /// Autoregressive extension with reconstruction guidance: a first clip of `window` frames,
+    /// then windows continuing the video from its last `context` frames (not combinable with
+    /// the others).
+    pub extension: Option<Extension>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -223,6 +228,12 @@ impl Generation {
         self
     }
 
+    /// Enables autoregressive extension with reconstruction guidance.
+    pub fn extension(mut self, extension: Extension) -> Self {
+        self.long_video.extension = Some(extension);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -331,6 +342,25 @@ impl Generation {
                 ));
             }
             plan.validate(self.steps)?;
+        }
+        if let Some(extension) = &self.long_video.extension {
+            let long = &self.long_video;
+            let others = [
+                long.freenoise.is_some(),
+                long.freeinit.is_some(),
+                long.co_denoising.is_some(),
+                long.fifo.is_some(),
+                long.freelong.is_some(),
+                long.text2video_zero.is_some(),
+            ];
+            if others.contains(&true) {
+                return Err(Error::invalid(
+                    "extension",
+                    "cannot be combined with the other long-video methods: it runs its own \
+                     window-by-window loop",
+                ));
+            }
+            extension.validate()?;
         }
         Ok(())
     }

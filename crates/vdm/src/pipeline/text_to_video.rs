@@ -17,6 +17,7 @@ use vdm_longvideo::fifo::FifoSampler;
 use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
+use vdm_longvideo::reconstruction::ExtensionSampler;
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
 use vdm_models::chunking::Chunking;
@@ -366,6 +367,39 @@ impl TextToVideoPipeline {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, noise, device, &mut progress);
+        }
+        if let Some(plan) = settings.long_video.extension {
+            // The first clip directly, then window after window from its last frames.
+            let first = plan.window.min(shape.frames);
+            let mut direct = LongVideoSampler::new(&self.unet, request.scheduler.clone());
+            if let Some(g) = &request.guidance {
+                direct = direct.with_guidance(g.clone());
+            }
+            let clip = direct.sample(
+                shape.with_frames(first),
+                cond.frames(0, first),
+                settings.steps,
+                noise,
+                device,
+                &mut progress,
+            )?;
+            if first == shape.frames {
+                return Ok(clip);
+            }
+            let mut sampler = ExtensionSampler::new(&self.unet, request.scheduler, plan.weight);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.extend(
+                clip,
+                shape.frames,
+                plan.window,
+                plan.context,
+                cond,
+                settings.steps,
+                noise,
+                &mut progress,
+            );
         }
         if let Some(plan) = settings.long_video.text2video_zero {
             let mut sampler = Text2VideoZeroSampler::new(&self.unet, request.scheduler, plan);
