@@ -28,8 +28,10 @@ use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::keyframes::Keyframes;
 use vdm::longvideo::reconstruction::Extension;
 use vdm::longvideo::sampler::Control;
+use vdm::longvideo::smoother::InterleavedSmoother;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::models::chunking::Chunking;
 use vdm::models::clip::LongPrompt;
@@ -102,7 +104,8 @@ struct Args {
     /// frame per iteration; --context-length × --fifo-partitions levels, --steps is ignored);
     /// or `freelong` (global and local temporal attention blended in frequency space); or
     /// `t2v-zero` (Text2Video-Zero: motion dynamics and cross-frame attention, --t2v-motion); or
-    /// `extend` (autoregressive windows with reconstruction guidance).
+    /// `extend` (autoregressive windows with reconstruction guidance); or `keyframes`
+    /// (ControlVideo's hierarchical sampler).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
@@ -140,6 +143,11 @@ struct Args {
     /// Autoregressive extension: the reconstruction-guidance weight (0: replacement only).
     #[arg(long, default_value_t = 2.0)]
     recon_weight: f64,
+
+    /// ControlVideo's interleaved-frame smoother at two steps (scaled from its steps 30, 31 of
+    /// 50), with direct sampling, FreeNoise, FreeInit or FreeLong.
+    #[arg(long)]
+    smooth: bool,
 
     /// FreeInit sampling passes (each costs a full sampling).
     #[arg(long, default_value_t = 3)]
@@ -242,6 +250,9 @@ enum LongArg {
     /// clip of --context-length frames, then windows that keep the last --extend-context frames
     /// and are guided to reconstruct them (weight --recon-weight).
     Extend,
+    /// Hierarchical keyframes (ControlVideo): keyframes every --context-length − 1 frames
+    /// denoised jointly, the frames between two keyframes conditioned on them.
+    Keyframes,
     /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
     /// η = 1, lookahead), memory independent of the length.
     Fifo,
@@ -442,6 +453,13 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             args.extend_context,
             args.recon_weight,
         ));
+    }
+    if args.long.contains(&LongArg::Keyframes) {
+        let stride = args.context_length.saturating_sub(1).max(1);
+        settings = settings.keyframes(Keyframes::new(stride));
+    }
+    if args.smooth {
+        settings = settings.smoother(InterleavedSmoother::controlvideo(args.steps));
     }
     if args.long.contains(&LongArg::Fifo) {
         settings = settings.fifo(Fifo {

@@ -26,7 +26,9 @@ use vdm::longvideo::fifo::Fifo;
 use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};
 use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
+use vdm::longvideo::keyframes::Keyframes;
 use vdm::longvideo::reconstruction::Extension;
+use vdm::longvideo::smoother::InterleavedSmoother;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
@@ -57,7 +59,9 @@ struct Args {
     /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply), freelong
     /// (local windows of 16), t2v-zero (Text2Video-Zero, motion 0.3 latent px per frame to
     /// the right; not in the default list: its motion ignores the caption), extend
-    /// (autoregressive windows of 16 keeping 8, reconstruction weight 2).
+    /// (autoregressive windows of 16 keeping 8, reconstruction weight 2), keyframes
+    /// (ControlVideo's hierarchical sampler, keyframes every 15 frames), smooth (ControlVideo's
+    /// interleaved-frame smoother, combinable: `direct+smooth`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -124,6 +128,8 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
             "fifo" => g = g.fifo(Fifo::new(16, 2)),
             "freelong" => g = g.freelong(FreeLong::new(16)),
             "extend" => g = g.extension(Extension::new(16, 8, 2.0)),
+            "keyframes" => g = g.keyframes(Keyframes::new(15)),
+            "smooth" => g = g.smoother(InterleavedSmoother::controlvideo(args.steps)),
             "t2v-zero" => {
                 let plan = Text2VideoZero::for_steps((0.3, 0.0), args.steps);
                 g = g.text2video_zero(plan)

@@ -14,6 +14,7 @@ use vdm_schedulers::Scheduler;
 use crate::freeinit::FreeInit;
 use crate::freenoise::prompts::{MotionInjection, PromptContext};
 use crate::noise_prior::{Gaussian, InitialNoise};
+use crate::smoother::InterleavedSmoother;
 use vdm_core::BlockKind;
 
 /// Classifier-free guidance (Ho & Salimans 2022): `ε = ε_u + s·(ε_c − ε_u)`, with the
@@ -139,6 +140,7 @@ pub struct LongVideoSampler<'a> {
     initial_noise: Box<dyn InitialNoise + 'a>,
     temporal: Option<&'a dyn TemporalHook>,
     cross_frame: Option<&'a dyn CrossFrameHook>,
+    smoother: Option<InterleavedSmoother>,
     refinement: Option<Box<dyn Refinement + 'a>>,
     guidance: Option<Guidance>,
     injection: Option<(Conditioning, MotionInjection)>,
@@ -154,6 +156,7 @@ impl<'a> LongVideoSampler<'a> {
             initial_noise: Box::new(Gaussian),
             temporal: None,
             cross_frame: None,
+            smoother: None,
             refinement: None,
             guidance: None,
             injection: None,
@@ -190,6 +193,14 @@ impl<'a> LongVideoSampler<'a> {
     /// call (see [`vdm_core::cross_frame`]).
     pub fn with_cross_frame(mut self, hook: &'a dyn CrossFrameHook) -> Self {
         self.cross_frame = Some(hook);
+        self
+    }
+
+    /// Smooths the clean estimate over time at the smoother's steps (ControlVideo's
+    /// interleaved-frame smoother, see [`crate::smoother`]; needs a variance-preserving
+    /// scheduler that reports its `x̂₀`).
+    pub fn with_smoother(mut self, smoother: InterleavedSmoother) -> Self {
+        self.smoother = Some(smoother);
         self
     }
 
@@ -239,6 +250,13 @@ impl<'a> LongVideoSampler<'a> {
             None => None,
         };
 
+        if self.smoother.is_some() && self.scheduler.is_sigma_space() {
+            return Err(Error::invalid(
+                "smoother",
+                "the interleaved-frame smoother recomposes steps the variance-preserving way; \
+                 use a variance-preserving scheduler (DDIM, DPM-Solver++, …)",
+            ));
+        }
         let iterations = self.refinement.as_ref().map_or(1, |r| r.iterations());
         if iterations == 0 {
             return Err(Error::invalid(
@@ -285,8 +303,27 @@ impl<'a> LongVideoSampler<'a> {
                     routing,
                     guided.as_ref(),
                 )?;
+                let smoothing = self.smoother.as_ref().filter(|s| s.applies(step));
+                let x_t = smoothing.map(|_| latents.clone());
                 let out = self.scheduler.step(output, t, latents, noise)?;
-                latents = out.prev_sample;
+                latents = match (smoothing, x_t, &out.pred_original_sample) {
+                    (Some(smoother), Some(x_t), Some(x0)) => {
+                        let schedule = self.scheduler.noise_schedule();
+                        let alpha_t = f64::from(schedule.alpha_cumprod_at(t)?);
+                        let alpha_prev = match timesteps.get(step + 1) {
+                            Some(&next) => f64::from(schedule.alpha_cumprod_at(next)?),
+                            None => 1.0,
+                        };
+                        smoother.recompose(step, x_t, x0.clone(), alpha_t, alpha_prev)?
+                    }
+                    (Some(_), _, None) => {
+                        return Err(Error::invalid(
+                            "smoother",
+                            "the scheduler does not report its clean estimate x̂₀",
+                        ));
+                    }
+                    _ => out.prev_sample,
+                };
                 let control = progress(Progress {
                     iteration,
                     iterations,

@@ -472,6 +472,33 @@ fn long_video_methods_run_through_the_pipeline() {
         .unwrap_err();
     assert!(e.to_string().contains("context"), "{e}");
 
+    // Hierarchical keyframes (AnimateDiff: cross-frame attention in its spatial transformers)
+    // and the interleaved-frame smoother (UNet3D, steps 0 and 1 of 2); neither combines with
+    // loops of their own.
+    use vdm::longvideo::keyframes::Keyframes;
+    use vdm::longvideo::smoother::InterleavedSmoother;
+    let keyed = settings().frames(12).steps(1).keyframes(Keyframes::new(4));
+    let video = anim.generate(&keyed).unwrap();
+    assert_eq!(video.num_frames(), 12);
+    assert!(values(video.frames).iter().all(|v| v.is_finite()));
+    let e = anim
+        .generate(&keyed.freelong(FreeLong::new(4)))
+        .unwrap_err();
+    assert!(e.to_string().contains("keyframes"), "{e}");
+    let smoothed = settings()
+        .steps(2)
+        .smoother(InterleavedSmoother::controlvideo(2));
+    let smoothed_frames = values(pipe.generate(&smoothed).unwrap().frames);
+    assert!(smoothed_frames.iter().all(|v| v.is_finite()));
+    assert!(
+        smoothed_frames
+            .iter()
+            .zip(&plain)
+            .any(|(a, b)| (a - b).abs() > 1e-6)
+    );
+    let e = pipe.generate(&smoothed.fifo(Fifo::new(4, 1))).unwrap_err();
+    assert!(e.to_string().contains("smoother"), "{e}");
+
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe
         .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))

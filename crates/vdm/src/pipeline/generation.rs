@@ -8,7 +8,9 @@ use vdm_longvideo::fifo::Fifo;
 use vdm_longvideo::freeinit::FreeInit;
 use vdm_longvideo::freelong::FreeLong;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
+use vdm_longvideo::keyframes::Keyframes;
 use vdm_longvideo::reconstruction::Extension;
+use vdm_longvideo::smoother::InterleavedSmoother;
 use vdm_longvideo::text2video_zero::Text2VideoZero;
 use vdm_models::clip::LongPrompt;
 
@@ -52,6 +54,12 @@ pub struct LongVideo {
     /// then windows continuing the video from its last `context` frames (not combinable with
     /// the others).
     pub extension: Option<Extension>,
+    /// Hierarchical keyframes (ControlVideo): keyframes denoised jointly, the frames between
+    /// two keyframes conditioned on them (not combinable with the others).
+    pub keyframes: Option<Keyframes>,
+    /// ControlVideo's interleaved-frame smoother at some steps (with direct sampling,
+    /// FreeNoise, FreeInit or FreeLong).
+    pub smoother: Option<InterleavedSmoother>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -234,6 +242,18 @@ impl Generation {
         self
     }
 
+    /// Enables hierarchical keyframe sampling.
+    pub fn keyframes(mut self, plan: Keyframes) -> Self {
+        self.long_video.keyframes = Some(plan);
+        self
+    }
+
+    /// Enables the interleaved-frame smoother.
+    pub fn smoother(mut self, smoother: InterleavedSmoother) -> Self {
+        self.long_video.smoother = Some(smoother);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -361,6 +381,35 @@ impl Generation {
                 ));
             }
             extension.validate()?;
+        }
+        let long = &self.long_video;
+        let own_loops = [
+            long.co_denoising.is_some(),
+            long.fifo.is_some(),
+            long.text2video_zero.is_some(),
+            long.extension.is_some(),
+        ];
+        if let Some(plan) = &long.keyframes {
+            let others = [
+                long.freenoise.is_some(),
+                long.freeinit.is_some(),
+                long.freelong.is_some(),
+            ];
+            if others.contains(&true) || own_loops.contains(&true) {
+                return Err(Error::invalid(
+                    "keyframes",
+                    "cannot be combined with the other long-video methods: it runs its own \
+                     groups of frames",
+                ));
+            }
+            plan.keyframes(self.frames)?;
+        }
+        if long.smoother.is_some() && (own_loops.contains(&true) || long.keyframes.is_some()) {
+            return Err(Error::invalid(
+                "smoother",
+                "runs inside the ordinary sampling loop (direct, FreeNoise, FreeInit, FreeLong), \
+                 not with co-denoising, FIFO-Diffusion, Text2Video-Zero, extension or keyframes",
+            ));
         }
         Ok(())
     }

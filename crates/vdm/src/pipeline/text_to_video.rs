@@ -17,6 +17,7 @@ use vdm_longvideo::fifo::FifoSampler;
 use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
+use vdm_longvideo::keyframes::KeyframeSampler;
 use vdm_longvideo::reconstruction::ExtensionSampler;
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
@@ -368,6 +369,13 @@ impl TextToVideoPipeline {
             }
             return sampler.sample(shape, cond, noise, device, &mut progress);
         }
+        if let Some(plan) = settings.long_video.keyframes {
+            let mut sampler = KeyframeSampler::new(&self.unet, request.scheduler, plan);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
+        }
         if let Some(plan) = settings.long_video.extension {
             // The first clip directly, then window after window from its last frames.
             let first = plan.window.min(shape.frames);
@@ -426,6 +434,9 @@ impl TextToVideoPipeline {
         }
         if let Some(freelong) = &settings.long_video.freelong {
             sampler = sampler.with_temporal(freelong);
+        }
+        if let Some(smoother) = &settings.long_video.smoother {
+            sampler = sampler.with_smoother(smoother.clone());
         }
         if let Some(freeinit) = &settings.long_video.freeinit {
             sampler = sampler.with_refinement(*freeinit);
