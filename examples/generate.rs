@@ -30,6 +30,7 @@ use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::keyframes::Keyframes;
 use vdm::longvideo::reconstruction::Extension;
+use vdm::longvideo::reuse_diffuse::ReuseDiffuse;
 use vdm::longvideo::sampler::Control;
 use vdm::longvideo::smoother::InterleavedSmoother;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
@@ -105,7 +106,7 @@ struct Args {
     /// or `freelong` (global and local temporal attention blended in frequency space); or
     /// `t2v-zero` (Text2Video-Zero: motion dynamics and cross-frame attention, --t2v-motion); or
     /// `extend` (autoregressive windows with reconstruction guidance); or `keyframes`
-    /// (ControlVideo's hierarchical sampler).
+    /// (ControlVideo's hierarchical sampler); or `reuse` (Reuse and Diffuse, clip by clip).
     #[arg(long, value_enum, value_delimiter = ',')]
     long: Vec<LongArg>,
 
@@ -253,6 +254,9 @@ enum LongArg {
     /// Hierarchical keyframes (ControlVideo): keyframes every --context-length − 1 frames
     /// denoised jointly, the frames between two keyframes conditioned on them.
     Keyframes,
+    /// Reuse and Diffuse (VidRD): clips of --context-length frames, each reusing the last
+    /// half and the noise of the one before.
+    Reuse,
     /// FIFO-Diffusion: diagonal denoising, frames at increasing noise levels in a queue (DDIM,
     /// η = 1, lookahead), memory independent of the length.
     Fifo,
@@ -453,6 +457,10 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             args.extend_context,
             args.recon_weight,
         ));
+    }
+    if args.long.contains(&LongArg::Reuse) {
+        let overlap = (args.context_length / 2).max(1);
+        settings = settings.reuse_diffuse(ReuseDiffuse::new(args.context_length, overlap));
     }
     if args.long.contains(&LongArg::Keyframes) {
         let stride = args.context_length.saturating_sub(1).max(1);

@@ -28,6 +28,7 @@ use vdm::longvideo::freelong::FreeLong;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::longvideo::keyframes::Keyframes;
 use vdm::longvideo::reconstruction::Extension;
+use vdm::longvideo::reuse_diffuse::ReuseDiffuse;
 use vdm::longvideo::smoother::InterleavedSmoother;
 use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
@@ -61,7 +62,8 @@ struct Args {
     /// the right; not in the default list: its motion ignores the caption), extend
     /// (autoregressive windows of 16 keeping 8, reconstruction weight 2), keyframes
     /// (ControlVideo's hierarchical sampler, keyframes every 15 frames), smooth (ControlVideo's
-    /// interleaved-frame smoother, combinable: `direct+smooth`).
+    /// interleaved-frame smoother, combinable: `direct+smooth`), reuse (Reuse and Diffuse, clips
+    /// of 16 sharing 8).
     #[arg(
         long,
         value_delimiter = ',',
@@ -129,6 +131,7 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
             "freelong" => g = g.freelong(FreeLong::new(16)),
             "extend" => g = g.extension(Extension::new(16, 8, 2.0)),
             "keyframes" => g = g.keyframes(Keyframes::new(15)),
+            "reuse" => g = g.reuse_diffuse(ReuseDiffuse::new(16, 8)),
             "smooth" => g = g.smoother(InterleavedSmoother::controlvideo(args.steps)),
             "t2v-zero" => {
                 let plan = Text2VideoZero::for_steps((0.3, 0.0), args.steps);

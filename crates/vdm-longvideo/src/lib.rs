@@ -3,7 +3,7 @@
 //! Training-free long-video generation for any video diffusion model that implements the
 //! [`vdm_core::Denoiser`] trait and routes its temporal layers through
 //! [`vdm_core::TemporalHook`]: FreeNoise noise rescheduling and window fusion, FreeInit, Gen-L-Video co-denoising,
-//! FIFO-Diffusion, FreeLong, Text2Video-Zero, reconstruction guidance, hierarchical keyframes,
+//! FIFO-Diffusion, FreeLong, Text2Video-Zero, reconstruction guidance, hierarchical keyframes, Reuse and Diffuse,
 //! correlated noise priors, and more.
 //!
 //! ```
@@ -25,6 +25,7 @@ pub mod keyframes;
 
 pub mod noise_prior;
 pub mod reconstruction;
+pub mod reuse_diffuse;
 pub mod sampler;
 pub mod smoother;
 pub mod text2video_zero;

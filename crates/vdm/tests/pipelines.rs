@@ -499,6 +499,22 @@ fn long_video_methods_run_through_the_pipeline() {
     let e = pipe.generate(&smoothed.fifo(Fifo::new(4, 1))).unwrap_err();
     assert!(e.to_string().contains("smoother"), "{e}");
 
+    // Reuse and Diffuse: clips of 4 sharing 2 over 7 frames; the first clip is direct.
+    use vdm::longvideo::reuse_diffuse::ReuseDiffuse;
+    let reused = settings()
+        .steps(2)
+        .frames(7)
+        .reuse_diffuse(ReuseDiffuse::new(4, 2));
+    let frames = values(pipe.generate(&reused).unwrap().frames);
+    assert_eq!(frames.len(), first.len() / 4 * 7);
+    for (a, b) in frames[..first.len()].iter().zip(&first) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let e = pipe
+        .generate(&reused.smoother(InterleavedSmoother::controlvideo(2)))
+        .unwrap_err();
+    assert!(e.to_string().contains("reuse_diffuse"), "{e}");
+
     // FIFO-Diffusion on UNet3D (per-frame timesteps in its time embedding).
     let video = pipe
         .generate(&settings().frames(6).fifo(Fifo::new(4, 1)))

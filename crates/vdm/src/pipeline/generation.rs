@@ -10,6 +10,7 @@ use vdm_longvideo::freelong::FreeLong;
 use vdm_longvideo::freenoise::FreeNoiseConfig;
 use vdm_longvideo::keyframes::Keyframes;
 use vdm_longvideo::reconstruction::Extension;
+use vdm_longvideo::reuse_diffuse::ReuseDiffuse;
 use vdm_longvideo::smoother::InterleavedSmoother;
 use vdm_longvideo::text2video_zero::Text2VideoZero;
 use vdm_models::clip::LongPrompt;
@@ -60,6 +61,9 @@ pub struct LongVideo {
     /// ControlVideo's interleaved-frame smoother at some steps (with direct sampling,
     /// FreeNoise, FreeInit or FreeLong).
     pub smoother: Option<InterleavedSmoother>,
+    /// Reuse and Diffuse (VidRD): clip by clip, each reusing the last frames and the noise of
+    /// the one before (not combinable with the others).
+    pub reuse_diffuse: Option<ReuseDiffuse>,
 }
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
@@ -254,6 +258,12 @@ impl Generation {
         self
     }
 
+    /// Enables Reuse and Diffuse.
+    pub fn reuse_diffuse(mut self, plan: ReuseDiffuse) -> Self {
+        self.long_video.reuse_diffuse = Some(plan);
+        self
+    }
+
     /// Sets the frames per VAE decode call.
     pub fn decode_chunk_size(mut self, frames: usize) -> Self {
         self.decode_chunk_size = Some(frames);
@@ -389,6 +399,23 @@ impl Generation {
             long.text2video_zero.is_some(),
             long.extension.is_some(),
         ];
+        if let Some(plan) = &long.reuse_diffuse {
+            let others = [
+                long.freenoise.is_some(),
+                long.freeinit.is_some(),
+                long.freelong.is_some(),
+                long.keyframes.is_some(),
+                long.smoother.is_some(),
+            ];
+            if others.contains(&true) || own_loops.contains(&true) {
+                return Err(Error::invalid(
+                    "reuse_diffuse",
+                    "cannot be combined with the other long-video methods: it runs its own \
+                     clip-by-clip loop",
+                ));
+            }
+            plan.validate()?;
+        }
         if let Some(plan) = &long.keyframes {
             let others = [
                 long.freenoise.is_some(),

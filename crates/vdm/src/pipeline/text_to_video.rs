@@ -19,6 +19,7 @@ use vdm_longvideo::freenoise::{
 };
 use vdm_longvideo::keyframes::KeyframeSampler;
 use vdm_longvideo::reconstruction::ExtensionSampler;
+use vdm_longvideo::reuse_diffuse::ReuseDiffuseSampler;
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
 use vdm_models::chunking::Chunking;
@@ -368,6 +369,13 @@ impl TextToVideoPipeline {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, noise, device, &mut progress);
+        }
+        if let Some(plan) = settings.long_video.reuse_diffuse.clone() {
+            let mut sampler = ReuseDiffuseSampler::new(&self.unet, request.scheduler, plan);
+            if let Some(g) = request.guidance {
+                sampler = sampler.with_guidance(g);
+            }
+            return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.keyframes {
             let mut sampler = KeyframeSampler::new(&self.unet, request.scheduler, plan);
