@@ -25,12 +25,12 @@
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, Timesteps, VideoShape};
+use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{Control, Guidance, GuidedModel, Progress, Routing, check_request, report};
 
 /// How the windows' results are weighted frame by frame before averaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -324,21 +324,23 @@ impl<'a> CoDenoisingSampler<'a> {
             .sample(shape, noise, device)?
             .mul_scalar(self.scheduler.init_noise_sigma() as f32);
         let timesteps = self.scheduler.timesteps().to_vec();
+        let model = GuidedModel {
+            denoiser: self.denoiser,
+            guidance: guided.as_ref(),
+        };
         for (step, &t) in timesteps.iter().enumerate() {
             let mut fused = Tensor::<5>::zeros(shape.dims(), device);
             for (i, window) in windows.iter().enumerate() {
                 let x = gather(&latents, window, 2);
-                let input = schedulers[i].scale_model_input(x.clone(), t)?;
-                let output = guided_prediction(
-                    self.denoiser,
-                    input,
-                    Timesteps::Shared(t),
-                    &per_window[i],
-                    Routing::default(),
-                    guided.as_ref(),
-                )?;
-                let prev = schedulers[i]
-                    .step(output, t, x, noise)?
+                let prev = model
+                    .step(
+                        schedulers[i].as_mut(),
+                        x,
+                        t,
+                        &per_window[i],
+                        Routing::default(),
+                        noise,
+                    )?
                     .prev_sample
                     .mul(weight_tensors[i].clone());
                 let mut offset = 0;
@@ -358,18 +360,18 @@ impl<'a> CoDenoisingSampler<'a> {
                 }
             }
             latents = fused;
-            let control = progress(Progress {
-                iteration: 0,
-                iterations: 1,
-                step,
-                num_steps: timesteps.len(),
-                timestep: t,
-                latents: &latents,
-                pred_original: None,
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: 0,
+                    iterations: 1,
+                    step,
+                    num_steps: timesteps.len(),
+                    timestep: t,
+                    latents: &latents,
+                    pred_original: None,
+                },
+            )?;
         }
         Ok(latents)
     }

@@ -37,15 +37,17 @@
 //! ordinary DDIM sampling of that frame alone from its initial noise, with or without
 //! lookahead.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use vdm_core::noise::draw;
 use vdm_core::{
     Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, Timesteps, VideoShape,
 };
-use vdm_schedulers::Scheduler;
 use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
 
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{
+    Control, Guidance, MethodSampler, Progress, Routing, check_request, guided_prediction, report,
+    select_frames,
+};
 
 /// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
 /// the DDIM `η`.
@@ -152,35 +154,9 @@ impl Fifo {
 }
 
 /// The FIFO-Diffusion sampler over any [`Denoiser`] that accepts per-frame timesteps.
-pub struct FifoSampler<'a> {
-    denoiser: &'a dyn Denoiser,
-    scheduler: Box<dyn Scheduler>,
-    plan: Fifo,
-    guidance: Option<Guidance>,
-}
+pub type FifoSampler<'a> = MethodSampler<'a, Fifo>;
 
-impl<'a> FifoSampler<'a> {
-    /// A sampler for `plan` on `scheduler`'s training schedule and timestep spacing.
-    pub fn new(denoiser: &'a dyn Denoiser, scheduler: Box<dyn Scheduler>, plan: Fifo) -> Self {
-        Self {
-            denoiser,
-            scheduler,
-            plan,
-            guidance: None,
-        }
-    }
-
-    /// Enables classifier-free guidance.
-    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
-        self.guidance = Some(guidance);
-        self
-    }
-
-    /// The plan.
-    pub fn plan(&self) -> &Fifo {
-        &self.plan
-    }
-
+impl FifoSampler<'_> {
     /// A stream of the `shape.frames` clean latent frames (`[B, C, 1, H, W]` each) of a video
     /// of `shape`. `conditioning` is shared, or per frame with `shape.frames` frames; `noise`
     /// provides every random number. The model runs only when frames are pulled.
@@ -352,18 +328,18 @@ impl FifoStream<'_> {
             if self.iteration > self.dropped() {
                 let step = self.emitted;
                 self.emitted += 1;
-                let control = progress(Progress {
-                    iteration: 1,
-                    iterations: 2,
-                    step,
-                    num_steps: self.shape.frames,
-                    timestep: self.timesteps[0],
-                    latents: self.queue.as_ref().expect("set above"),
-                    pred_original: Some(&frame),
-                });
-                if control == Control::Cancel {
-                    return Err(Error::Cancelled { step });
-                }
+                report(
+                    progress,
+                    Progress {
+                        iteration: 1,
+                        iterations: 2,
+                        step,
+                        num_steps: self.shape.frames,
+                        timestep: self.timesteps[0],
+                        latents: self.queue.as_ref().expect("set above"),
+                        pred_original: Some(&frame),
+                    },
+                )?;
                 return Ok(frame);
             }
         }
@@ -383,18 +359,18 @@ impl FifoStream<'_> {
             let frame_levels = vec![level; plan.window];
             let output = self.predict(clip.clone(), &frame_levels, &outputs)?;
             clip = self.update(clip, output, &frame_levels)?;
-            let control = progress(Progress {
-                iteration: 0,
-                iterations: 2,
-                step,
-                num_steps: levels,
-                timestep: self.timesteps[level],
-                latents: &clip,
-                pred_original: None,
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: 0,
+                    iterations: 2,
+                    step,
+                    num_steps: levels,
+                    timestep: self.timesteps[level],
+                    latents: &clip,
+                    pred_original: None,
+                },
+            )?;
         }
         let fresh = draw(
             self.noise,
@@ -536,24 +512,12 @@ impl Iterator for FifoStream<'_> {
     }
 }
 
-/// `conditioning` for the video frames `frames` (per-frame contexts are gathered; shared ones
-/// are kept).
-fn select_frames(conditioning: &Conditioning, frames: &[usize], device: &Device) -> Conditioning {
-    match conditioning {
-        Conditioning::PerFrame(ctx) => {
-            let idx: Vec<i64> = frames.iter().map(|&f| f as i64).collect();
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [frames.len()]), device);
-            Conditioning::PerFrame(ctx.clone().select(1, idx))
-        }
-        other => other.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use burn::tensor::TensorData;
     use proptest::prelude::*;
     use vdm_core::{DenoiserInput, SeededNoise};
     use vdm_schedulers::from_config_json;

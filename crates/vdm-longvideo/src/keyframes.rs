@@ -23,14 +23,13 @@
 //! Invariant (tested): for a model whose frames do not interact, it equals direct sampling.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use vdm_core::{
-    Conditioning, CrossFrame, CrossFrameHook, Denoiser, Error, NoiseSource, Result, Timesteps,
-    VideoShape,
-};
+use vdm_core::{Conditioning, CrossFrame, CrossFrameHook, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::Scheduler;
 
 use crate::noise_prior::{Gaussian, InitialNoise};
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{
+    Control, GuidedModel, MethodSampler, Progress, Routing, check_request, report, select_frames,
+};
 
 /// Every frame of a clip attends to the clip's first and last frames (the two keyframes of a
 /// gap).
@@ -80,30 +79,9 @@ impl Keyframes {
 }
 
 /// The hierarchical keyframe sampler.
-pub struct KeyframeSampler<'a> {
-    denoiser: &'a dyn Denoiser,
-    scheduler: Box<dyn Scheduler>,
-    plan: Keyframes,
-    guidance: Option<Guidance>,
-}
+pub type KeyframeSampler<'a> = MethodSampler<'a, Keyframes>;
 
-impl<'a> KeyframeSampler<'a> {
-    /// A sampler for `plan`, stepping a clone of `scheduler` per group of frames.
-    pub fn new(denoiser: &'a dyn Denoiser, scheduler: Box<dyn Scheduler>, plan: Keyframes) -> Self {
-        Self {
-            denoiser,
-            scheduler,
-            plan,
-            guidance: None,
-        }
-    }
-
-    /// Enables classifier-free guidance.
-    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
-        self.guidance = Some(guidance);
-        self
-    }
-
+impl KeyframeSampler<'_> {
     /// Samples a video of `shape`; `conditioning` is shared or per frame (each group gets its
     /// frames'); `noise` provides every random number; `progress` sees every step.
     ///
@@ -159,24 +137,21 @@ impl<'a> KeyframeSampler<'a> {
             .sample(shape, noise, device)?
             .mul_scalar(self.scheduler.init_noise_sigma() as f32);
         let timesteps = self.scheduler.timesteps().to_vec();
+        let model = GuidedModel {
+            denoiser: self.denoiser,
+            guidance: guided.as_ref(),
+        };
         for (step, &t) in timesteps.iter().enumerate() {
             let mut next = latents.clone();
             for (i, group) in groups.iter().enumerate() {
                 let x = gather(&latents, &group.frames, device);
-                let input = schedulers[i].scale_model_input(x.clone(), t)?;
                 let routing = Routing {
                     cross_frame: Some(group.hook),
                     ..Routing::default()
                 };
-                let output = guided_prediction(
-                    self.denoiser,
-                    input,
-                    Timesteps::Shared(t),
-                    &contexts[i],
-                    routing,
-                    guided.as_ref(),
-                )?;
-                let stepped = schedulers[i].step(output, t, x, noise)?.prev_sample;
+                let stepped = model
+                    .step(schedulers[i].as_mut(), x, t, &contexts[i], routing, noise)?
+                    .prev_sample;
                 for (j, &frame) in group.frames[group.stepped.clone()].iter().enumerate() {
                     let value = stepped.clone().narrow(2, group.stepped.start + j, 1);
                     let [b, c, _, h, w] = next.dims();
@@ -184,18 +159,18 @@ impl<'a> KeyframeSampler<'a> {
                 }
             }
             latents = next;
-            let control = progress(Progress {
-                iteration: 0,
-                iterations: 1,
-                step,
-                num_steps: timesteps.len(),
-                timestep: t,
-                latents: &latents,
-                pred_original: None,
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: 0,
+                    iterations: 1,
+                    step,
+                    num_steps: timesteps.len(),
+                    timestep: t,
+                    latents: &latents,
+                    pred_original: None,
+                },
+            )?;
         }
         Ok(latents)
     }
@@ -221,16 +196,6 @@ fn gather(video: &Tensor<5>, frames: &[usize], device: &Device) -> Tensor<5> {
     video.clone().select(2, index(frames, device))
 }
 
-/// `conditioning` for the video frames `frames` (per-frame contexts are gathered).
-fn select_frames(conditioning: &Conditioning, frames: &[usize], device: &Device) -> Conditioning {
-    match conditioning {
-        Conditioning::PerFrame(ctx) => {
-            Conditioning::PerFrame(ctx.clone().select(1, index(frames, device)))
-        }
-        other => other.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,7 +203,8 @@ mod tests {
     use vdm_core::{DenoiserInput, PredictionType, SeededNoise};
     use vdm_schedulers::from_config_json;
 
-    use crate::sampler::LongVideoSampler;
+    use crate::sampler::{Guidance, LongVideoSampler};
+    use vdm_core::Denoiser;
 
     /// `ε = 0.1·x + c_f`, frame by frame (ignores other frames and cross-frame attention);
     /// records the cross-frame plans it was given.

@@ -30,7 +30,10 @@ use vdm_core::{
 use vdm_schedulers::Scheduler;
 use vdm_schedulers::prediction::{Scales, convert, to_x0_and_eps};
 
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{
+    Control, Guidance, Progress, Routing, check_request, guided_prediction, report,
+    require_variance_preserving, with_negative,
+};
 
 /// The settings of autoregressive extension: windows of the model's length, each with
 /// `context` known frames, guided with weight `weight`.
@@ -134,13 +137,7 @@ impl<'a> ExtensionSampler<'a> {
                 format!("must be finite and ≥ 0, got {}", self.weight),
             ));
         }
-        if self.scheduler.is_sigma_space() {
-            return Err(Error::invalid(
-                "scheduler",
-                "reconstruction guidance noises the known frames the variance-preserving way; \
-                 use a variance-preserving scheduler (DDIM, DPM-Solver++, …)",
-            ));
-        }
+        require_variance_preserving(self.scheduler.as_ref(), "reconstruction guidance")?;
         let known_shape = VideoShape::of("known", &known)?;
         let k = known_shape.frames;
         if k >= window {
@@ -149,10 +146,7 @@ impl<'a> ExtensionSampler<'a> {
                 format!("must exceed the {k} known frames, got {window}"),
             ));
         }
-        let conditioning = match &guided {
-            Some(g) => Conditioning::cat(vec![g.negative.clone(), conditioning])?,
-            None => conditioning,
-        };
+        let conditioning = with_negative(guided.as_ref(), conditioning)?;
         let shape = known_shape.with_frames(window);
         self.scheduler.set_timesteps(num_inference_steps)?;
         let timesteps = self.scheduler.timesteps().to_vec();
@@ -190,18 +184,18 @@ impl<'a> ExtensionSampler<'a> {
             };
             let out = self.scheduler.step(output, t, z, noise)?;
             z = out.prev_sample;
-            let control = progress(Progress {
-                iteration: 0,
-                iterations: 1,
-                step,
-                num_steps: timesteps.len(),
-                timestep: t,
-                latents: &z,
-                pred_original: out.pred_original_sample.as_ref(),
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: 0,
+                    iterations: 1,
+                    step,
+                    num_steps: timesteps.len(),
+                    timestep: t,
+                    latents: &z,
+                    pred_original: out.pred_original_sample.as_ref(),
+                },
+            )?;
         }
         if k == 0 {
             return Ok(z);

@@ -25,11 +25,13 @@
 
 use burn::tensor::{Device, Tensor};
 use vdm_core::noise::draw;
-use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, Timesteps, VideoShape};
-use vdm_schedulers::Scheduler;
+use vdm_core::{Conditioning, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::prediction::Scales;
 
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{
+    Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    require_variance_preserving, with_negative,
+};
 
 /// The VidRD settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,34 +106,9 @@ impl ReuseDiffuse {
 }
 
 /// The VidRD sampler.
-pub struct ReuseDiffuseSampler<'a> {
-    denoiser: &'a dyn Denoiser,
-    scheduler: Box<dyn Scheduler>,
-    plan: ReuseDiffuse,
-    guidance: Option<Guidance>,
-}
+pub type ReuseDiffuseSampler<'a> = MethodSampler<'a, ReuseDiffuse>;
 
-impl<'a> ReuseDiffuseSampler<'a> {
-    /// A sampler for `plan` on a variance-preserving `scheduler`.
-    pub fn new(
-        denoiser: &'a dyn Denoiser,
-        scheduler: Box<dyn Scheduler>,
-        plan: ReuseDiffuse,
-    ) -> Self {
-        Self {
-            denoiser,
-            scheduler,
-            plan,
-            guidance: None,
-        }
-    }
-
-    /// Enables classifier-free guidance.
-    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
-        self.guidance = Some(guidance);
-        self
-    }
-
+impl ReuseDiffuseSampler<'_> {
     /// Samples a video of `shape` clip by clip; `conditioning` is shared or per frame of the
     /// video (each clip gets its frames); progress counts the clips as passes.
     ///
@@ -154,13 +131,7 @@ impl<'a> ReuseDiffuseSampler<'a> {
             num_inference_steps,
             self.guidance.as_ref(),
         )?;
-        if self.scheduler.is_sigma_space() {
-            return Err(Error::invalid(
-                "scheduler",
-                "Reuse and Diffuse noises the reused frames the variance-preserving way; use a \
-                 variance-preserving scheduler (DDIM, DPM-Solver++, …)",
-            ));
-        }
+        require_variance_preserving(self.scheduler.as_ref(), "Reuse and Diffuse")?;
         if let Conditioning::PerFrame(ctx) = &conditioning
             && ctx.dims()[1] != shape.frames
         {
@@ -187,10 +158,7 @@ impl<'a> ReuseDiffuseSampler<'a> {
                 clip_noise = self.next_noise(&clip_noise, frames, noise)?;
             }
             let cond = conditioning.frames(start, start + frames);
-            let cond = match &guided {
-                Some(g) => Conditioning::cat(vec![g.negative.clone(), cond])?,
-                None => cond,
-            };
+            let cond = with_negative(guided.as_ref(), cond)?;
             let previous = video.as_ref().map(|v| v.clone().narrow(2, start, known));
             let result = self.sample_clip(
                 clip_noise.clone().narrow(2, 0, frames),
@@ -292,29 +260,31 @@ impl<'a> ReuseDiffuseSampler<'a> {
                     z = Tensor::cat(vec![noised, rest], 2);
                 }
             }
-            let input = self.scheduler.scale_model_input(z.clone(), t)?;
-            let output = guided_prediction(
-                self.denoiser,
-                input,
-                Timesteps::Shared(t),
+            let model = GuidedModel {
+                denoiser: self.denoiser,
+                guidance,
+            };
+            let out = model.step(
+                self.scheduler.as_mut(),
+                z,
+                t,
                 conditioning,
                 Routing::default(),
-                guidance,
+                noise,
             )?;
-            let out = self.scheduler.step(output, t, z, noise)?;
             z = out.prev_sample;
-            let control = progress(Progress {
-                iteration: 0,
-                iterations: 1,
-                step,
-                num_steps: timesteps.len(),
-                timestep: t,
-                latents: &z,
-                pred_original: out.pred_original_sample.as_ref(),
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: 0,
+                    iterations: 1,
+                    step,
+                    num_steps: timesteps.len(),
+                    timestep: t,
+                    latents: &z,
+                    pred_original: out.pred_original_sample.as_ref(),
+                },
+            )?;
         }
         Ok(z)
     }
@@ -327,6 +297,7 @@ mod tests {
     use vdm_schedulers::from_config_json;
 
     use crate::sampler::LongVideoSampler;
+    use vdm_core::Denoiser;
 
     const DDIM: &str = r#"{"_class_name": "DDIMScheduler", "clip_sample": false}"#;
 

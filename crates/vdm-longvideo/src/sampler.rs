@@ -240,22 +240,15 @@ impl<'a> LongVideoSampler<'a> {
             num_inference_steps,
             self.guidance.as_ref(),
         )?;
-        let batch = |c: Conditioning| match &guided {
-            Some(g) => Conditioning::cat(vec![g.negative.clone(), c]),
-            None => Ok(c),
-        };
+        let batch = |c: Conditioning| with_negative(guided.as_ref(), c);
         let batched_conditioning = batch(conditioning)?;
         let injection = match &self.injection {
             Some((single, schedule)) => Some((batch(single.clone())?, schedule.clone())),
             None => None,
         };
 
-        if self.smoother.is_some() && self.scheduler.is_sigma_space() {
-            return Err(Error::invalid(
-                "smoother",
-                "the interleaved-frame smoother recomposes steps the variance-preserving way; \
-                 use a variance-preserving scheduler (DDIM, DPM-Solver++, …)",
-            ));
+        if self.smoother.is_some() {
+            require_variance_preserving(self.scheduler.as_ref(), "the interleaved-frame smoother")?;
         }
         let iterations = self.refinement.as_ref().map_or(1, |r| r.iterations());
         if iterations == 0 {
@@ -281,8 +274,11 @@ impl<'a> LongVideoSampler<'a> {
                     .mul_scalar(self.scheduler.init_noise_sigma() as f32),
             };
             let timesteps = self.scheduler.timesteps().to_vec();
+            let model = GuidedModel {
+                denoiser: self.denoiser,
+                guidance: guided.as_ref(),
+            };
             for (step, &t) in timesteps.iter().enumerate() {
-                let model_input = self.scheduler.scale_model_input(latents.clone(), t)?;
                 let routed = injection.as_ref().and_then(|(single, schedule)| {
                     let blocks: Vec<BlockKind> = BlockKind::ALL
                         .into_iter()
@@ -295,17 +291,16 @@ impl<'a> LongVideoSampler<'a> {
                     cross_frame: self.cross_frame,
                     blocks: routed,
                 };
-                let output = guided_prediction(
-                    self.denoiser,
-                    model_input,
-                    Timesteps::Shared(t),
-                    &batched_conditioning,
-                    routing,
-                    guided.as_ref(),
-                )?;
                 let smoothing = self.smoother.as_ref().filter(|s| s.applies(step));
                 let x_t = smoothing.map(|_| latents.clone());
-                let out = self.scheduler.step(output, t, latents, noise)?;
+                let out = model.step(
+                    self.scheduler.as_mut(),
+                    latents,
+                    t,
+                    &batched_conditioning,
+                    routing,
+                    noise,
+                )?;
                 latents = match (smoothing, x_t, &out.pred_original_sample) {
                     (Some(smoother), Some(x_t), Some(x0)) => {
                         let schedule = self.scheduler.noise_schedule();
@@ -324,18 +319,18 @@ impl<'a> LongVideoSampler<'a> {
                     }
                     _ => out.prev_sample,
                 };
-                let control = progress(Progress {
-                    iteration,
-                    iterations,
-                    step,
-                    num_steps: timesteps.len(),
-                    timestep: t,
-                    latents: &latents,
-                    pred_original: out.pred_original_sample.as_ref(),
-                });
-                if control == Control::Cancel {
-                    return Err(Error::Cancelled { step });
-                }
+                report(
+                    progress,
+                    Progress {
+                        iteration,
+                        iterations,
+                        step,
+                        num_steps: timesteps.len(),
+                        timestep: t,
+                        latents: &latents,
+                        pred_original: out.pred_original_sample.as_ref(),
+                    },
+                )?;
             }
         }
         Ok(latents)
@@ -386,6 +381,133 @@ pub(crate) fn check_request(
         ));
     }
     Ok(guided)
+}
+
+/// A long-video method's sampler: a model, a scheduler, the method's plan and optional
+/// classifier-free guidance. Each method implements its own `sample` on its plan type
+/// ([`crate::fifo::FifoSampler`] is `MethodSampler<'_, Fifo>`, and so on).
+pub struct MethodSampler<'a, P> {
+    pub(crate) denoiser: &'a dyn Denoiser,
+    pub(crate) scheduler: Box<dyn Scheduler>,
+    pub(crate) plan: P,
+    pub(crate) guidance: Option<Guidance>,
+}
+
+impl<'a, P> MethodSampler<'a, P> {
+    /// A sampler for `plan` on `scheduler` (its training schedule, spacing and prediction
+    /// type), without guidance.
+    pub fn new(denoiser: &'a dyn Denoiser, scheduler: Box<dyn Scheduler>, plan: P) -> Self {
+        Self {
+            denoiser,
+            scheduler,
+            plan,
+            guidance: None,
+        }
+    }
+
+    /// Enables classifier-free guidance.
+    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
+        self.guidance = Some(guidance);
+        self
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &P {
+        &self.plan
+    }
+}
+
+/// Hands `p` to `progress`; [`Error::Cancelled`] naming its step when `progress` cancels.
+pub(crate) fn report(
+    progress: &mut dyn FnMut(Progress<'_>) -> Control,
+    p: Progress<'_>,
+) -> Result<()> {
+    let step = p.step;
+    match progress(p) {
+        Control::Cancel => Err(Error::Cancelled { step }),
+        Control::Continue => Ok(()),
+    }
+}
+
+/// `conditioning` batched after the negative one when guidance applies (`[negative; positive]`,
+/// as [`guided_prediction`] expects).
+pub(crate) fn with_negative(
+    guidance: Option<&Guidance>,
+    conditioning: Conditioning,
+) -> Result<Conditioning> {
+    match guidance {
+        Some(g) => Conditioning::cat(vec![g.negative.clone(), conditioning]),
+        None => Ok(conditioning),
+    }
+}
+
+/// [`Error::InvalidConfig`] naming `scheduler` when `method` (which re-noises latents the
+/// variance-preserving way) is given a sigma-space scheduler.
+pub(crate) fn require_variance_preserving(scheduler: &dyn Scheduler, method: &str) -> Result<()> {
+    if scheduler.is_sigma_space() {
+        return Err(Error::invalid(
+            "scheduler",
+            format!(
+                "{method} noises latents the variance-preserving way; use a \
+                 variance-preserving scheduler (DDIM, DPM-Solver++, …)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `conditioning` for the video frames `frames` (per-frame contexts are gathered in that order;
+/// shared ones are kept).
+pub(crate) fn select_frames(
+    conditioning: &Conditioning,
+    frames: &[usize],
+    device: &burn::tensor::Device,
+) -> Conditioning {
+    match conditioning {
+        Conditioning::PerFrame(ctx) => {
+            let idx: Vec<i64> = frames.iter().map(|&f| f as i64).collect();
+            let idx = Tensor::<1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(idx, [frames.len()]),
+                device,
+            );
+            Conditioning::PerFrame(ctx.clone().select(1, idx))
+        }
+        other => other.clone(),
+    }
+}
+
+/// A denoiser with its classifier-free guidance, as the samplers call it.
+#[derive(Clone, Copy)]
+pub(crate) struct GuidedModel<'a> {
+    /// The model.
+    pub denoiser: &'a dyn Denoiser,
+    /// Guidance, when it applies.
+    pub guidance: Option<&'a Guidance>,
+}
+
+impl GuidedModel<'_> {
+    /// One scheduler step of `x` at the shared timestep `t`: the scheduler's input scaling,
+    /// the guided model output (with `routing`) and the scheduler's update.
+    pub fn step(
+        &self,
+        scheduler: &mut dyn Scheduler,
+        x: Tensor<5>,
+        t: f64,
+        conditioning: &Conditioning,
+        routing: Routing<'_>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<vdm_schedulers::StepOutput> {
+        let input = scheduler.scale_model_input(x.clone(), t)?;
+        let output = guided_prediction(
+            self.denoiser,
+            input,
+            Timesteps::Shared(t),
+            conditioning,
+            routing,
+            self.guidance,
+        )?;
+        scheduler.step(output, t, x, noise)
+    }
 }
 
 /// What a model call hands to the model besides its inputs: the temporal hook, the

@@ -36,12 +36,13 @@ use std::ops::Range;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm_core::noise::draw;
-use vdm_core::{
-    Conditioning, CrossFrame, Denoiser, Error, NoiseSource, Result, Timesteps, VideoShape,
-};
+use vdm_core::{Conditioning, CrossFrame, Denoiser, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::Scheduler;
 
-use crate::sampler::{Control, Guidance, Progress, Routing, check_request, guided_prediction};
+use crate::sampler::{
+    Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    require_variance_preserving, with_negative,
+};
 
 /// The Text2Video-Zero settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,35 +124,9 @@ pub fn translate(frame: Tensor<5>, (dx, dy): (f64, f64)) -> Tensor<5> {
 }
 
 /// The Text2Video-Zero sampler.
-pub struct Text2VideoZeroSampler<'a> {
-    denoiser: &'a dyn Denoiser,
-    scheduler: Box<dyn Scheduler>,
-    plan: Text2VideoZero,
-    guidance: Option<Guidance>,
-}
+pub type Text2VideoZeroSampler<'a> = MethodSampler<'a, Text2VideoZero>;
 
-impl<'a> Text2VideoZeroSampler<'a> {
-    /// A sampler for `plan` with `scheduler` (a variance-preserving one: the re-noising step is
-    /// DDPM's).
-    pub fn new(
-        denoiser: &'a dyn Denoiser,
-        scheduler: Box<dyn Scheduler>,
-        plan: Text2VideoZero,
-    ) -> Self {
-        Self {
-            denoiser,
-            scheduler,
-            plan,
-            guidance: None,
-        }
-    }
-
-    /// Enables classifier-free guidance.
-    pub fn with_guidance(mut self, guidance: Guidance) -> Self {
-        self.guidance = Some(guidance);
-        self
-    }
-
+impl Text2VideoZeroSampler<'_> {
     /// Samples a video of `shape`; `conditioning` is shared or per frame; `noise` provides every
     /// random number; `progress` sees every step (pass 0: frame 0 alone down to `T0`; pass 1:
     /// the video from `T1`) and may cancel.
@@ -176,17 +151,11 @@ impl<'a> Text2VideoZeroSampler<'a> {
             self.guidance.as_ref(),
         )?;
         self.plan.validate(num_inference_steps)?;
-        if self.scheduler.is_sigma_space() {
-            return Err(Error::invalid(
-                "scheduler",
-                "Text2Video-Zero re-noises with DDPM's variance-preserving forward step; use a \
-                 variance-preserving scheduler (DDIM, DPM-Solver++, …)",
-            ));
-        }
-        let batch = |c: Conditioning| match &guided {
-            Some(g) => Conditioning::cat(vec![g.negative.clone(), c]),
-            None => Ok(c),
-        };
+        require_variance_preserving(
+            self.scheduler.as_ref(),
+            "Text2Video-Zero (DDPM's forward step)",
+        )?;
+        let batch = |c: Conditioning| with_negative(guided.as_ref(), c);
         let first_conditioning = batch(conditioning.frames(0, 1))?;
         let conditioning = batch(conditioning)?;
         self.scheduler.set_timesteps(num_inference_steps)?;
@@ -292,33 +261,28 @@ impl Loop<'_> {
     ) -> Result<Tensor<5>> {
         for step in steps {
             let t = self.timesteps[step];
-            let input = scheduler.scale_model_input(x.clone(), t)?;
             let routing = Routing {
                 cross_frame: Some(&CrossFrame::First),
                 ..Routing::default()
             };
-            let output = guided_prediction(
-                self.denoiser,
-                input,
-                Timesteps::Shared(t),
-                conditioning,
-                routing,
-                self.guidance,
-            )?;
-            let out = scheduler.step(output, t, x, noise)?;
+            let model = GuidedModel {
+                denoiser: self.denoiser,
+                guidance: self.guidance,
+            };
+            let out = model.step(scheduler.as_mut(), x, t, conditioning, routing, noise)?;
             x = out.prev_sample;
-            let control = progress(Progress {
-                iteration: self.pass,
-                iterations: 2,
-                step,
-                num_steps: self.timesteps.len(),
-                timestep: t,
-                latents: &x,
-                pred_original: out.pred_original_sample.as_ref(),
-            });
-            if control == Control::Cancel {
-                return Err(Error::Cancelled { step });
-            }
+            report(
+                progress,
+                Progress {
+                    iteration: self.pass,
+                    iterations: 2,
+                    step,
+                    num_steps: self.timesteps.len(),
+                    timestep: t,
+                    latents: &x,
+                    pred_original: out.pred_original_sample.as_ref(),
+                },
+            )?;
         }
         Ok(x)
     }
