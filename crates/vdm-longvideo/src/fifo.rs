@@ -38,6 +38,7 @@
 //! lookahead.
 
 use burn::tensor::{Device, Tensor};
+use vdm_core::error::ensure_non_negative;
 use vdm_core::noise::draw;
 use vdm_core::{
     Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, Timesteps, VideoShape,
@@ -95,12 +96,7 @@ impl Fifo {
         if self.partitions == 0 {
             return Err(Error::invalid("partitions", "must be ≥ 1"));
         }
-        if !(self.eta.is_finite() && self.eta >= 0.0) {
-            return Err(Error::invalid(
-                "eta",
-                format!("must be finite and ≥ 0, got {}", self.eta),
-            ));
-        }
+        ensure_non_negative("eta", self.eta)?;
         Ok(())
     }
 

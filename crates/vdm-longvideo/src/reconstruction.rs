@@ -23,6 +23,7 @@
 //! not guided at all.
 
 use burn::tensor::{Device, Tensor};
+use vdm_core::error::ensure_non_negative;
 use vdm_core::noise::draw;
 use vdm_core::{
     Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, Timesteps, VideoShape,
@@ -69,12 +70,7 @@ impl Extension {
                 ),
             ));
         }
-        if !(self.weight.is_finite() && self.weight >= 0.0) {
-            return Err(Error::invalid(
-                "weight",
-                format!("must be finite and ≥ 0, got {}", self.weight),
-            ));
-        }
+        ensure_non_negative("weight", self.weight)?;
         Ok(())
     }
 }
@@ -131,12 +127,7 @@ impl<'a> ExtensionSampler<'a> {
             num_inference_steps,
             self.guidance.as_ref(),
         )?;
-        if !(self.weight.is_finite() && self.weight >= 0.0) {
-            return Err(Error::invalid(
-                "weight",
-                format!("must be finite and ≥ 0, got {}", self.weight),
-            ));
-        }
+        ensure_non_negative("weight", self.weight)?;
         require_variance_preserving(self.scheduler.as_ref(), "reconstruction guidance")?;
         let known_shape = VideoShape::of("known", &known)?;
         let k = known_shape.frames;

@@ -24,6 +24,7 @@
 //! unit variance.
 
 use burn::tensor::{Device, Tensor};
+use vdm_core::error::ensure_non_negative;
 use vdm_core::noise::draw;
 use vdm_core::{Conditioning, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::prediction::Scales;
@@ -71,12 +72,7 @@ impl ReuseDiffuse {
                 ),
             ));
         }
-        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(Error::invalid(
-                "alpha",
-                format!("must be finite and ≥ 0, got {}", self.alpha),
-            ));
-        }
+        ensure_non_negative("alpha", self.alpha)?;
         let mut last = 0.0;
         for &(fraction, frames) in &self.stages {
             if !(fraction.is_finite() && fraction > last && fraction <= 1.0)
