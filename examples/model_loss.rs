@@ -9,7 +9,8 @@
 //! seed's), asks the model, and prints the mean squared error of its own target (ε, v or x₀)
 //! beside what predicting zero would score, and the error of the clean sample `x̂₀` it implies
 //! beside predicting the mean clip (the background). A model that learned nothing scores the
-//! baselines; the x₀ column is comparable between prediction types. Used to choose and check
+//! baselines; the x₀ columns are in pixel units (`[-1, 1]`, after the codec's scaling is
+//! undone), comparable between prediction types and latent scalings. Used to choose and check
 //! the embedded model's recipe (`docs/embedded-model.md`).
 
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ use vdm::models::clip::PromptOptions;
 use vdm::pipeline::{FrameDecoder, TextToVideoPipeline};
 use vdm::schedulers::from_config_json;
 use vdm::schedulers::prediction::to_x0_and_eps;
-use vdm::training::{Objective, ShapesData, TrainingData};
+use vdm::training::{LossWeighting, Objective, ShapesData, TrainingData};
 
 /// Denoising error of a Moving Shapes model per timestep.
 #[derive(Debug, Parser)]
@@ -71,7 +72,11 @@ fn run(args: &Args) -> vdm::Result<()> {
     };
     let scheduler = from_config_json(&pipe.scheduler_config)?;
     let prediction = pipe.unet.prediction_type();
-    let objective = Objective::new(scheduler.noise_schedule().clone(), prediction, None)?;
+    let objective = Objective::new(
+        scheduler.noise_schedule().clone(),
+        prediction,
+        LossWeighting::Uniform,
+    )?;
     let data = ShapesData {
         side: 32,
         turn_probability: 0.2,
@@ -101,10 +106,14 @@ fn run(args: &Args) -> vdm::Result<()> {
             ))?;
             let (x0_hat, _) =
                 to_x0_and_eps(prediction, output.clone(), batch.noisy.clone(), scales)?;
-            row.push((mse(output, batch.target.clone()), mse(x0_hat, x0.clone())));
+            let x0_error = mse(patchify.decode(x0_hat)?, patchify.decode(x0.clone())?);
+            row.push((mse(output, batch.target.clone()), x0_error));
         }
         let zero: f32 = batch.target.clone().powf_scalar(2.0).mean().into_scalar();
-        let bg = mse(background.expand(x0.dims()), x0.clone());
+        let bg = mse(
+            patchify.decode(background.expand(x0.dims()))?,
+            patchify.decode(x0.clone())?,
+        );
         println!(
             "| {t} | {:.4} | {zero:.4} | {:.4} | {bg:.4} | {:.4} |",
             row[0].0, row[0].1, row[1].1

@@ -11,7 +11,8 @@
 //! a diffusers-style folder that `generate` loads (`model_index.json`, `unet/`, `text_encoder/`,
 //! `tokenizer/`, `scheduler/`, `vae/`), the resumable state in `training/`, and the loss log
 //! `training/loss.csv` with its curve `training/loss.png`. See `docs/embedded-model.md` for the model, the measured costs and
-//! the choices (pixel space with 4×4 patches, a frozen tiny CLIP, x₀-prediction).
+//! the choices (pixel space with 4×4 patches scaled to unit variance, a frozen tiny CLIP,
+//! v-prediction with the x₀ error weighted by `min(SNR + 1, 5)`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use vdm::burn::tensor::Device;
 use vdm::core::PredictionType;
+use vdm::core::SeededNoise;
 use vdm::models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PromptEncoder};
 use vdm::models::patchify::{Patchify, PatchifyConfig};
 use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig};
@@ -29,7 +31,7 @@ use vdm::schedulers::options::BetaSchedule;
 use vdm::schedulers::schedule::{BetaConfig, NoiseSchedule};
 use vdm::shapes::vocab::write_tokenizer;
 use vdm::training::export::PipelineExport;
-use vdm::training::{ShapesData, TrainConfig, Trainer};
+use vdm::training::{LossWeighting, ShapesData, TrainConfig, Trainer};
 
 /// Frame side in pixels.
 const SIDE: usize = 32;
@@ -74,14 +76,41 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [64, 96])]
     channels: Vec<usize>,
     /// What the model predicts: `epsilon`, `v_prediction` or `sample` (x₀).
-    #[arg(long, default_value = "sample", value_parser = parse_prediction)]
+    #[arg(long, default_value = "v_prediction", value_parser = parse_prediction)]
     prediction: PredictionType,
-    /// Min-SNR-γ loss weighting (`0`: none, the default). With v-prediction it weights the
-    /// x₀ error by `min(SNR, γ)`, about 0 at the high noise levels where the caption decides
-    /// colour, shape and motion: a run with γ = 5 predicted x₀ at t = 999 worse than the mean
-    /// clip does (mean squared error 0.20 against 0.07 at step 400).
-    #[arg(long, default_value_t = 0.0)]
-    min_snr_gamma: f64,
+    /// How the loss weighs the noise levels, by the weight it gives the x₀ error:
+    /// `capped-snr-plus-one` (`min(SNR + 1, γ)`, the default), `min-snr` (`min(SNR, γ)`, Hang
+    /// et al. 2023) or `uniform` (the plain error of the target). Min-SNR weighs the highest
+    /// noise levels, where the caption decides colour, shape and motion, about 0: a v run with
+    /// it predicted x₀ at t = 999 worse than the mean clip does (0.20 against 0.07 at step 400).
+    #[arg(long, default_value = "capped-snr-plus-one")]
+    weighting: Weighting,
+    /// γ of the weighting.
+    #[arg(long, default_value_t = 5.0)]
+    gamma: f64,
+    /// Keep the pixels' own scale in the latents (the default shifts and scales them to zero
+    /// mean and unit variance, measured on 256 clips, and records the factors in
+    /// `vae/config.json`).
+    #[arg(long)]
+    no_normalize: bool,
+}
+
+/// The loss weightings `--weighting` names.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Weighting {
+    Uniform,
+    MinSnr,
+    CappedSnrPlusOne,
+}
+
+impl Weighting {
+    fn with_gamma(self, gamma: f64) -> LossWeighting {
+        match self {
+            Self::Uniform => LossWeighting::Uniform,
+            Self::MinSnr => LossWeighting::MinSnr { gamma },
+            Self::CappedSnrPlusOne => LossWeighting::CappedSnrPlusOne { gamma },
+        }
+    }
 }
 
 fn parse_prediction(value: &str) -> Result<PredictionType, String> {
@@ -139,6 +168,17 @@ fn text_config(vocab_size: usize, tokenizer: &CLIPTokenizer) -> CLIPTextConfig {
     }
 }
 
+/// Mixed into the seed for the clips that measure the pixels' moments (not training clips).
+const MOMENTS_STREAM: u64 = 0x6d6f_6d65_6e74;
+
+fn shapes_data(patchify: PatchifyConfig) -> Result<ShapesData, String> {
+    Ok(ShapesData {
+        side: SIDE,
+        turn_probability: 0.2,
+        patchify: Patchify::new(patchify).map_err(|e| e.to_string())?,
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -181,7 +221,7 @@ fn run(args: &Args) -> Result<(), String> {
         warmup_steps: 100.min(args.steps / 10 + 1),
         seed: args.seed,
         prediction_type: args.prediction,
-        min_snr_gamma: (args.min_snr_gamma > 0.0).then_some(args.min_snr_gamma),
+        loss_weighting: args.weighting.with_gamma(args.gamma),
         ..TrainConfig::default()
     };
     let schedule = NoiseSchedule::new(&beta).map_err(err)?;
@@ -207,15 +247,23 @@ fn run(args: &Args) -> Result<(), String> {
         )
         .map_err(err)?
     };
-    let patchify = PatchifyConfig {
-        patch_size: 4,
-        in_channels: 3,
+    let patchify = if args.resume {
+        PatchifyConfig::from_file(args.out.join("vae").join("config.json")).map_err(err)?
+    } else {
+        let plain = PatchifyConfig::default();
+        if args.no_normalize {
+            plain
+        } else {
+            let (mean, std) = shapes_data(plain)?.pixel_moments(
+                &mut SeededNoise::new(args.seed ^ MOMENTS_STREAM),
+                256,
+                16,
+            );
+            println!("pixels: mean {mean:.4}, std {std:.4} (latents shifted and scaled by them)");
+            plain.normalized(mean, std).map_err(err)?
+        }
     };
-    let data = ShapesData {
-        side: SIDE,
-        turn_probability: 0.2,
-        patchify: Patchify::new(patchify).map_err(err)?,
-    };
+    let data = shapes_data(patchify)?;
     let total = trainer.config().steps;
     let stop = args
         .max_steps_now

@@ -8,8 +8,17 @@
 //! factor `p²` in positions (measured in `docs/embedded-model.md`). DiT's patchify and Imagen
 //! Video's pixel-space models are the precedent.
 //!
+//! Like a VAE's `scaling_factor` / `shift_factor` (Stable Diffusion's 0.18215, SD3's shift), the
+//! codec can map the pixels to latents of zero mean and unit variance:
+//! `latents = patches(video − shift_factor) · scaling_factor`. Diffusion's noise levels are
+//! relative to the data's scale; Moving Shapes pixels in `[-1, 1]` are mostly a dark background
+//! (standard deviation ≈ 0.3), so unscaled, the object disappears under the noise at a small
+//! timestep and the sampler has few steps left to draw it (Rombach et al. 2022 rescale their
+//! latents to unit variance for the same reason).
+//!
 //! A diffusers-style folder names it `"vae": ["vdm", "Patchify"]` in `model_index.json`, with a
-//! `vae/config.json` of `{"_class_name": "Patchify", "patch_size": 4, "in_channels": 3}`.
+//! `vae/config.json` of `{"_class_name": "Patchify", "patch_size": 4, "in_channels": 3}`
+//! (+ `"scaling_factor"` and `"shift_factor"`, 1 and 0 when absent).
 
 use std::path::Path;
 
@@ -20,12 +29,34 @@ use vdm_core::{Error, Result, VideoShape};
 use crate::loading::read_config;
 
 /// The `config.json` of a [`Patchify`] codec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PatchifyConfig {
     /// Side `p` of a patch (the spatial factor, like a VAE's 8).
     pub patch_size: usize,
     /// Channels of the pixels (3 for RGB).
     pub in_channels: usize,
+    /// Latents are the patches times this (a VAE's `scaling_factor`); 1 when absent.
+    #[serde(default = "one")]
+    pub scaling_factor: f64,
+    /// Subtracted from the pixels before scaling (a VAE's `shift_factor`); 0 when absent.
+    #[serde(default)]
+    pub shift_factor: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for PatchifyConfig {
+    /// 4×4 patches of RGB, unscaled.
+    fn default() -> Self {
+        Self {
+            patch_size: 4,
+            in_channels: 3,
+            scaling_factor: 1.0,
+            shift_factor: 0.0,
+        }
+    }
 }
 
 impl PatchifyConfig {
@@ -54,12 +85,15 @@ impl PatchifyConfig {
             "_class_name": "Patchify",
             "patch_size": self.patch_size,
             "in_channels": self.in_channels,
+            "scaling_factor": self.scaling_factor,
+            "shift_factor": self.shift_factor,
         }))
         .expect("plain JSON")
     }
 
     /// # Errors
-    /// [`Error::InvalidConfig`] naming a zero field.
+    /// [`Error::InvalidConfig`] naming a zero size, a scaling factor that is not finite and
+    /// positive, or a shift that is not finite.
     pub fn validate(&self) -> Result<()> {
         if self.patch_size == 0 {
             return Err(Error::invalid("patch_size", "must be ≥ 1"));
@@ -67,7 +101,32 @@ impl PatchifyConfig {
         if self.in_channels == 0 {
             return Err(Error::invalid("in_channels", "must be ≥ 1"));
         }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(Error::invalid("scaling_factor", "must be finite and > 0"));
+        }
+        if !self.shift_factor.is_finite() {
+            return Err(Error::invalid("shift_factor", "must be finite"));
+        }
         Ok(())
+    }
+
+    /// The config whose latents have zero mean and unit variance for pixels of this `mean` and
+    /// standard deviation `std`.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate) (e.g. `std` of 0).
+    pub fn normalized(self, mean: f64, std: f64) -> Result<Self> {
+        let config = Self {
+            scaling_factor: 1.0 / std,
+            shift_factor: mean,
+            ..self
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn is_identity(&self) -> bool {
+        self.scaling_factor == 1.0 && self.shift_factor == 0.0
     }
 
     /// Channels of the patched video: `in_channels · patch_size²`.
@@ -77,7 +136,7 @@ impl PatchifyConfig {
 }
 
 /// Space-to-depth patches of every frame (see the [module docs](self)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Patchify {
     /// The configuration.
     pub config: PatchifyConfig,
@@ -94,7 +153,8 @@ impl Patchify {
     }
 
     /// Folds each `p × p` patch into channels; channel `c·p² + i·p + j` holds pixel `(i, j)` of
-    /// the patch in channel `c` (`pixel_unshuffle`'s order).
+    /// the patch in channel `c` (`pixel_unshuffle`'s order), then shifts and scales
+    /// (`(pixel − shift_factor) · scaling_factor`).
     ///
     /// # Shapes
     /// - `video`: `[B, C, F, H, W]`, `H` and `W` multiples of `p`
@@ -116,10 +176,16 @@ impl Patchify {
             ));
         }
         let (h, w) = (s.height / p, s.width / p);
-        Ok(video
+        let patches = video
             .reshape([s.batch * s.channels, s.frames, h, p, w, p])
             .permute([0, 3, 5, 1, 2, 4])
-            .reshape([s.batch, s.channels * p * p, s.frames, h, w]))
+            .reshape([s.batch, s.channels * p * p, s.frames, h, w]);
+        let c = &self.config;
+        Ok(if c.is_identity() {
+            patches
+        } else {
+            (patches - c.shift_factor) * c.scaling_factor
+        })
     }
 
     /// The inverse of [`encode`](Self::encode).
@@ -141,6 +207,11 @@ impl Patchify {
                 &latents.dims(),
             ));
         }
+        let latents = if self.config.is_identity() {
+            latents
+        } else {
+            latents / self.config.scaling_factor + self.config.shift_factor
+        };
         Ok(latents
             .reshape([s.batch * c, p, p, s.frames, s.height, s.width])
             .permute([0, 3, 4, 1, 5, 2])
@@ -156,7 +227,7 @@ mod tests {
     fn codec(p: usize) -> Patchify {
         Patchify::new(PatchifyConfig {
             patch_size: p,
-            in_channels: 3,
+            ..PatchifyConfig::default()
         })
         .unwrap()
     }
@@ -199,5 +270,38 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("patch_size"));
         let ok = PatchifyConfig::from_json_str(&c.config.to_json()).unwrap();
         assert_eq!(ok, c.config);
+    }
+
+    #[test]
+    fn a_normalized_codec_centres_and_scales_and_still_inverts() {
+        let device = Device::flex();
+        let video = Tensor::<5>::random([1, 3, 2, 8, 8], Distribution::Default, &device);
+        let config = PatchifyConfig::default().normalized(0.5, 0.25).unwrap();
+        let scaled = Patchify::new(config).unwrap();
+        let plain = codec(4).encode(video.clone()).unwrap();
+        let latents = scaled.encode(video.clone()).unwrap();
+        let want = (plain - 0.5) * 4.0;
+        let gap: f32 = (latents.clone() - want).abs().max().into_scalar();
+        assert!(gap < 1e-6, "{gap}");
+        let back = scaled.decode(latents).unwrap();
+        let gap: f32 = (back - video).abs().max().into_scalar();
+        assert!(gap < 1e-6, "{gap}");
+        // Old folders without the factors read as unscaled; the factors round-trip.
+        let old = PatchifyConfig::from_json_str(r#"{"patch_size": 4, "in_channels": 3}"#);
+        assert_eq!(old.unwrap(), PatchifyConfig::default());
+        assert_eq!(
+            PatchifyConfig::from_json_str(&config.to_json()).unwrap(),
+            config
+        );
+        let json = r#"{"patch_size": 4, "in_channels": 3, "scaling_factor": 0}"#;
+        let err = PatchifyConfig::from_json_str(json).unwrap_err().to_string();
+        assert!(err.contains("scaling_factor"), "{err}");
+        let nan_shift = PatchifyConfig {
+            shift_factor: f64::NAN,
+            ..PatchifyConfig::default()
+        };
+        let err = nan_shift.validate().unwrap_err().to_string();
+        assert!(err.contains("shift_factor"), "{err}");
+        assert!(PatchifyConfig::default().normalized(0.0, 0.0).is_err());
     }
 }

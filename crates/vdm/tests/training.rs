@@ -288,7 +288,7 @@ fn an_exported_folder_loads_in_the_pipeline_with_the_trained_weights() {
     let dir = temp_dir("export");
     let patchify = PatchifyConfig {
         patch_size: 2,
-        in_channels: 3,
+        ..PatchifyConfig::default()
     };
     let model = unet(patchify.latent_channels());
     let prompts = prompts();

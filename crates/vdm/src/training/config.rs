@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use vdm_core::{Error, PredictionType, Result};
 
+use super::objective::LossWeighting;
+
 /// Everything a training run depends on besides the model and the data; saved with every
 /// checkpoint, so a resumed run continues with the same settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,8 +33,8 @@ pub struct TrainConfig {
     pub cfg_dropout: f64,
     /// What the model learns to predict.
     pub prediction_type: PredictionType,
-    /// Min-SNR-γ loss weighting (Hang et al. 2023), `None` for the plain mean squared error.
-    pub min_snr_gamma: Option<f64>,
+    /// How the loss weighs the noise levels (uniform, min-SNR-γ, capped SNR + 1).
+    pub loss_weighting: LossWeighting,
     /// Train only the temporal layers (AnimateDiff / Video LDM): gradients of every parameter
     /// whose path matches none of [`TrainConfig::temporal_patterns`] are dropped.
     pub temporal_only: bool,
@@ -62,7 +64,7 @@ impl Default for TrainConfig {
             ema_decay: Some(0.995),
             cfg_dropout: 0.1,
             prediction_type: PredictionType::VPrediction,
-            min_snr_gamma: Some(5.0),
+            loss_weighting: LossWeighting::MinSnr { gamma: 5.0 },
             temporal_only: false,
             temporal_patterns: [
                 "temp_convs",
@@ -115,12 +117,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.cfg_dropout) {
             return Err(Error::invalid("cfg_dropout", "must be in [0, 1]"));
         }
-        if self
-            .min_snr_gamma
-            .is_some_and(|g| !(g.is_finite() && g > 0.0))
-        {
-            return Err(Error::invalid("min_snr_gamma", "must be finite and > 0"));
-        }
+        self.loss_weighting.validate()?;
         if self.image_step_every == Some(0) {
             return Err(Error::invalid("image_step_every", "must be ≥ 1"));
         }

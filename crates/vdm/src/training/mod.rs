@@ -3,7 +3,7 @@
 //!
 //! - [`TrainConfig`]: the settings (AdamW with warm-up and cosine decay, global gradient-norm
 //!   clipping, an EMA of the weights, classifier-free-guidance dropout, ε / v / x₀ targets with
-//!   optional min-SNR-γ weighting, temporal-only fine-tuning, joint image + video steps);
+//!   optional min-SNR-γ or capped SNR + 1 weighting, temporal-only fine-tuning, joint image + video steps);
 //! - [`Objective`]: the denoising loss over a `vdm-schedulers` noise schedule;
 //! - [`TrainingData`] and [`ShapesData`]: where batches come from;
 //! - [`Trainer`]: the loop on Burn's autodiff device, with checkpoints that resume exactly;
@@ -20,5 +20,5 @@ pub mod trainer;
 
 pub use config::TrainConfig;
 pub use data::{ShapesData, TrainingData};
-pub use objective::{NoisedBatch, Objective};
+pub use objective::{LossWeighting, NoisedBatch, Objective};
 pub use trainer::{StepReport, Trainer};

@@ -7,23 +7,74 @@
 //! diffusers' training examples compute it (`noise_scheduler.add_noise`, `get_velocity`).
 //! Each batch item has its own timestep, so the scales are `[B, 1, 1, 1, 1]` tensors.
 //!
-//! Min-SNR-γ weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
-//! Strategy"; diffusers' `compute_snr` in `train_text_to_image.py`): with
-//! `SNR_t = α_t² / σ_t²`, the per-item loss is scaled by `min(SNR_t, γ) / SNR_t` for ε,
-//! `min(SNR_t, γ) / (SNR_t + 1)` for v and `min(SNR_t, γ)` for x₀; the three are the same
-//! weighting of the x₀ error.
+//! Loss weightings ([`LossWeighting`]) are defined by the weight `w(SNR)` they give the x₀ error,
+//! `SNR_t = α_t² / σ_t²`; since the ε error is `√SNR` times the x₀ error and the v error
+//! `√(SNR + 1)` times, the per-item loss of the model's own target is scaled by `w / SNR` for ε,
+//! `w / (SNR + 1)` for v and `w` for x₀:
+//! - min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+//!   Strategy"; diffusers' `compute_snr` in `train_text_to_image.py`): `w = min(SNR, γ)`;
+//! - capped SNR + 1: `w = min(SNR + 1, γ)`, the v-loss's own weighting of x₀ (Salimans & Ho
+//!   2022, "SNR+1") clipped like min-SNR. Unlike min-SNR it keeps a weight of 1 at the highest
+//!   noise levels, where the caption decides what the video shows; min-SNR weighs them ~0.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 use vdm_core::{Error, PredictionType, Result};
 use vdm_schedulers::prediction::Scales;
 use vdm_schedulers::schedule::NoiseSchedule;
+
+/// How the per-item losses are weighted by noise level (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossWeighting {
+    /// The plain mean squared error of the model's own target.
+    #[default]
+    Uniform,
+    /// Min-SNR-γ: the x₀ error weighted by `min(SNR, γ)`.
+    MinSnr {
+        /// The clip γ (5 in the paper).
+        gamma: f64,
+    },
+    /// The x₀ error weighted by `min(SNR + 1, γ)`.
+    CappedSnrPlusOne {
+        /// The cap γ.
+        gamma: f64,
+    },
+}
+
+impl LossWeighting {
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `gamma` when it is not finite and positive.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Self::Uniform => Ok(()),
+            Self::MinSnr { gamma } | Self::CappedSnrPlusOne { gamma } => {
+                if gamma.is_finite() && gamma > 0.0 {
+                    Ok(())
+                } else {
+                    Err(Error::invalid("gamma", "must be finite and > 0"))
+                }
+            }
+        }
+    }
+
+    /// The weight of the x₀ error at `snr` (`None` for [`Uniform`](Self::Uniform), whose
+    /// weight is 1 in the model's own target).
+    fn x0_weight(&self, snr: f64) -> Option<f64> {
+        match *self {
+            Self::Uniform => None,
+            Self::MinSnr { gamma } => Some(snr.min(gamma)),
+            Self::CappedSnrPlusOne { gamma } => Some((snr + 1.0).min(gamma)),
+        }
+    }
+}
 
 /// The training objective over one noise schedule.
 #[derive(Debug, Clone)]
 pub struct Objective {
     schedule: NoiseSchedule,
     prediction_type: PredictionType,
-    min_snr_gamma: Option<f64>,
+    weighting: LossWeighting,
 }
 
 /// One noised batch: what the model sees and what it must predict.
@@ -41,19 +92,17 @@ impl Objective {
     /// An objective on `schedule` for a model predicting `prediction_type`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `min_snr_gamma` when it is not finite and positive.
+    /// [`LossWeighting::validate`]'s.
     pub fn new(
         schedule: NoiseSchedule,
         prediction_type: PredictionType,
-        min_snr_gamma: Option<f64>,
+        weighting: LossWeighting,
     ) -> Result<Self> {
-        if min_snr_gamma.is_some_and(|g| !(g.is_finite() && g > 0.0)) {
-            return Err(Error::invalid("min_snr_gamma", "must be finite and > 0"));
-        }
+        weighting.validate()?;
         Ok(Self {
             schedule,
             prediction_type,
-            min_snr_gamma,
+            weighting,
         })
     }
 
@@ -72,27 +121,27 @@ impl Objective {
         ))
     }
 
-    /// The min-SNR-γ weight of timestep `t` (1 without γ). Where `SNR = 0` (zero terminal SNR)
-    /// the ε weight is taken as 1, its limit.
+    /// The loss weight of timestep `t` in the model's own target (1 for uniform weighting).
+    /// Where `SNR = 0` (zero terminal SNR) an ε target carries no x₀ information and its
+    /// weight is taken as 1.
     ///
     /// # Errors
     /// As [`scales`](Self::scales).
     pub fn weight(&self, t: usize) -> Result<f32> {
-        let Some(gamma) = self.min_snr_gamma else {
-            return Ok(1.0);
-        };
         let s = self.scales(t)?;
         let snr = if s.sigma == 0.0 {
             f64::INFINITY
         } else {
             (s.alpha * s.alpha) / (s.sigma * s.sigma)
         };
-        let clipped = snr.min(gamma);
+        let Some(w) = self.weighting.x0_weight(snr) else {
+            return Ok(1.0);
+        };
         let w = match self.prediction_type {
             PredictionType::Epsilon if snr == 0.0 => 1.0,
-            PredictionType::Epsilon => clipped / snr,
-            PredictionType::VPrediction => clipped / (snr + 1.0),
-            PredictionType::Sample => clipped,
+            PredictionType::Epsilon => w / snr,
+            PredictionType::VPrediction => w / (snr + 1.0),
+            PredictionType::Sample => w,
         };
         Ok(w as f32)
     }
@@ -180,11 +229,18 @@ mod tests {
     use vdm_schedulers::schedule::BetaConfig;
 
     fn objective(p: PredictionType, gamma: Option<f64>) -> Objective {
+        let weighting = gamma.map_or(LossWeighting::Uniform, |gamma| LossWeighting::MinSnr {
+            gamma,
+        });
+        weighted(p, weighting)
+    }
+
+    fn weighted(p: PredictionType, weighting: LossWeighting) -> Objective {
         let config = BetaConfig {
             beta_schedule: BetaSchedule::SquaredcosCapV2,
             ..BetaConfig::default()
         };
-        Objective::new(NoiseSchedule::new(&config).unwrap(), p, gamma).unwrap()
+        Objective::new(NoiseSchedule::new(&config).unwrap(), p, weighting).unwrap()
     }
 
     #[test]
@@ -228,7 +284,34 @@ mod tests {
         assert!(near(x.weight(t).unwrap(), 5.0));
         // Low SNR: the weights are not clipped (ε: 1).
         assert!(near(o.weight(990).unwrap(), 1.0));
-        assert!(Objective::new(o.schedule.clone(), PredictionType::Epsilon, Some(0.0)).is_err());
+        let bad = LossWeighting::MinSnr { gamma: 0.0 };
+        let err = Objective::new(o.schedule.clone(), PredictionType::Epsilon, bad).unwrap_err();
+        assert!(err.to_string().contains("gamma"));
+    }
+
+    #[test]
+    fn capped_snr_plus_one_weighs_x0_by_min_of_snr_plus_one_and_gamma() {
+        let capped = LossWeighting::CappedSnrPlusOne { gamma: 5.0 };
+        let near = |a: f32, b: f64| (a as f64 - b).abs() < 1e-6 * b.max(1.0);
+        for t in [0usize, 100, 400, 600, 800, 950, 999] {
+            let v = weighted(PredictionType::VPrediction, capped);
+            let s = v.scales(t).unwrap();
+            let snr = s.alpha * s.alpha / (s.sigma * s.sigma);
+            let w = (snr + 1.0).min(5.0);
+            assert!(near(v.weight(t).unwrap(), w / (snr + 1.0)), "t = {t}");
+            let x = weighted(PredictionType::Sample, capped);
+            assert!(near(x.weight(t).unwrap(), w), "t = {t}");
+            let e = weighted(PredictionType::Epsilon, capped);
+            assert!(near(e.weight(t).unwrap(), w / snr), "t = {t}");
+            // Never below the plain x₀ weight of 1, never above γ.
+            assert!((1.0..=5.0).contains(&w));
+        }
+        // At high noise v's weight is 1 (the plain v-loss), at low noise it is clipped.
+        let v = weighted(PredictionType::VPrediction, capped);
+        assert!(near(v.weight(999).unwrap(), 1.0));
+        assert!(v.weight(10).unwrap() < 0.05);
+        let bad = LossWeighting::CappedSnrPlusOne { gamma: f64::NAN };
+        assert!(bad.validate().unwrap_err().to_string().contains("gamma"));
     }
 
     #[test]

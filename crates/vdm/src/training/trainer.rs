@@ -78,7 +78,7 @@ impl<M: Module + Denoiser> std::fmt::Debug for Trainer<M> {
 impl<M: Module + Denoiser> Trainer<M> {
     /// A trainer for `model` (its initial weights, on `device`), which trains on
     /// `device.autodiff()` over the noise `schedule`, with the [`Objective`] of the config's
-    /// prediction type and min-SNR-γ.
+    /// prediction type and loss weighting.
     ///
     /// # Errors
     /// [`TrainConfig::validate`]'s errors.
@@ -90,7 +90,7 @@ impl<M: Module + Denoiser> Trainer<M> {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let objective = Objective::new(schedule, config.prediction_type, config.min_snr_gamma)?;
+        let objective = Objective::new(schedule, config.prediction_type, config.loss_weighting)?;
         let train_device = device.clone().autodiff();
         let model = model.fork(&train_device).train();
         let ema = config.ema_decay.map(|_| model.valid());
