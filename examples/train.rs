@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use vdm::burn::tensor::Device;
+use vdm::burn::tensor::{Device, FloatDType};
 use vdm::core::PredictionType;
 use vdm::core::SeededNoise;
 use vdm::models::clip::{CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PromptEncoder};
@@ -69,6 +69,14 @@ struct Args {
     /// Only redraw `training/loss.png` from `training/loss.csv` of --out, then exit.
     #[arg(long)]
     plot_only: bool,
+    /// Only rewrite the model folder from the run saved in --out (e.g. with another
+    /// --unet-dtype), then exit.
+    #[arg(long)]
+    export_only: bool,
+    /// The dtype of the UNet weights in the model folder: `f16` (half the bytes; the loader
+    /// casts back to f32) or `f32`. The resumable state in `training/` is always f32.
+    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
+    unet_dtype: FloatDType,
     /// Stop (saving) once this many minutes have passed in this invocation.
     #[arg(long)]
     max_minutes: Option<f64>,
@@ -110,6 +118,14 @@ impl Weighting {
             Self::MinSnr => LossWeighting::MinSnr { gamma },
             Self::CappedSnrPlusOne => LossWeighting::CappedSnrPlusOne { gamma },
         }
+    }
+}
+
+fn parse_dtype(value: &str) -> Result<FloatDType, String> {
+    match value {
+        "f16" => Ok(FloatDType::F16),
+        "f32" => Ok(FloatDType::F32),
+        other => Err(format!("`{other}`: expected f16 or f32")),
     }
 }
 
@@ -196,6 +212,7 @@ fn run(args: &Args) -> Result<(), String> {
         let dir = args.out.join("training");
         return vdm_examples::plot::loss_curve(&dir.join("loss.csv"), &dir.join("loss.png"));
     }
+    let resume = args.resume || args.export_only;
     let device = Device::flex();
     device.seed(args.seed);
     let tokenizer_dir = args.out.join("tokenizer");
@@ -203,7 +220,7 @@ fn run(args: &Args) -> Result<(), String> {
     let vocab_size = write_tokenizer(&tokenizer_dir, MAX_LENGTH).map_err(err)?;
     let tokenizer = CLIPTokenizer::from_dir(&tokenizer_dir).map_err(err)?;
     let text_config = text_config(vocab_size, &tokenizer);
-    let text_encoder = if args.resume {
+    let text_encoder = if resume {
         CLIPTextModel::from_pretrained(args.out.join("text_encoder"), &Default::default(), &device)
             .map_err(err)?
     } else {
@@ -226,7 +243,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let schedule = NoiseSchedule::new(&beta).map_err(err)?;
     // A resumed run keeps its architecture and settings (from the folder it wrote).
-    let unet_config = if args.resume {
+    let unet_config = if resume {
         let path = args.out.join("unet").join("config.json");
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -235,7 +252,7 @@ fn run(args: &Args) -> Result<(), String> {
         unet_config(&args.channels)?
     };
     let unet = UNet3DConditionModel::new(&unet_config, &device).map_err(err)?;
-    let mut trainer = if args.resume {
+    let mut trainer = if resume {
         Trainer::resume(unet, prompts, schedule, &args.out, &device).map_err(err)?
     } else {
         Trainer::new(
@@ -247,7 +264,7 @@ fn run(args: &Args) -> Result<(), String> {
         )
         .map_err(err)?
     };
-    let patchify = if args.resume {
+    let patchify = if resume {
         PatchifyConfig::from_file(args.out.join("vae").join("config.json")).map_err(err)?
     } else {
         let plain = PatchifyConfig::default();
@@ -264,6 +281,18 @@ fn run(args: &Args) -> Result<(), String> {
         }
     };
     let data = shapes_data(patchify)?;
+    if args.export_only {
+        save(
+            &trainer,
+            &text_encoder,
+            patchify,
+            args.unet_dtype,
+            &args.out,
+        )
+        .map_err(err)?;
+        println!("model folder rewritten: {}", args.out.display());
+        return Ok(());
+    }
     let total = trainer.config().steps;
     let stop = args
         .max_steps_now
@@ -306,7 +335,14 @@ fn run(args: &Args) -> Result<(), String> {
             .max_minutes
             .is_some_and(|m| started.elapsed().as_secs_f64() > 60.0 * m);
         if report.step % args.checkpoint_every == 0 || report.step == stop || out_of_time {
-            save(&trainer, &text_encoder, patchify, &args.out).map_err(err)?;
+            save(
+                &trainer,
+                &text_encoder,
+                patchify,
+                args.unet_dtype,
+                &args.out,
+            )
+            .map_err(err)?;
         }
         if out_of_time {
             break;
@@ -330,6 +366,7 @@ fn save(
     trainer: &Trainer<UNet3DConditionModel>,
     text_encoder: &CLIPTextModel,
     patchify: PatchifyConfig,
+    unet_dtype: FloatDType,
     out: &Path,
 ) -> vdm::Result<()> {
     trainer.save_checkpoint(out)?;
@@ -338,6 +375,7 @@ fn save(
         unet: &unet,
         text_encoder,
         patchify,
+        unet_dtype,
         scheduler_config: &scheduler_config(trainer.config().prediction_type),
         write_tokenizer: &|dir| write_tokenizer(dir, MAX_LENGTH).map(|_| ()),
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use vdm::core::{NoiseSource, SeededNoise};
 use vdm::models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder};
 use vdm::models::loading::LoadOptions;
@@ -299,6 +299,7 @@ fn an_exported_folder_loads_in_the_pipeline_with_the_trained_weights() {
         unet: &model,
         text_encoder: &prompts.text_encoder,
         patchify,
+        unet_dtype: FloatDType::F32,
         scheduler_config: scheduler,
         write_tokenizer: &|to: &Path| {
             for name in ["tokenizer.json", "tokenizer_config.json"] {

@@ -97,7 +97,7 @@ pub(crate) use files::read_config;
 pub use header::{
     SafetensorsHeader, TensorEntry, parse_safetensors_header, read_safetensors_header,
 };
-pub use save::save_safetensors;
+pub use save::{save_safetensors, save_safetensors_as};
 
 /// What [`Error::File`] names when the checkpoint came from memory rather than a path.
 const IN_MEMORY: &str = "<in-memory safetensors>";

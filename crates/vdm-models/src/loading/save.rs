@@ -10,7 +10,10 @@
 use std::path::Path;
 
 use burn::module::Module;
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+use burn::store::{
+    BurnToPyTorchAdapter, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, SafetensorsStore,
+};
+use burn::tensor::{DType, FloatDType};
 use vdm_core::{Error, Result};
 
 use crate::keymap::{SKIP_ENUM_VARIANTS, save_key_remapper};
@@ -29,7 +32,29 @@ pub fn save_safetensors<M: Module>(
     path: impl AsRef<Path>,
     metadata: &[(&str, &str)],
 ) -> Result<()> {
-    let path = path.as_ref();
+    save(module, path.as_ref(), metadata, None)
+}
+
+/// [`save_safetensors`] with every float tensor stored as `dtype` (diffusers' `fp16`
+/// variants: half the bytes of `f32`; the loaders cast back to the module's dtype).
+///
+/// # Errors
+/// As [`save_safetensors`].
+pub fn save_safetensors_as<M: Module>(
+    module: &M,
+    path: impl AsRef<Path>,
+    metadata: &[(&str, &str)],
+    dtype: FloatDType,
+) -> Result<()> {
+    save(module, path.as_ref(), metadata, Some(DType::from(dtype)))
+}
+
+fn save<M: Module>(
+    module: &M,
+    path: &Path,
+    metadata: &[(&str, &str)],
+    dtype: Option<DType>,
+) -> Result<()> {
     let file_error = |reason: String| Error::File {
         path: path.display().to_string(),
         reason,
@@ -38,8 +63,14 @@ pub fn save_safetensors<M: Module>(
         .file_name()
         .ok_or_else(|| file_error("not a file path".into()))?;
     let temp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let mut store = SafetensorsStore::from_file(&temp)
-        .with_to_adapter(BurnToPyTorchAdapter)
+    let store = SafetensorsStore::from_file(&temp);
+    let store = match dtype {
+        Some(dtype) => {
+            store.with_to_adapter(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(dtype)))
+        }
+        None => store.with_to_adapter(BurnToPyTorchAdapter),
+    };
+    let mut store = store
         .remap(save_key_remapper())
         .skip_enum_variants(SKIP_ENUM_VARIANTS)
         .overwrite(true)

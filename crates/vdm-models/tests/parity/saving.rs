@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use burn::tensor::FloatDType;
 use safetensors::SafeTensors;
 use vdm_models::clip::CLIPTextModel;
-use vdm_models::loading::{LoadOptions, save_safetensors};
+use vdm_models::loading::{LoadOptions, save_safetensors, save_safetensors_as};
 use vdm_models::unet_motion::{UNetMotionConfig, UNetMotionModel};
 use vdm_models::unet3d::UNet3DConditionModel;
 
@@ -67,6 +68,48 @@ fn unet3d_saves_back_to_the_diffusers_checkpoint_it_was_loaded_from() {
         &[],
     );
     // And the saved file loads strictly (every key used, none missing).
+    let again = UNet3DConditionModel::new(&model.config, &device)
+        .unwrap()
+        .load_weights(&saved, &LoadOptions::new())
+        .unwrap();
+    assert!(again.1.is_complete());
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn unet3d_saves_in_f16_as_the_f16_rounding_of_every_weight_and_loads_back() {
+    let device = Device::flex();
+    let dir = pipeline_dir("text_to_video_sd").join("unet");
+    let model =
+        UNet3DConditionModel::from_pretrained(dir.as_path(), &LoadOptions::new(), &device).unwrap();
+    let out = out_dir("unet3d-f16");
+    let saved = out.join("diffusion_pytorch_model.safetensors");
+    save_safetensors_as(&model, &saved, &[], FloatDType::F16).unwrap();
+    let original = dir.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&original).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    let bytes = std::fs::read(&saved).unwrap();
+    let got = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(want.len(), got.len());
+    for (name, view) in want.tensors() {
+        let half = got.tensor(&name).unwrap();
+        assert_eq!(half.dtype(), safetensors::Dtype::F16, "{name}");
+        assert_eq!(half.shape(), view.shape(), "{name}");
+        let rounded: Vec<u8> = view
+            .data()
+            .chunks_exact(4)
+            .flat_map(|b| {
+                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                half::f16::from_f32(x).to_le_bytes()
+            })
+            .collect();
+        assert!(
+            half.data() == rounded.as_slice(),
+            "{name}: not the f16 rounding"
+        );
+    }
+    // (Half the tensor bytes, by the check above.) The ordinary loader reads it back into an
+    // f32 model.
     let again = UNet3DConditionModel::new(&model.config, &device)
         .unwrap()
         .load_weights(&saved, &LoadOptions::new())

@@ -13,9 +13,10 @@
 
 use std::path::Path;
 
+use burn::tensor::FloatDType;
 use vdm_core::{Error, Result};
 use vdm_models::clip::CLIPTextModel;
-use vdm_models::loading::save_safetensors;
+use vdm_models::loading::{save_safetensors, save_safetensors_as};
 use vdm_models::patchify::PatchifyConfig;
 use vdm_models::unet3d::UNet3DConditionModel;
 
@@ -34,6 +35,9 @@ pub struct PipelineExport<'a> {
     pub text_encoder: &'a CLIPTextModel,
     /// The pixel ↔ latent codec.
     pub patchify: PatchifyConfig,
+    /// The dtype the UNet's weights are stored in (`F16` halves the file, as diffusers' `fp16`
+    /// variants do; the loader casts back to the model's dtype).
+    pub unet_dtype: FloatDType,
     /// `scheduler_config.json` text (with its `_class_name`).
     pub scheduler_config: &'a str,
     /// Writes the tokenizer files into the given `tokenizer/` folder.
@@ -72,7 +76,7 @@ impl PipelineExport<'_> {
             "scheduler_config.json",
             &pretty(&scheduler),
         )?;
-        write_unet3d(self.unet, &dir.join("unet"))?;
+        write_unet3d(self.unet, &dir.join("unet"), self.unet_dtype)?;
         write_text_encoder(self.text_encoder, &dir.join("text_encoder"))?;
         write(&dir.join("vae"), "config.json", &self.patchify.to_json())?;
         (self.write_tokenizer)(&dir.join("tokenizer"))
@@ -80,16 +84,21 @@ impl PipelineExport<'_> {
 }
 
 /// Writes `config.json` (with `_class_name`) and `diffusion_pytorch_model.safetensors` of a
-/// UNet3D into `dir`.
+/// UNet3D into `dir`, the weights stored as `dtype`.
 ///
 /// # Errors
 /// [`Error::File`] naming what cannot be written.
-pub fn write_unet3d(unet: &UNet3DConditionModel, dir: &Path) -> Result<()> {
+pub fn write_unet3d(unet: &UNet3DConditionModel, dir: &Path, dtype: FloatDType) -> Result<()> {
     let mut config = serde_json::to_value(&unet.config).expect("a serialisable config");
     config["_class_name"] = "UNet3DConditionModel".into();
     config["_diffusers_version"] = DIFFUSERS_VERSION.into();
     write(dir, "config.json", &pretty(&config))?;
-    save_safetensors(unet, dir.join("diffusion_pytorch_model.safetensors"), &[])
+    save_safetensors_as(
+        unet,
+        dir.join("diffusion_pytorch_model.safetensors"),
+        &[],
+        dtype,
+    )
 }
 
 /// Writes `config.json` and `model.safetensors` of a CLIP text encoder into `dir`.
