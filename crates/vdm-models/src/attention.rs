@@ -9,9 +9,10 @@
 //! Dropout layers of the PyTorch modules are not materialised: vdm runs inference only, where
 //! dropout is the identity (diffusers models are used in `.eval()` mode).
 //!
-//! Size: over 1000 lines because the host-kernel glue of `Attention` and `FeedForward` lives
-//! here beside the modules; issue 14 moves the kernels into their own layer and splits this
-//! file by idea (attention, feed-forward, transformer block). Not yet done.
+//! Size: over 1000 lines because the host-kernel glue of `Attention` lives here beside the
+//! module (the fused feed-forward is in `attention/cpu_fused.rs`, the kernels in their own
+//! layer, `crate::cpu`); issue 14 also splits this file by idea (attention, feed-forward,
+//! transformer block). Not yet done.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -25,6 +26,8 @@ use vdm_core::{Error, Result};
 
 use crate::cpu;
 use crate::embeddings::{SinusoidalPositionalEmbedding, SinusoidalPositionalEmbeddingConfig};
+
+mod cpu_fused;
 
 /// Checks that `value > 0`, naming `field`.
 pub(crate) fn ensure_nonzero(field: &str, value: usize) -> Result<()> {
@@ -798,7 +801,7 @@ impl FeedForward {
     /// - output: `[..., dim_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if cpu::enabled(&x.device(), x.dtype()) {
-            return cpu::feed_forward(None, self, x, false);
+            return cpu_fused::feed_forward(None, self, x, false);
         }
         let h = self.proj.forward(x);
         let hidden = h.dims()[D - 1] / 2;
@@ -1051,7 +1054,7 @@ impl BasicTransformerBlock {
     /// - output: `[N, L, dim]`
     pub fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         if cpu::enabled(&x.device(), x.dtype()) {
-            return cpu::feed_forward(Some((&self.norm3, self.norm_eps)), &self.ff, x, true);
+            return cpu_fused::feed_forward(Some((&self.norm3, self.norm_eps)), &self.ff, x, true);
         }
         x.clone() + self.ff.forward(self.norm3.forward(x))
     }

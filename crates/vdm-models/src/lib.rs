@@ -23,6 +23,8 @@ pub mod attention;
 pub mod chunking;
 pub mod clip;
 mod cpu;
+#[cfg(test)]
+mod cpu_parity;
 pub mod embeddings;
 pub mod keymap;
 pub mod loading;

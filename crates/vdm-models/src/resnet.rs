@@ -17,6 +17,8 @@ use vdm_core::{Error, Result};
 use crate::attention::{ensure_dropout, ensure_eps, ensure_groups, ensure_nonzero, expect_images};
 use crate::cpu;
 
+mod cpu_fused;
+
 /// Configuration of a [`ResnetBlock2D`] (diffusers `ResnetBlock2D` with
 /// `time_embedding_norm="default"`, `non_linearity="swish"`, no up/down sampling).
 #[derive(Config, Debug)]
@@ -150,12 +152,12 @@ impl ResnetBlock2D {
             (None, None) => true,
             _ => false,
         };
-        if fused && temb_ok && cpu::resnet_supported(self, x.dims()) {
+        if fused && temb_ok && cpu_fused::resnet_supported(self, x.dims()) {
             let t = match (&self.time_emb_proj, temb) {
                 (Some(proj), Some(temb)) => Some(proj.forward(silu(temb))),
                 _ => None,
             };
-            return Ok(cpu::resnet(self, x, t));
+            return Ok(cpu_fused::resnet(self, x, t));
         }
         let norm_silu = |norm: &GroupNorm, h: Tensor<4>| {
             if fused {
