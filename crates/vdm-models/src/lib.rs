@@ -20,6 +20,7 @@
 
 pub mod alpha_blender;
 pub mod attention;
+mod checks;
 pub mod chunking;
 pub mod clip;
 mod cpu;

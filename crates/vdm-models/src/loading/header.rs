@@ -292,3 +292,36 @@ fn burn_dtype(dtype: &str) -> Option<DType> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loading::test_support::*;
+    use safetensors::Dtype;
+
+    #[test]
+    fn header_lists_keys_shapes_and_dtypes() {
+        let mut entries = full_checkpoint();
+        entries.truncate(2);
+        let file = TempFile::new(&serialize(&entries, Dtype::BF16));
+        let header = read_safetensors_header(&file.0).unwrap();
+        let summary: Vec<(&str, &str, &[usize])> = header
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.dtype.as_str(), t.shape.as_slice()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("proj.bias", "BF16", &[2usize][..]),
+                ("proj.weight", "BF16", &[2, 3][..])
+            ]
+        );
+        assert_eq!(header.tensors[1].num_elements(), 6);
+        assert_eq!(header.tensors[1].burn_dtype(), Some(DType::BF16));
+        assert_eq!(
+            parse_safetensors_header(&std::fs::read(&file.0).unwrap()).unwrap(),
+            header
+        );
+    }
+}
