@@ -13,70 +13,8 @@ use vdm::burn::tensor::Tensor;
 use vdm::core::Result;
 use vdm::core::noise::{SeededNoise, draw};
 use vdm::schedulers::from_config_json;
+use vdm_examples::catalogue::schedulers;
 use vdm_examples::measure::median;
-
-const CASES: &[(&str, &str, usize)] = &[
-    (
-        "DDIM",
-        r#"{"_class_name":"DDIMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"clip_sample":false,"set_alpha_to_one":false,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "DDPM (draws noise)",
-        r#"{"_class_name":"DDPMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"clip_sample":false,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "EulerDiscrete",
-        r#"{"_class_name":"EulerDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "EulerAncestral (draws noise)",
-        r#"{"_class_name":"EulerAncestralDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "Heun (2 calls/step)",
-        r#"{"_class_name":"HeunDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        25,
-    ),
-    (
-        "KDPM2 (2 calls/step)",
-        r#"{"_class_name":"KDPM2DiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        25,
-    ),
-    (
-        "DPMSolverMultistep (2M++)",
-        r#"{"_class_name":"DPMSolverMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "DPM-Solver singlestep (order 2)",
-        r#"{"_class_name":"DPMSolverSinglestepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "UniPC (bh2, order 2)",
-        r#"{"_class_name":"UniPCMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "DEIS (log-rho, order 2)",
-        r#"{"_class_name":"DEISMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "LCM",
-        r#"{"_class_name":"LCMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
-        8,
-    ),
-    (
-        "TCD (gamma 0.3)",
-        r#"{"_class_name":"TCDScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
-        8,
-    ),
-];
 
 fn main() -> Result<()> {
     let repeats: usize = std::env::args()
@@ -102,7 +40,8 @@ fn main() -> Result<()> {
         "|{:-<28}|{:->7}|{:->16}|{:->10}|{:->11}|{:->19}|",
         "", "", "", "", "", ""
     );
-    for (name, config, steps) in CASES {
+    for case in schedulers() {
+        let (name, config, steps) = (&case.name, &case.config, &case.bench_steps);
         let mut loops = Vec::new();
         let mut sets = Vec::new();
         for r in 0..repeats + 1 {

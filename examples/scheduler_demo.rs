@@ -12,101 +12,14 @@
 
 use std::time::Instant;
 
-use vdm::core::noise::{SeededNoise, draw};
-use vdm::core::{Conditioning, Denoiser, DenoiserInput, Result, Timesteps};
-use vdm::schedulers::{Scheduler, from_config_json};
-use vdm_examples::mixture::{MixtureDenoiser, toy_videos};
+use vdm::core::Result;
+use vdm::schedulers::from_config_json;
+use vdm_examples::catalogue::{schedulers, zero_snr_schedulers};
+use vdm_examples::mixture::sample_mixture;
 
 const EMBEDDED_CONFIG: &str = include_str!("assets/animatediff_ddim.json");
 
-/// The other schedulers, configured like the AnimateDiff DDIM config.
-const OTHERS: &[(&str, &str, usize)] = &[
-    (
-        "DDPM",
-        r#"{"_class_name":"DDPMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"clip_sample":false,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        50,
-    ),
-    (
-        "Euler",
-        r#"{"_class_name":"EulerDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        25,
-    ),
-    (
-        "Euler a",
-        r#"{"_class_name":"EulerAncestralDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        25,
-    ),
-    (
-        "Heun (2 calls/step)",
-        r#"{"_class_name":"HeunDiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        13,
-    ),
-    (
-        "KDPM2 (2 calls/step)",
-        r#"{"_class_name":"KDPM2DiscreteScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        13,
-    ),
-    (
-        "DPM-Solver++ 2M",
-        r#"{"_class_name":"DPMSolverMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        15,
-    ),
-    (
-        "DPM-Solver singlestep (order 2)",
-        r#"{"_class_name":"DPMSolverSinglestepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        15,
-    ),
-    (
-        "UniPC (bh2, order 2)",
-        r#"{"_class_name":"UniPCMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        15,
-    ),
-    (
-        "DEIS (log-rho, order 2)",
-        r#"{"_class_name":"DEISMultistepScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012,"steps_offset":1,"timestep_spacing":"linspace"}"#,
-        15,
-    ),
-    (
-        "LCM",
-        r#"{"_class_name":"LCMScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
-        8,
-    ),
-    (
-        "TCD (gamma 0.3)",
-        r#"{"_class_name":"TCDScheduler","beta_schedule":"linear","beta_start":0.00085,"beta_end":0.012}"#,
-        8,
-    ),
-];
-
 const NAMES: [&str; 3] = ["blob moving right", "blob moving down", "pulsing ring"];
-
-fn sample(
-    scheduler: &mut dyn Scheduler,
-    steps: usize,
-    seed: u64,
-    shape: [usize; 5],
-) -> Result<(vdm::burn::tensor::Tensor<5>, MixtureDenoiser, usize)> {
-    let device = vdm::device();
-    scheduler.set_timesteps(steps)?;
-    let model = MixtureDenoiser::new(
-        toy_videos(shape[1], shape[2], shape[3], &device),
-        &scheduler.noise_schedule().alphas_cumprod,
-    );
-    let mut noise = SeededNoise::new(seed);
-    let mut x = draw(&mut noise, shape, &device)?.mul_scalar(scheduler.init_noise_sigma() as f32);
-    let mut calls = 0;
-    for t in scheduler.timesteps().to_vec() {
-        let x_in = scheduler.scale_model_input(x.clone(), t)?;
-        let eps = model.predict(DenoiserInput::new(
-            x_in,
-            Timesteps::Shared(t),
-            Conditioning::None,
-        ))?;
-        calls += 1;
-        x = scheduler.step(eps, t, x, &mut noise)?.prev_sample;
-    }
-    Ok((x, model, calls))
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -143,22 +56,42 @@ fn main() -> Result<()> {
 
     let mut runs: Vec<(String, String, usize)> = vec![(label, config, steps)];
     if args.is_empty() {
+        // The embedded config is the catalogue's DDIM: skip that row.
         runs.extend(
-            OTHERS
-                .iter()
-                .map(|(n, c, s)| (n.to_string(), c.to_string(), *s)),
+            schedulers()
+                .into_iter()
+                .skip(1)
+                .chain(zero_snr_schedulers())
+                .map(|c| (c.name, c.config, c.demo_steps)),
         );
     }
+    let mut failures = Vec::new();
     for (name, config, steps) in runs {
-        let mut scheduler = from_config_json(&config)?;
         let start = Instant::now();
-        let (video, model, calls) = sample(scheduler.as_mut(), steps, seed, shape)?;
+        let run = from_config_json(&config)
+            .and_then(|mut scheduler| sample_mixture(scheduler.as_mut(), steps, seed, shape));
         let ms = start.elapsed().as_secs_f64() * 1e3;
-        let (k, rms) = model.nearest(&video);
-        println!(
-            "| {name:<38} | {steps:>5} | {calls:>11} | {:<18} | {rms:>12.2e} | {ms:>8.1} |",
-            NAMES[k]
-        );
+        match run {
+            Ok((video, model, calls)) => {
+                let (k, rms) = model.nearest(&video);
+                println!(
+                    "| {name:<38} | {steps:>5} | {calls:>11} | {:<18} | {rms:>12.2e} | {ms:>8.1} |",
+                    NAMES[k]
+                );
+            }
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                println!(
+                    "| {name:<38} | {steps:>5} | {:>11} | {:<18} | {:>12} | {ms:>8.1} |",
+                    "-",
+                    format!("error ({})", failures.len()),
+                    "-"
+                );
+            }
+        }
+    }
+    for (i, failure) in failures.iter().enumerate() {
+        println!("\n({}) {failure}", i + 1);
     }
     println!("\nA correct scheduler lands on one of the three videos (RMS distance << 1). The");
     println!(
@@ -167,6 +100,7 @@ fn main() -> Result<()> {
     println!(
         "step to timestep 0) stop at alphas_cumprod[0], which leaves sigma ~ 0.03 of noise: hence"
     );
-    println!("their larger distance.");
+    println!("their larger distance. The zero-SNR rows start from pure noise (ᾱ = 0 at the first");
+    println!("step): the denoiser answers in the config's prediction type, finite there.");
     Ok(())
 }

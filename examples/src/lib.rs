@@ -1,8 +1,9 @@
-//! Shared helpers for the vdm examples: an analytic denoiser, the bench-size AnimateDiff
-//! config, and measurement utilities.
+//! Shared helpers for the vdm examples: an analytic denoiser, the scheduler catalogue, the
+//! bench-size AnimateDiff config, and measurement utilities.
 
 #![warn(missing_docs)]
 
+pub mod catalogue;
 pub mod measure;
 pub mod mixture;
 pub mod motion_bench;
