@@ -11,8 +11,9 @@
 //! a diffusers-style folder that `generate` loads (`model_index.json`, `unet/`, `text_encoder/`,
 //! `tokenizer/`, `scheduler/`, `vae/`), the resumable state in `training/`, and the loss log
 //! `training/loss.csv` with its curve `training/loss.png`. See `docs/embedded-model.md` for the model, the measured costs and
-//! the choices (pixel space with 4×4 patches scaled to unit variance, a frozen tiny CLIP,
-//! v-prediction with the x₀ error weighted by `min(SNR + 1, 5)`).
+//! the choices (pixel space with 4×4 patches, a frozen tiny CLIP, x₀-prediction) and the
+//! measured alternatives (`--normalize`, `--prediction v_prediction --weighting
+//! capped-snr-plus-one`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,9 +74,10 @@ struct Args {
     /// --unet-dtype), then exit.
     #[arg(long)]
     export_only: bool,
-    /// The dtype of the UNet weights in the model folder: `f16` (half the bytes; the loader
-    /// casts back to f32) or `f32`. The resumable state in `training/` is always f32.
-    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
+    /// The dtype of the UNet weights in the model folder: `f32` (the shipped model's) or `f16`
+    /// (half the bytes; the loader casts back to f32). The resumable state in `training/` is
+    /// always f32.
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
     unet_dtype: FloatDType,
     /// Stop (saving) once this many minutes have passed in this invocation.
     #[arg(long)]
@@ -84,23 +86,23 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [64, 96])]
     channels: Vec<usize>,
     /// What the model predicts: `epsilon`, `v_prediction` or `sample` (x₀).
-    #[arg(long, default_value = "v_prediction", value_parser = parse_prediction)]
+    #[arg(long, default_value = "sample", value_parser = parse_prediction)]
     prediction: PredictionType,
-    /// How the loss weighs the noise levels, by the weight it gives the x₀ error:
-    /// `capped-snr-plus-one` (`min(SNR + 1, γ)`, the default), `min-snr` (`min(SNR, γ)`, Hang
-    /// et al. 2023) or `uniform` (the plain error of the target). Min-SNR weighs the highest
-    /// noise levels, where the caption decides colour, shape and motion, about 0: a v run with
-    /// it predicted x₀ at t = 999 worse than the mean clip does (0.20 against 0.07 at step 400).
-    #[arg(long, default_value = "capped-snr-plus-one")]
+    /// How the loss weighs the noise levels, by the weight it gives the x₀ error: `uniform`
+    /// (the plain error of the target, the default), `min-snr` (`min(SNR, γ)`, Hang et al.
+    /// 2023) or `capped-snr-plus-one` (`min(SNR + 1, γ)`). Min-SNR weighs the highest noise
+    /// levels, where the caption decides colour, shape and motion, about 0: a v run with it
+    /// predicted x₀ at t = 999 worse than the mean clip does (0.20 against 0.07 at step 400).
+    #[arg(long, default_value = "uniform")]
     weighting: Weighting,
     /// γ of the weighting.
     #[arg(long, default_value_t = 5.0)]
     gamma: f64,
-    /// Keep the pixels' own scale in the latents (the default shifts and scales them to zero
-    /// mean and unit variance, measured on 256 clips, and records the factors in
-    /// `vae/config.json`).
+    /// Shift and scale the latents to zero mean and unit variance (measured on 256 clips; the
+    /// factors go to `vae/config.json`). Not the shipped model's recipe: see
+    /// `docs/embedded-model.md` for the measured runs.
     #[arg(long)]
-    no_normalize: bool,
+    normalize: bool,
 }
 
 /// The loss weightings `--weighting` names.
@@ -268,7 +270,7 @@ fn run(args: &Args) -> Result<(), String> {
         PatchifyConfig::from_file(args.out.join("vae").join("config.json")).map_err(err)?
     } else {
         let plain = PatchifyConfig::default();
-        if args.no_normalize {
+        if !args.normalize {
             plain
         } else {
             let (mean, std) = shapes_data(plain)?.pixel_moments(

@@ -15,6 +15,7 @@ use vdm_schedulers::schedule::NoiseSchedule;
 
 use super::config::TrainConfig;
 use super::data::TrainingData;
+use super::objective::LossWeighting;
 use super::objective::Objective;
 use super::params::{clip_grad_norm, ema_update, keep_only};
 
@@ -43,6 +44,25 @@ pub struct StepReport {
 struct TrainState {
     step: usize,
     config: TrainConfig,
+}
+
+impl TrainState {
+    /// Parses `state.json`, also as written before [`LossWeighting`] replaced the config's
+    /// `min_snr_gamma` (`null`: uniform, a number: min-SNR-γ), so older runs still resume.
+    fn from_json_str(text: &str) -> serde_json::Result<Self> {
+        let mut value: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(config) = value.get_mut("config").and_then(|c| c.as_object_mut())
+            && !config.contains_key("loss_weighting")
+            && let Some(gamma) = config.remove("min_snr_gamma")
+        {
+            let weighting = match gamma.as_f64() {
+                Some(gamma) => LossWeighting::MinSnr { gamma },
+                None => LossWeighting::Uniform,
+            };
+            config.insert("loss_weighting".into(), serde_json::to_value(weighting)?);
+        }
+        serde_json::from_value(value)
+    }
 }
 
 /// Trains a video denoiser `M` (any Burn module implementing [`Denoiser`], e.g.
@@ -275,8 +295,7 @@ impl<M: Module + Denoiser> Trainer<M> {
         };
         let text = std::fs::read_to_string(dir.join("state.json"))
             .map_err(|e| file_error("state.json", &e))?;
-        let state: TrainState =
-            serde_json::from_str(&text).map_err(|e| file_error("state.json", &e))?;
+        let state = TrainState::from_json_str(&text).map_err(|e| file_error("state.json", &e))?;
         let template = model.clone();
         let model = model
             .try_load_file(dir.join("model.bpk"))
@@ -309,4 +328,29 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_states_with_min_snr_gamma_still_parse() {
+        // The shipped model's own state, written before `loss_weighting` existed.
+        let shipped = include_str!("../../models/moving-shapes/training/state.json");
+        let state = TrainState::from_json_str(shipped).unwrap();
+        assert_eq!(state.config.loss_weighting, LossWeighting::Uniform);
+        assert_eq!(state.step, state.config.steps);
+        let old = shipped.replace(r#""min_snr_gamma": null"#, r#""min_snr_gamma": 5.0"#);
+        assert_ne!(old, shipped);
+        let state = TrainState::from_json_str(&old).unwrap();
+        assert_eq!(
+            state.config.loss_weighting,
+            LossWeighting::MinSnr { gamma: 5.0 }
+        );
+        // A state written now round-trips.
+        let text = serde_json::to_string(&state).unwrap();
+        let again = TrainState::from_json_str(&text).unwrap();
+        assert_eq!(again.config, state.config);
+    }
 }
