@@ -362,15 +362,7 @@ impl<'a> CoDenoisingSampler<'a> {
             latents = fused;
             report(
                 progress,
-                Progress {
-                    iteration: 0,
-                    iterations: 1,
-                    step,
-                    num_steps: timesteps.len(),
-                    timestep: t,
-                    latents: &latents,
-                    pred_original: None,
-                },
+                Progress::single_pass(step, timesteps.len(), t, &latents, None),
             )?;
         }
         Ok(latents)

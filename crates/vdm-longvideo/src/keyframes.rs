@@ -161,15 +161,7 @@ impl KeyframeSampler<'_> {
             latents = next;
             report(
                 progress,
-                Progress {
-                    iteration: 0,
-                    iterations: 1,
-                    step,
-                    num_steps: timesteps.len(),
-                    timestep: t,
-                    latents: &latents,
-                    pred_original: None,
-                },
+                Progress::single_pass(step, timesteps.len(), t, &latents, None),
             )?;
         }
         Ok(latents)

@@ -177,15 +177,13 @@ impl<'a> ExtensionSampler<'a> {
             z = out.prev_sample;
             report(
                 progress,
-                Progress {
-                    iteration: 0,
-                    iterations: 1,
+                Progress::single_pass(
                     step,
-                    num_steps: timesteps.len(),
-                    timestep: t,
-                    latents: &z,
-                    pred_original: out.pred_original_sample.as_ref(),
-                },
+                    timesteps.len(),
+                    t,
+                    &z,
+                    out.pred_original_sample.as_ref(),
+                ),
             )?;
         }
         if k == 0 {

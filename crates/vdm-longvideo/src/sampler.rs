@@ -95,6 +95,27 @@ pub struct Progress<'a> {
     pub pred_original: Option<&'a Tensor<5>>,
 }
 
+impl<'a> Progress<'a> {
+    /// Step `step` of `num_steps` of a sampler without refinement passes (pass 0 of 1).
+    pub(crate) fn single_pass(
+        step: usize,
+        num_steps: usize,
+        timestep: f64,
+        latents: &'a Tensor<5>,
+        pred_original: Option<&'a Tensor<5>>,
+    ) -> Self {
+        Self {
+            iteration: 0,
+            iterations: 1,
+            step,
+            num_steps,
+            timestep,
+            latents,
+            pred_original,
+        }
+    }
+}
+
 /// The callback's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
