@@ -80,13 +80,15 @@ struct Args {
     #[arg(long)]
     width: Option<usize>,
 
-    /// Denoising steps: more is slower and usually cleaner.
-    #[arg(long, default_value_t = 25)]
-    steps: usize,
+    /// Denoising steps: more is slower and usually cleaner [default: 25; for the embedded model
+    /// its measured best, `vdm::embedded::STEPS`].
+    #[arg(long)]
+    steps: Option<usize>,
 
-    /// Classifier-free guidance scale: how strongly to follow the prompt (1 disables it).
-    #[arg(long, default_value_t = 7.5)]
-    guidance: f64,
+    /// Classifier-free guidance scale: how strongly to follow the prompt (1 disables it)
+    /// [default: 7.5; for the embedded model its measured best, `vdm::embedded::GUIDANCE_SCALE`].
+    #[arg(long)]
+    guidance: Option<f64>,
 
     /// Seed of all randomness: one seed, one video, on every backend (default: from the clock,
     /// printed).
@@ -401,13 +403,35 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+impl Args {
+    /// `--steps`, or the default of the model: 25 (diffusers' text-to-video examples), or the
+    /// embedded model's measured best when no `--model-dir` is given.
+    fn steps(&self) -> usize {
+        let default = match self.model_dir {
+            None => vdm::embedded::STEPS,
+            Some(_) => 25,
+        };
+        self.steps.unwrap_or(default)
+    }
+
+    /// `--guidance`, or the default of the model: 7.5, or the embedded model's measured best
+    /// when no `--model-dir` is given.
+    fn guidance(&self) -> f64 {
+        let default = match self.model_dir {
+            None => vdm::embedded::GUIDANCE_SCALE,
+            Some(_) => 7.5,
+        };
+        self.guidance.unwrap_or(default)
+    }
+}
+
 /// The pipeline settings the arguments ask for.
 fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
     let mut settings = Generation::new(args.prompt.clone().unwrap_or_default())
         .negative_prompt(args.negative_prompt.clone())
         .frames(args.frames)
-        .steps(args.steps)
-        .guidance_scale(args.guidance)
+        .steps(args.steps())
+        .guidance_scale(args.guidance())
         .seed(seed)
         .clip_skip(args.clip_skip)
         .scheduler(args.scheduler.choice());
@@ -449,7 +473,7 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
             ));
         };
         let motion = (x, y);
-        settings = settings.text2video_zero(Text2VideoZero::for_steps(motion, args.steps));
+        settings = settings.text2video_zero(Text2VideoZero::for_steps(motion, args.steps()));
     }
     if args.long.contains(&LongArg::Extend) {
         settings = settings.extension(Extension::new(
@@ -467,7 +491,7 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         settings = settings.keyframes(Keyframes::new(stride));
     }
     if args.smooth {
-        settings = settings.smoother(InterleavedSmoother::controlvideo(args.steps));
+        settings = settings.smoother(InterleavedSmoother::controlvideo(args.steps()));
     }
     if args.long.contains(&LongArg::Fifo) {
         settings = settings.fifo(Fifo {

@@ -3,15 +3,36 @@
 //! prompt-in, video-out works offline with no download.
 //!
 //! ```no_run
-//! use vdm::pipeline::{Generation, TextToVideoPipeline};
+//! use vdm::pipeline::TextToVideoPipeline;
 //!
 //! let pipe = TextToVideoPipeline::from_dir(vdm::embedded::moving_shapes_dir(), &vdm::device())?;
-//! let video = pipe.generate(&Generation::new("a red circle moving right").seed(1))?;
+//! let video = pipe.generate(&vdm::embedded::generation("a red circle moving right").seed(1))?;
 //! video.write("circle.gif", &Default::default())?;
 //! # Ok::<(), vdm::Error>(())
 //! ```
 
 use std::path::PathBuf;
+
+use crate::pipeline::Generation;
+
+/// Denoising steps that suit the embedded model (with [`GUIDANCE_SCALE`]). Measured on twenty
+/// 16-frame videos (`quality --frames 16 --seeds 4 --prompts 5 --methods direct`): 50 steps
+/// at guidance 3 score validity 0.64, colour 0.62, consistency 0.78, where the text-to-video
+/// defaults of [`Generation::new`] (25 steps, guidance 7.5) score 0.19, 0.16 and 0.26
+/// (`docs/embedded-model.md`, "Sampling settings").
+pub const STEPS: usize = 50;
+
+/// Classifier-free guidance scale that suits the embedded model (see [`STEPS`]). Higher
+/// scales push this small model's samples off the data: at 5.5 validity falls to 0.36.
+pub const GUIDANCE_SCALE: f64 = 3.0;
+
+/// [`Generation::new`] with the embedded model's sampling settings ([`STEPS`],
+/// [`GUIDANCE_SCALE`]); every other field keeps its default.
+pub fn generation(prompt: impl Into<String>) -> Generation {
+    Generation::new(prompt)
+        .steps(STEPS)
+        .guidance_scale(GUIDANCE_SCALE)
+}
 
 /// The folder of the embedded Moving Shapes model (a diffusers-style `TextToVideoSDPipeline`
 /// folder with a `Patchify` VAE): 32×32 RGB, 16 frames per training clip, captions such as
