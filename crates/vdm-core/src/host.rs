@@ -1,5 +1,5 @@
 //! Host access to `f32` tensor values, for CPU kernels that beat chains of generic tensor ops
-//! (the fused kernels of `vdm-models`, FreeNoise's window fusion in `vdm-longvideo`).
+//! (the fused kernels of `vdm-kernels`, which `vdm-models` and `vdm-longvideo` call).
 //!
 //! [`cpu_kernels`] says whether such a kernel should run at all: on Burn's flex (CPU)
 //! backend, for `f32` tensors without autodiff, unless the environment variable

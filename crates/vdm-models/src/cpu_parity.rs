@@ -1,10 +1,10 @@
-//! The fused CPU kernels ([`crate::cpu`]) inside the model layers (resnet blocks, up/down
+//! The fused CPU kernels (`vdm-kernels`, through [`crate::cpu`]) inside the model layers (resnet blocks, up/down
 //! sampling, temporal convolution, spatial and temporal transformers, attention,
 //! feed-forward) against the plain Burn path of the same layers.
 //!
-//! These tests live outside `cpu/` because they build model modules, which the kernel layer
-//! does not import; they switch to the Burn reference path with the kernel layer's
-//! `FORCE_BURN` switch (test builds only).
+//! These tests live in vdm-models because they build model modules, which the kernel layer
+//! does not import; they switch to the Burn reference path with the `FORCE_BURN` switch of
+//! [`crate::cpu::enabled`] (test builds only).
 
 use burn::tensor::{DType, Device, Distribution, Tensor, Tolerance};
 use vdm_core::AllFrames;

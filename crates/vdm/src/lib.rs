@@ -4,12 +4,13 @@
 //! diffusers checkpoints, and training-free long-video algorithms (FreeNoise, FreeInit, ...)
 //! that work with any model implementing the [`core::Denoiser`] trait.
 //!
-//! This facade re-exports the four vdm crates:
+//! This facade re-exports the five vdm crates:
 //!
 //! | module | crate | what |
 //! |---|---|---|
 //! | [`core`] | `vdm-core` | tensor layout, errors, seeded noise, the denoiser and temporal-hook traits |
 //! | [`schedulers`] | `vdm-schedulers` | beta schedules, DDIM / DDPM / Euler / DPM-Solver++ / LCM |
+//! | [`kernels`] | `vdm-kernels` | fused `f32` CPU kernels of the flex backend (used by `models` and `longvideo`) |
 //! | [`models`] | `vdm-models` | model building blocks |
 //! | [`longvideo`] | `vdm-longvideo` | long-video algorithms |
 //!
@@ -92,6 +93,7 @@
 
 pub use burn;
 pub use vdm_core as core;
+pub use vdm_kernels as kernels;
 pub use vdm_longvideo as longvideo;
 pub use vdm_models as models;
 pub use vdm_schedulers as schedulers;

@@ -16,8 +16,6 @@ use vdm_core::temporal::{
 };
 use vdm_core::{Error, Result};
 
-use super::host_fusion;
-
 use super::windows::{WeightingScheme, WindowPlan};
 
 /// Where the windows are fused relative to the temporal layer's stages.
@@ -735,7 +733,9 @@ impl Schedule {
     }
 
     /// [`fuse`](Self::fuse) on the host (flex backend): each window gathered in one pass and
-    /// its weighted outputs added straight into host accumulators ([`host_fusion`]).
+    /// its weighted outputs added straight into host accumulators ([`vdm_kernels::frames`]).
+    /// Per frame, the windows are added in the same order as on the tensor-op path, so both
+    /// are deterministic.
     fn fuse_on_host(
         &self,
         inputs: Vec<WindowInput>,
@@ -771,7 +771,8 @@ impl Schedule {
                     let (x, rows) = host.as_ref().expect("host values of an input that is cut");
                     let c = input.tokens.dims()[2];
                     let rows = rows.as_ref().map(HostF32::as_slice);
-                    let data = host_fusion::gather(x.as_slice(), [n, f, c], &chunk.gather, rows);
+                    let data =
+                        vdm_kernels::frames::gather(x.as_slice(), [n, f, c], &chunk.gather, rows);
                     WindowView::Cut(Tensor::from_data(
                         TensorData::new(data, [n * m, l, c]),
                         &device,
@@ -782,7 +783,7 @@ impl Schedule {
             for ((y, &c), acc) in ys.into_iter().zip(widths).zip(&mut acc) {
                 check_output(&y, [n * m, l, c], site)?;
                 let y = HostF32::new(y)?;
-                host_fusion::accumulate(
+                vdm_kernels::frames::accumulate(
                     acc,
                     [n, f, c],
                     y.as_slice(),

@@ -90,7 +90,6 @@
 //!   is one call per window, as diffusers.
 
 pub mod hook;
-mod host_fusion;
 pub mod noise;
 pub mod prompts;
 pub mod windows;

@@ -389,19 +389,23 @@ impl Attention {
         residual: Option<cpu::InitRows>,
     ) -> Vec<f32> {
         let inner = self.heads * self.head_dim;
-        let wo = cpu::LinearHost::new(&self.to_out);
-        cpu::filled(rows * self.query_dim, |buf| {
-            // SAFETY: `buf` holds rows·query_dim values; `o` and the residual match.
-            unsafe {
-                wo.apply(
-                    rows,
-                    cpu::Mat::rows(o, inner),
-                    cpu::MatMut::rows(buf, self.query_dim),
-                    residual,
-                    cpu::threads(),
-                )
-            }
-        })
+        let wo = cpu::linear_host(&self.to_out);
+        {
+            let fill = |buf| {
+                // SAFETY: `buf` holds rows·query_dim values; `o` and the residual match.
+                unsafe {
+                    wo.apply(
+                        rows,
+                        cpu::Mat::rows(o, inner),
+                        cpu::MatMut::rows(buf, self.query_dim),
+                        residual,
+                        cpu::threads(),
+                    )
+                }
+            };
+            // SAFETY: `fill` writes every element of the buffer.
+            unsafe { cpu::filled(rows * self.query_dim, fill) }
+        }
     }
 
     /// The score scale `1 / sqrt(head_dim)`.
@@ -446,26 +450,30 @@ impl Attention {
 /// `[lins[0] | lins[1] | …](src)` for `rows` rows of `src`, written side by side into one
 /// host buffer of `rows × Σ d_out` (the packed layout the CPU attention kernel reads).
 pub(super) fn project_host(lins: &[&Linear], src: &[f32], rows: usize) -> Vec<f32> {
-    let hosts: Vec<cpu::LinearHost> = lins.iter().map(|l| cpu::LinearHost::new(l)).collect();
+    let hosts: Vec<cpu::LinearHost> = lins.iter().map(|l| cpu::linear_host(l)).collect();
     let width: usize = hosts.iter().map(|h| h.d_out).sum();
     let threads = cpu::threads();
-    cpu::filled(rows * width, |buf| {
-        let mut col = 0;
-        for w in &hosts {
-            // SAFETY: `buf` holds rows·width values; column block col..col + d_out of every
-            // row is written once; `src` holds rows·d_in values.
-            unsafe {
-                w.apply(
-                    rows,
-                    cpu::Mat::rows(src, w.d_in),
-                    cpu::MatMut::rows(buf, width).offset(col),
-                    None,
-                    threads,
-                )
-            };
-            col += w.d_out;
-        }
-    })
+    {
+        let fill = |buf| {
+            let mut col = 0;
+            for w in &hosts {
+                // SAFETY: `buf` holds rows·width values; column block col..col + d_out of every
+                // row is written once; `src` holds rows·d_in values.
+                unsafe {
+                    w.apply(
+                        rows,
+                        cpu::Mat::rows(src, w.d_in),
+                        cpu::MatMut::rows(buf, width).offset(col),
+                        None,
+                        threads,
+                    )
+                };
+                col += w.d_out;
+            }
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { cpu::filled(rows * width, fill) }
+    }
 }
 
 #[cfg(test)]

@@ -204,8 +204,7 @@ pub fn temporal_transformer(
         // never exist as full-size token tensors.
         let seqs = b * hw;
         let per_call = positions.unwrap_or(seqs).clamp(1, seqs);
-        let mut io =
-            crate::cpu::FrameTokens::new(&model.proj_in, &model.proj_out, normed, x, frames);
+        let mut io = crate::cpu::frame_tokens(&model.proj_in, &model.proj_out, normed, x, frames);
         for s0 in (0..seqs).step_by(per_call) {
             let chunk = s0..(s0 + per_call).min(seqs);
             let t = run_blocks(io.tokens(chunk.clone()))?;

@@ -18,14 +18,19 @@ use std::sync::OnceLock;
 // portable instance.
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
+/// The instruction set the kernels' hot loops run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (16 lanes of `f32`).
     Avx512,
+    /// AVX2 + FMA (8 lanes).
     Avx2,
+    /// Plain Rust (8-lane arrays LLVM vectorises for the target's baseline).
     Portable,
 }
 
-pub(crate) fn isa() -> Isa {
+/// The best instruction set of this CPU (detected once).
+pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -44,9 +49,10 @@ pub(crate) fn isa() -> Isa {
 }
 
 /// Defines `$name(args)` calling `$generic::<W, FMA>(args)` compiled for the best available
-/// instruction set.
+/// instruction set (attributes such as doc comments go on `$name`).
 macro_rules! dispatch {
-    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
+        $(#[$attr])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
@@ -58,11 +64,11 @@ macro_rules! dispatch {
                 fn avx2($($arg: $ty),*) {
                     $generic::<8, true>($($arg),*)
                 }
-                match $crate::cpu::isa() {
+                match $crate::simd::isa() {
                     // SAFETY: the CPU supports the enabled features (checked by `isa`).
-                    $crate::cpu::Isa::Avx512 => return unsafe { avx512($($arg),*) },
-                    $crate::cpu::Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    $crate::cpu::Isa::Portable => {}
+                    $crate::simd::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Isa::Portable => {}
                 }
             }
             $generic::<8, false>($($arg),*)

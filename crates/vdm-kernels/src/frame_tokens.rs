@@ -20,7 +20,7 @@ use super::threads::{SharedOut, parallel};
 /// (token `i·F + f` = pixel `p₀ + i` of frame `f`, no permuted copy), and `proj_out` adds the
 /// processed tokens back into the output frames, which start as `residual + bias`. Chunks
 /// of pixels can be processed one at a time (chunked inference).
-pub(crate) struct FrameTokens {
+pub struct FrameTokens {
     proj_in: LinearHost,
     proj_out: LinearHost,
     normed: Host,
@@ -31,17 +31,17 @@ pub(crate) struct FrameTokens {
 }
 
 impl FrameTokens {
-    /// `normed`, `residual`: `[B·F, C, H, W]`.
+    /// `normed`, `residual`: `[B·F, C, H, W]` with `frames` frames per video; `proj_in`
+    /// `C → d`, `proj_out` `d → C`. Only call when [`enabled`](crate::enabled).
     pub fn new(
-        proj_in: &burn::nn::Linear,
-        proj_out: &burn::nn::Linear,
+        proj_in: LinearHost,
+        proj_out: LinearHost,
         normed: Tensor<4>,
         residual: Tensor<4>,
         frames: usize,
     ) -> Self {
         let dims = residual.dims();
         let device = residual.device();
-        let proj_out = LinearHost::new(proj_out);
         let mut out = host(residual);
         if let Some(b) = proj_out.bias.as_ref().map(f32s) {
             let cs = dims[1] * dims[2] * dims[3];
@@ -50,7 +50,7 @@ impl FrameTokens {
             }
         }
         Self {
-            proj_in: LinearHost::new(proj_in),
+            proj_in,
             proj_out,
             normed: host(normed),
             out,
@@ -82,33 +82,39 @@ impl FrameTokens {
         let d = self.proj_in.d_out;
         let xs = f32s(&self.normed);
         let segments = self.segments(seqs);
-        let out = filled(len * f_n * d, |ptr| {
-            let out = SharedOut(ptr);
-            parallel(f_n, 2 * f_n * len * c * d, |frames| {
-                for f in frames {
-                    for (v, pixels, first) in &segments {
-                        // SAFETY: frame f reads its own pixels and writes token rows i·F + f.
-                        unsafe {
-                            self.proj_in.apply(
-                                pixels.len(),
-                                Mat {
-                                    ptr: xs.as_ptr().add(((v * f_n + f) * c) * s + pixels.start),
-                                    rs: 1,
-                                    cs: s as isize,
-                                },
-                                MatMut {
-                                    ptr: out.at((first * f_n + f) * d),
-                                    rs: (f_n * d) as isize,
-                                    cs: 1,
-                                },
-                                None,
-                                1,
-                            )
+        let out = {
+            let fill = |ptr| {
+                let out = SharedOut(ptr);
+                parallel(f_n, 2 * f_n * len * c * d, |frames| {
+                    for f in frames {
+                        for (v, pixels, first) in &segments {
+                            // SAFETY: frame f reads its own pixels and writes token rows i·F + f.
+                            unsafe {
+                                self.proj_in.apply(
+                                    pixels.len(),
+                                    Mat {
+                                        ptr: xs
+                                            .as_ptr()
+                                            .add(((v * f_n + f) * c) * s + pixels.start),
+                                        rs: 1,
+                                        cs: s as isize,
+                                    },
+                                    MatMut {
+                                        ptr: out.at((first * f_n + f) * d),
+                                        rs: (f_n * d) as isize,
+                                        cs: 1,
+                                    },
+                                    None,
+                                    1,
+                                )
+                            }
                         }
                     }
-                }
-            });
-        });
+                });
+            };
+            // SAFETY: `fill` writes every element of the buffer.
+            unsafe { filled(len * f_n * d, fill) }
+        };
         tensor(TensorData::new(out, [len, f_n, d]), &self.device)
     }
 

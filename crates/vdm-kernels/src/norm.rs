@@ -1,11 +1,11 @@
 //! LayerNorm over the last dimension ([`LayerNormHost`], [`layer_norm`]) and GroupNorm,
-//! optionally fused with the SiLU that follows it, in place ([`group_norm_inplace`],
+//! optionally fused with the SiLU that follows it, in place ([`GroupNormHost`],
 //! [`group_norm`]); GroupNorm statistics can pool the frames of a video (diffusers' GroupNorm
 //! on `[B, C, F, H, W]` with the frames folded into the batch).
 //!
 //! Why: flex runs a norm as a chain of single-threaded element-wise ops, each allocating an
 //! activation-sized buffer. These do one statistics pass and one normalising pass per row or
-//! group, vectorised ([`lane_sums`] in `W` lanes, `f64` totals), over all cores.
+//! group, vectorised (sums in `W` lanes, `f64` totals), over all cores.
 
 use burn::tensor::{Tensor, TensorData};
 
@@ -47,25 +47,28 @@ fn layer_norm_rows_impl<const W: usize, const FMA: bool>(
 }
 dispatch!(fn layer_norm_rows(x: &[f32], out: *mut f32, dim: usize, gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) => layer_norm_rows_impl);
 
-/// Host copies of a Burn [`LayerNorm`](burn::nn::LayerNorm)'s parameters.
-pub(crate) struct LayerNormHost {
+/// Host copies of a LayerNorm's parameters (over the last dimension).
+pub struct LayerNormHost {
     gamma: Host,
     beta: Option<Host>,
     eps: f32,
 }
 
 impl LayerNormHost {
-    /// `eps`: the norm's epsilon (Burn keeps it private; the owner records it).
-    pub fn new(norm: &burn::nn::LayerNorm, eps: f64) -> Self {
+    /// `gamma`, `beta`: `[dim]`; `eps`: the norm's epsilon.
+    pub fn new(gamma: Tensor<1>, beta: Option<Tensor<1>>, eps: f64) -> Self {
         Self {
-            gamma: host(norm.gamma.val()),
-            beta: norm.beta.as_ref().map(|b| host(b.val())),
+            gamma: host(gamma),
+            beta: beta.map(host),
             eps: eps as f32,
         }
     }
 
-    /// Normalises the rows of `x` (`dim` values each) into `out`.
-    pub(crate) fn apply(&self, x: &[f32], out: *mut f32, dim: usize) {
+    /// Normalises the rows of `x` (`dim` values each, `dim` parameters) into `out`.
+    ///
+    /// # Safety
+    /// `out` holds as many writable values as `x`, written by no other thread meanwhile.
+    pub unsafe fn apply(&self, x: &[f32], out: *mut f32, dim: usize) {
         layer_norm_rows(
             x,
             out,
@@ -77,26 +80,27 @@ impl LayerNormHost {
     }
 }
 
-/// Burn's [`LayerNorm`](burn::nn::LayerNorm) (epsilon `eps`) over the last dimension of `x`.
-/// Only call when [`enabled`].
-pub(crate) fn layer_norm<const D: usize>(
-    norm: &burn::nn::LayerNorm,
-    eps: f64,
-    x: Tensor<D>,
-) -> Tensor<D> {
+/// LayerNorm `norm` over the last dimension of `x` (Burn's `LayerNorm`). Only call when
+/// [`enabled`](crate::enabled).
+pub fn layer_norm<const D: usize>(norm: &LayerNormHost, x: Tensor<D>) -> Tensor<D> {
     let dims = x.dims();
     let device = x.device();
     let dim = dims[D - 1];
-    let p = LayerNormHost::new(norm, eps);
     let xd = host(x);
     let xs = f32s(&xd);
     let rows = xs.len() / dim;
-    let out = filled(xs.len(), |ptr| {
-        let ptr = SharedOut(ptr);
-        parallel(rows, 10 * xs.len(), |r| {
-            p.apply(&xs[r.start * dim..r.end * dim], ptr.at(r.start * dim), dim);
-        });
-    });
+    let out = {
+        let fill = |ptr| {
+            let ptr = SharedOut(ptr);
+            parallel(rows, 10 * xs.len(), |r| {
+                // SAFETY: the rows `r` of the output (as many values as these input rows) belong
+                // to this work item.
+                unsafe { norm.apply(&xs[r.start * dim..r.end * dim], ptr.at(r.start * dim), dim) };
+            });
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { filled(xs.len(), fill) }
+    };
     tensor(TensorData::new(out, dims), &device)
 }
 
@@ -206,12 +210,33 @@ pub(crate) fn group_norm_inplace(x: &mut [f32], args: &GroupNormArgs<'_>) {
     });
 }
 
-/// Burn's [`GroupNorm`](burn::nn::GroupNorm) on `x` (`[N, C, …]`), optionally followed by SiLU,
+/// Host copies of a GroupNorm's parameters: `groups` groups of channels, optional affine
+/// `gamma`, `beta` (`[C]`) and epsilon `eps`.
+pub struct GroupNormHost {
+    gamma: Option<Host>,
+    beta: Option<Host>,
+    groups: usize,
+    eps: f64,
+}
+
+impl GroupNormHost {
+    /// `gamma`, `beta`: `[C]` (none: no affine transform); `groups` divides `C`.
+    pub fn new(gamma: Option<Tensor<1>>, beta: Option<Tensor<1>>, groups: usize, eps: f64) -> Self {
+        Self {
+            gamma: gamma.map(host),
+            beta: beta.map(host),
+            groups,
+            eps,
+        }
+    }
+}
+
+/// GroupNorm `norm` on `x` (`[N, C, …]`, as Burn's `GroupNorm`), optionally followed by SiLU,
 /// with the statistics of each group pooled over `frames` consecutive items (1 = plain
 /// GroupNorm; `F` = diffusers' GroupNorm on the `[B, C, F, H, W]` view of frames folded into
-/// the batch). Only call when [`enabled`].
-pub(crate) fn group_norm<const D: usize>(
-    norm: &burn::nn::GroupNorm,
+/// the batch). Only call when [`enabled`](crate::enabled).
+pub fn group_norm<const D: usize>(
+    norm: &GroupNormHost,
     x: Tensor<D>,
     frames: usize,
     silu: bool,
@@ -220,8 +245,6 @@ pub(crate) fn group_norm<const D: usize>(
     let device = x.device();
     let (n, channels) = (dims[0], dims[1]);
     let spatial = dims[2..].iter().product();
-    let gamma = norm.gamma.as_ref().map(|g| host(g.val()));
-    let beta = norm.beta.as_ref().map(|b| host(b.val()));
     let mut data = host(x);
     group_norm_inplace(
         f32s_mut(&mut data),
@@ -230,10 +253,10 @@ pub(crate) fn group_norm<const D: usize>(
             frames,
             channels,
             spatial,
-            groups: norm.num_groups,
-            gamma: gamma.as_ref().map(f32s),
-            beta: beta.as_ref().map(f32s),
-            eps: norm.epsilon,
+            groups: norm.groups,
+            gamma: norm.gamma.as_ref().map(f32s),
+            beta: norm.beta.as_ref().map(f32s),
+            eps: norm.eps,
             silu,
         },
     );

@@ -59,22 +59,26 @@ impl Winograd {
         assert_eq!(weight.len(), cout * cin * 9, "3×3 filter bank");
         const CHUNK: usize = 512;
         let filters = cout * cin;
-        let u = super::filled(16 * filters, |ptr| {
-            let u = super::SharedOut(ptr);
-            let chunks = filters.div_ceil(CHUNK);
-            super::parallel(chunks, 50 * filters, |range| {
-                let mut taps = vec![0.0; 21 * CHUNK];
-                for chunk in range {
-                    let first = chunk * CHUNK;
-                    let len = CHUNK.min(filters - first);
-                    // SAFETY: chunk `chunk` owns elements first..first + len of every U[e].
-                    let planes: [&mut [f32]; 16] = std::array::from_fn(|e| unsafe {
-                        std::slice::from_raw_parts_mut(u.at(e * filters + first), len)
-                    });
-                    filter_transform(&weight[9 * first..9 * (first + len)], &mut taps, planes);
-                }
-            });
-        });
+        let u = {
+            let fill = |ptr| {
+                let u = super::SharedOut(ptr);
+                let chunks = filters.div_ceil(CHUNK);
+                super::parallel(chunks, 50 * filters, |range| {
+                    let mut taps = vec![0.0; 21 * CHUNK];
+                    for chunk in range {
+                        let first = chunk * CHUNK;
+                        let len = CHUNK.min(filters - first);
+                        // SAFETY: chunk `chunk` owns elements first..first + len of every U[e].
+                        let planes: [&mut [f32]; 16] = std::array::from_fn(|e| unsafe {
+                            std::slice::from_raw_parts_mut(u.at(e * filters + first), len)
+                        });
+                        filter_transform(&weight[9 * first..9 * (first + len)], &mut taps, planes);
+                    }
+                });
+            };
+            // SAFETY: `fill` writes every element of the buffer.
+            unsafe { super::filled(16 * filters, fill) }
+        };
         Self {
             u,
             cout,

@@ -3,7 +3,7 @@
 //!
 //! Why: flex evaluates these as chains of single-threaded scalar element-wise ops (libm `expf`
 //! / `erff`), each allocating a fresh activation-sized buffer. Here they are branch-free
-//! polynomials that vectorise: `exp` from [`simd`](super::simd) and `erf` in the
+//! polynomials that vectorise: `exp` from the crate's SIMD module and `erf` in the
 //! Abramowitz–Stegun 7.1.26 form (|error| ≤ 1.5e-7), so results agree with the Burn path to
 //! float rounding.
 
@@ -44,7 +44,11 @@ fn geglu_rows_impl<const W: usize, const FMA: bool>(h: &[f32], out: &mut [f32], 
         }
     }
 }
-dispatch!(pub(crate) fn geglu_rows(h: &[f32], out: &mut [f32], hidden: usize) => geglu_rows_impl);
+dispatch!(
+    /// The GEGLU gate: `out[r] = value · gelu(gate)` for every row `r` of `h`
+    /// (`[rows, 2·hidden]`, each row `[value | gate]`) into `out` (`[rows, hidden]`).
+    pub fn geglu_rows(h: &[f32], out: &mut [f32], hidden: usize) => geglu_rows_impl
+);
 
 #[cfg(test)]
 mod tests {

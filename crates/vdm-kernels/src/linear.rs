@@ -1,6 +1,6 @@
 //! GEMM (the `gemm` crate flex itself uses) and the linear layers built on it: strided
-//! matrix views ([`Mat`], [`MatMut`]), [`gemm_into`], host copies of a Burn `Linear`
-//! ([`LinearHost`]) applied with a residual or bias as the output's starting values
+//! matrix views ([`Mat`], [`MatMut`]), [`gemm_into`], host copies of a linear layer's weight
+//! and bias ([`LinearHost`]) applied with a residual or bias as the output's starting values
 //! ([`InitRows`]), and the token projections of channels-first images
 //! ([`linear_from_channels_first`], [`linear_to_channels_first`]).
 //!
@@ -21,17 +21,23 @@ use super::threads::{SharedOut, parallel};
 
 /// A strided matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
-pub(crate) struct Mat {
+pub struct Mat {
+    /// Element `(0, 0)`.
     pub ptr: *const f32,
+    /// Row stride (elements).
     pub rs: isize,
+    /// Column stride (elements).
     pub cs: isize,
 }
 
-/// A strided mutable matrix.
+/// A strided mutable matrix: element `(i, j)` at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
-pub(crate) struct MatMut {
+pub struct MatMut {
+    /// Element `(0, 0)`.
     pub ptr: *mut f32,
+    /// Row stride (elements).
     pub rs: isize,
+    /// Column stride (elements).
     pub cs: isize,
 }
 
@@ -79,7 +85,7 @@ impl MatMut {
 /// Every view covers its matrix; `dst` is writable (and initialised when `accumulate`) and
 /// overlaps neither input nor other threads' outputs.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_into(
+pub unsafe fn gemm_into(
     m: usize,
     n: usize,
     k: usize,
@@ -123,20 +129,26 @@ pub(crate) unsafe fn gemm_into(
     }
 }
 
-/// Host copies of a Burn [`Linear`](burn::nn::Linear)'s weight `[d_in, d_out]` and bias.
-pub(crate) struct LinearHost {
+/// Host copies of a linear layer's weight `[d_in, d_out]` (Burn's `Linear` layout: `x · W`)
+/// and bias `[d_out]`.
+pub struct LinearHost {
+    /// The weight `[d_in, d_out]`, row-major.
     pub weight: Host,
+    /// The bias `[d_out]`, if any.
     pub bias: Option<Host>,
+    /// Input features.
     pub d_in: usize,
+    /// Output features.
     pub d_out: usize,
 }
 
 impl LinearHost {
-    pub fn new(lin: &burn::nn::Linear) -> Self {
-        let [d_in, d_out] = lin.weight.dims();
+    /// Host copies of `weight` `[d_in, d_out]` and `bias` `[d_out]`.
+    pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
+        let [d_in, d_out] = weight.dims();
         Self {
-            weight: host(lin.weight.val()),
-            bias: lin.bias.as_ref().map(|b| host(b.val())),
+            weight: host(weight),
+            bias: bias.map(host),
             d_in,
             d_out,
         }
@@ -226,7 +238,7 @@ impl LinearHost {
 /// The rows an output starts from ([`LinearHost::apply`]), each of contiguous values: row `i`
 /// at `ptr + (i / per_block)·block_stride + (i % per_block)·rs`.
 #[derive(Clone, Copy)]
-pub(crate) struct InitRows {
+pub struct InitRows {
     ptr: *const f32,
     rs: usize,
     per_block: usize,
@@ -271,43 +283,48 @@ impl InitRows {
 }
 
 /// Token projection of channels-first images: `x` `[N, C, S]` (S = H·W) is read as the
-/// tokens `[N, S, C]` of every pixel (no transposed copy), `→ [N, S, d_out]`.
-pub(crate) fn linear_from_channels_first(lin: &burn::nn::Linear, x: Tensor<4>) -> Tensor<3> {
+/// tokens `[N, S, C]` of every pixel (no transposed copy), `→ [N, S, d_out]`. Only call when
+/// [`enabled`](crate::enabled).
+pub fn linear_from_channels_first(wt: &LinearHost, x: Tensor<4>) -> Tensor<3> {
     let [n, c, h, w] = x.dims();
     let device = x.device();
     let s = h * w;
-    let wt = LinearHost::new(lin);
     debug_assert_eq!(c, wt.d_in);
     let xd = host(x);
     let xs = f32s(&xd);
-    let out = filled(n * s * wt.d_out, |ptr| {
-        let out = SharedOut(ptr);
-        parallel(n, 2 * n * s * c * wt.d_out, |items| {
-            for i in items {
-                // SAFETY: item i reads its own image and writes its own S rows.
-                unsafe {
-                    wt.apply(
-                        s,
-                        Mat {
-                            ptr: xs.as_ptr().add(i * c * s),
-                            rs: 1,
-                            cs: s as isize,
-                        },
-                        MatMut::rows(out.at(i * s * wt.d_out), wt.d_out),
-                        None,
-                        1,
-                    )
+    let out = {
+        let fill = |ptr| {
+            let out = SharedOut(ptr);
+            parallel(n, 2 * n * s * c * wt.d_out, |items| {
+                for i in items {
+                    // SAFETY: item i reads its own image and writes its own S rows.
+                    unsafe {
+                        wt.apply(
+                            s,
+                            Mat {
+                                ptr: xs.as_ptr().add(i * c * s),
+                                rs: 1,
+                                cs: s as isize,
+                            },
+                            MatMut::rows(out.at(i * s * wt.d_out), wt.d_out),
+                            None,
+                            1,
+                        )
+                    }
                 }
-            }
-        });
-    });
+            });
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { filled(n * s * wt.d_out, fill) }
+    };
     tensor(TensorData::new(out, [n, s, wt.d_out]), &device)
 }
 
 /// `residual + proj(tokens)` back in the channels-first layout: `tokens` `[N, S, d_in]`,
-/// `residual` `[N, d_out, H, W]` with `S = H·W` (no transposed copy).
-pub(crate) fn linear_to_channels_first(
-    lin: &burn::nn::Linear,
+/// `residual` `[N, d_out, H, W]` with `S = H·W` (no transposed copy). Only call when
+/// [`enabled`](crate::enabled).
+pub fn linear_to_channels_first(
+    wt: &LinearHost,
     tokens: Tensor<3>,
     residual: Tensor<4>,
 ) -> Tensor<4> {
@@ -315,44 +332,47 @@ pub(crate) fn linear_to_channels_first(
     let [n, c, h, w] = dims;
     let device = residual.device();
     let s = h * w;
-    let wt = LinearHost::new(lin);
     let td = host(tokens);
     let ts = f32s(&td);
     let rd = host(residual);
     let rs = f32s(&rd);
     let bias = wt.bias.as_ref().map(f32s);
-    let out = filled(n * c * s, |ptr| {
-        let out = SharedOut(ptr);
-        parallel(n, 2 * n * s * c * wt.d_in, |items| {
-            for i in items {
-                // SAFETY: item i writes its own image (initialised first, then accumulated).
-                unsafe {
-                    let o = std::slice::from_raw_parts_mut(out.at(i * c * s), c * s);
-                    o.copy_from_slice(&rs[i * c * s..(i + 1) * c * s]);
-                    if let Some(b) = bias {
-                        for (row, &b) in o.chunks_exact_mut(s).zip(b) {
-                            for v in row {
-                                *v += b;
+    let out = {
+        let fill = |ptr| {
+            let out = SharedOut(ptr);
+            parallel(n, 2 * n * s * c * wt.d_in, |items| {
+                for i in items {
+                    // SAFETY: item i writes its own image (initialised first, then accumulated).
+                    unsafe {
+                        let o = std::slice::from_raw_parts_mut(out.at(i * c * s), c * s);
+                        o.copy_from_slice(&rs[i * c * s..(i + 1) * c * s]);
+                        if let Some(b) = bias {
+                            for (row, &b) in o.chunks_exact_mut(s).zip(b) {
+                                for v in row {
+                                    *v += b;
+                                }
                             }
                         }
+                        gemm_into(
+                            s,
+                            c,
+                            wt.d_in,
+                            MatMut {
+                                ptr: o.as_mut_ptr(),
+                                rs: 1,
+                                cs: s as isize,
+                            },
+                            true,
+                            Mat::rows(&ts[i * s * wt.d_in..(i + 1) * s * wt.d_in], wt.d_in),
+                            wt.w(),
+                            1,
+                        );
                     }
-                    gemm_into(
-                        s,
-                        c,
-                        wt.d_in,
-                        MatMut {
-                            ptr: o.as_mut_ptr(),
-                            rs: 1,
-                            cs: s as isize,
-                        },
-                        true,
-                        Mat::rows(&ts[i * s * wt.d_in..(i + 1) * s * wt.d_in], wt.d_in),
-                        wt.w(),
-                        1,
-                    );
                 }
-            }
-        });
-    });
+            });
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { filled(n * c * s, fill) }
+    };
     tensor(TensorData::new(out, dims), &device)
 }

@@ -1,6 +1,7 @@
-//! Convolutions: host copies of a Burn `Conv2d` ([`ConvHost`]) run as im2col per image into
-//! a per-thread buffer + GEMM written in place, or in the Winograd `F(2×2, 3×3)` form
-//! ([`winograd`]) for 3×3, stride-1, padding-1 convolutions ([`conv2d`]); the frame-shift sum
+//! Convolutions: host copies of a 2-D convolution's weight and bias ([`ConvHost`]) run as
+//! im2col per image into a per-thread buffer + GEMM written in place, or in the Winograd
+//! `F(2×2, 3×3)` form (`conv/winograd.rs`) for 3×3, stride-1, padding-1 convolutions
+//! ([`conv2d`]); the frame-shift sum
 //! of ModelScope's temporal convolution ([`temporal_conv`]); and the per-thread buffers the
 //! kernels keep between calls ([`Scratch`], [`with_scratch`]; the feed-forward uses them too).
 //!
@@ -12,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::host::{Host, f32s, filled, host, tensor};
 use super::linear::{Mat, MatMut, gemm_into};
-use super::norm::group_norm;
+use super::norm::{GroupNormHost, group_norm};
 use super::threads::{SharedOut, gemm_threads, parallel, threads};
 
 mod winograd;
@@ -21,12 +22,14 @@ mod winograd;
 // Convolutions: im2col per image into a per-thread buffer + GEMM, written in place.
 // ---------------------------------------------------------------------------------------------
 
-/// Host copy of a Burn [`Conv2d`](burn::nn::conv::Conv2d) with groups 1, dilation 1 and
+/// Host copy of a 2-D convolution (Burn's `Conv2d` layout) with groups 1, dilation 1 and
 /// symmetric padding (what the UNets use).
-pub(crate) struct ConvHost {
+pub struct ConvHost {
     weight: Host,
-    pub(crate) bias: Option<Host>,
-    pub(crate) cout: usize,
+    /// The bias `[cout]`, if any.
+    pub bias: Option<Host>,
+    /// Output channels.
+    pub cout: usize,
     cin: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
@@ -37,16 +40,16 @@ pub(crate) struct ConvHost {
 
 /// Per-thread buffers of the kernels, kept between calls (see [`with_scratch`]).
 #[derive(Default)]
-pub(crate) struct Scratch {
+pub struct Scratch {
     /// im2col columns.
     cols: Vec<f32>,
     winograd: winograd::Scratch,
     /// Feed-forward blocks: normed input, GEGLU input, GEGLU output.
-    pub(crate) ff: [Vec<f32>; 3],
+    pub ff: [Vec<f32>; 3],
 }
 
 /// The first `len` values of `buf`, grown (never shrunk) as needed.
-pub(crate) fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
@@ -61,7 +64,7 @@ thread_local! {
 
 /// `f` with this thread's [`Scratch`] (fresh buffers when a nested job on this thread holds
 /// them).
-pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
             let r = f(&mut scratch);
@@ -92,27 +95,20 @@ impl Scratch {
     }
 }
 
-/// The symmetric padding of a convolution these kernels cover (groups 1, dilation 1).
-fn conv_padding(conv: &burn::nn::conv::Conv2d) -> Option<[usize; 2]> {
-    use burn::nn::PaddingConfig2d;
-    if conv.groups != 1 || conv.dilation != [1, 1] {
-        return None;
-    }
-    match conv.padding {
-        PaddingConfig2d::Valid => Some([0, 0]),
-        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => Some([t, l]),
-        _ => None,
-    }
-}
-
-/// Output size of `conv` on `[N, C, H, W]` if these kernels cover it (and `C` matches).
-pub(crate) fn conv2d_output(conv: &burn::nn::conv::Conv2d, dims: [usize; 4]) -> Option<[usize; 2]> {
-    let pad = conv_padding(conv)?;
-    let [_, cin, kh, kw] = conv.weight.dims();
+/// Output size on `[N, C, H, W]` of a convolution (groups 1, dilation 1) with weight dims
+/// `[C_out, C_in, kh, kw]`, `stride` and symmetric padding `pad` (rows, columns), if these
+/// kernels cover it (and `C` matches).
+pub fn conv2d_output(
+    weight: [usize; 4],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    dims: [usize; 4],
+) -> Option<[usize; 2]> {
+    let [_, cin, kh, kw] = weight;
     if dims[1] != cin || dims.contains(&0) {
         return None;
     }
-    out_size([dims[2], dims[3]], [kh, kw], conv.stride, pad)
+    out_size([dims[2], dims[3]], [kh, kw], stride, pad)
 }
 
 fn out_size(
@@ -129,20 +125,26 @@ fn out_size(
 }
 
 impl ConvHost {
-    /// Host copy of `conv` (check [`conv2d_output`] first).
-    pub fn new(conv: &burn::nn::conv::Conv2d) -> Self {
-        let [cout, cin, kh, kw] = conv.weight.dims();
-        let weight = host(conv.weight.val());
-        let pad = conv_padding(conv).expect("checked by conv2d_output");
-        let winograd = ([kh, kw] == [3, 3] && conv.stride == [1, 1] && pad == [1, 1])
+    /// Host copy of the convolution with `weight` `[C_out, C_in, kh, kw]`, `bias` `[C_out]`,
+    /// `stride` and symmetric padding `pad` (rows, columns); groups 1, dilation 1 (check
+    /// [`conv2d_output`] first).
+    pub fn new(
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> Self {
+        let [cout, cin, kh, kw] = weight.dims();
+        let weight = host(weight);
+        let winograd = ([kh, kw] == [3, 3] && stride == [1, 1] && pad == [1, 1])
             .then(|| winograd::Winograd::new(f32s(&weight), cout, cin));
         Self {
             weight,
-            bias: conv.bias.as_ref().map(|b| host(b.val())),
+            bias: bias.map(host),
             cout,
             cin,
             kernel: [kh, kw],
-            stride: conv.stride,
+            stride,
             pad,
             winograd,
         }
@@ -150,7 +152,7 @@ impl ConvHost {
 
     /// Images per [`accumulate_images`](Self::accumulate_images) call for `n` images of
     /// `h × w`: several for the Winograd form (wider GEMMs), else one.
-    pub(crate) fn images_per_call(&self, n: usize, hw: [usize; 2]) -> usize {
+    pub fn images_per_call(&self, n: usize, hw: [usize; 2]) -> usize {
         match self.winograd {
             Some(_) => winograd::Winograd::images_per_call(n, hw, threads()),
             None => 1,
@@ -162,7 +164,7 @@ impl ConvHost {
     ///
     /// # Safety
     /// `out` holds `imgs·cout·oh·ow` initialised values owned by the calling thread.
-    pub(crate) unsafe fn accumulate_images(
+    pub unsafe fn accumulate_images(
         &self,
         x: &[f32],
         imgs: usize,
@@ -282,7 +284,7 @@ impl ConvHost {
     }
 
     /// `out[o, ·] = bias[o]` (+ `extra[o]`) for one image.
-    pub(crate) fn init_bias(&self, out: &mut [f32], extra: Option<&[f32]>) {
+    pub fn init_bias(&self, out: &mut [f32], extra: Option<&[f32]>) {
         let bias = self.bias.as_ref().map(f32s);
         for (o, row) in out.chunks_exact_mut(out.len() / self.cout).enumerate() {
             row.fill(bias.map_or(0.0, |b| b[o]) + extra.map_or(0.0, |e| e[o]));
@@ -291,7 +293,7 @@ impl ConvHost {
 }
 
 /// Adds `bias[c]` to every row `c` of `[C, S]`.
-pub(crate) fn add_channel_bias(out: &mut [f32], bias: &[f32]) {
+pub fn add_channel_bias(out: &mut [f32], bias: &[f32]) {
     let s = out.len() / bias.len();
     for (row, &b) in out.chunks_exact_mut(s).zip(bias) {
         for v in row {
@@ -300,11 +302,10 @@ pub(crate) fn add_channel_bias(out: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Burn's `Conv2d` on `x` `[N, C, H, W]`, one image per work item. Only call when
-/// [`enabled`] and [`conv2d_output`] is `Some`.
-pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// The convolution `cv` (as Burn's `Conv2d`) on `x` `[N, C, H, W]`, one image per work item.
+/// Only call when [`enabled`](crate::enabled) and [`conv2d_output`] is `Some`.
+pub fn conv2d(cv: &ConvHost, x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
-    let cv = ConvHost::new(conv);
     let [oh, ow] = cv.out_size(h, w).expect("checked by conv2d_output");
     let device = x.device();
     let xd = host(x);
@@ -314,48 +315,60 @@ pub(crate) fn conv2d(conv: &burn::nn::conv::Conv2d, x: Tensor<4>) -> Tensor<4> {
     let calls = n.div_ceil(per_call);
     let gemm_threads = gemm_threads(calls);
     let cost = 2 * n * per_out * c * cv.kernel[0] * cv.kernel[1];
-    let out = filled(n * per_out, |ptr| {
-        let out = SharedOut(ptr);
-        parallel(calls, cost, |items| {
-            with_scratch(|scratch| {
-                for call in items {
-                    let images = call * per_call..((call + 1) * per_call).min(n);
-                    let imgs = images.len();
-                    // SAFETY: these images own their output block.
-                    unsafe {
-                        let o = std::slice::from_raw_parts_mut(
-                            out.at(images.start * per_out),
-                            imgs * per_out,
-                        );
-                        for image in o.chunks_exact_mut(per_out) {
-                            cv.init_bias(image, None);
+    let out = {
+        let fill = |ptr| {
+            let out = SharedOut(ptr);
+            parallel(calls, cost, |items| {
+                with_scratch(|scratch| {
+                    for call in items {
+                        let images = call * per_call..((call + 1) * per_call).min(n);
+                        let imgs = images.len();
+                        // SAFETY: these images own their output block.
+                        unsafe {
+                            let o = std::slice::from_raw_parts_mut(
+                                out.at(images.start * per_out),
+                                imgs * per_out,
+                            );
+                            for image in o.chunks_exact_mut(per_out) {
+                                cv.init_bias(image, None);
+                            }
+                            cv.accumulate_images(
+                                &xs[images.start * c * h * w..images.end * c * h * w],
+                                imgs,
+                                [h, w],
+                                o.as_mut_ptr(),
+                                scratch,
+                                gemm_threads,
+                            );
                         }
-                        cv.accumulate_images(
-                            &xs[images.start * c * h * w..images.end * c * h * w],
-                            imgs,
-                            [h, w],
-                            o.as_mut_ptr(),
-                            scratch,
-                            gemm_threads,
-                        );
                     }
-                }
-            })
-        });
-    });
+                })
+            });
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { filled(n * per_out, fill) }
+    };
     tensor(TensorData::new(out, [n, cv.cout, oh, ow]), &device)
+}
+
+/// One stage of [`temporal_conv`]: GroupNorm across the frames of a video + SiLU, then a
+/// `(3, 1, 1)` convolution over frames with zero padding.
+pub struct TemporalConvStage {
+    /// The GroupNorm (its statistics pool the frames of each video).
+    pub norm: GroupNormHost,
+    /// The convolution's weight `[C, C, 3, 1, 1]`.
+    pub weight: Tensor<5>,
+    /// The convolution's bias `[C]`, if any.
+    pub bias: Option<Tensor<1>>,
 }
 
 /// ModelScope's `TemporalConvLayer` on frames folded into the batch (`x` `[B·F, C, H, W]`):
 /// four stages of GroupNorm across the frames of a video + SiLU + a `(3, 1, 1)` convolution
 /// over frames with zero padding, plus the input. Each stage's output frame is
 /// `bias + W₁·a[f] + W₀·a[f−1] + W₂·a[f+1]` (`W_k` read in place from the `[C, C, 3, 1, 1]`
-/// weight), accumulated by GEMM straight into the output. Only call when [`enabled`].
-pub(crate) fn temporal_conv(
-    stages: [(&burn::nn::GroupNorm, &burn::nn::conv::Conv3d); 4],
-    x: Tensor<4>,
-    frames: usize,
-) -> Tensor<4> {
+/// weight), accumulated by GEMM straight into the output. Only call when
+/// [`enabled`](crate::enabled).
+pub fn temporal_conv(stages: [TemporalConvStage; 4], x: Tensor<4>, frames: usize) -> Tensor<4> {
     let dims = x.dims();
     let [n, c, h, w] = dims;
     let s = h * w;
@@ -363,57 +376,61 @@ pub(crate) fn temporal_conv(
     let xd = host(x.clone());
     let mut hidden = x;
     let gemm_threads = gemm_threads(n);
-    for (i, (norm, conv)) in stages.into_iter().enumerate() {
-        let ad = host(group_norm(norm, hidden, frames, true));
+    for (i, stage) in stages.into_iter().enumerate() {
+        let ad = host(group_norm(&stage.norm, hidden, frames, true));
         let a = f32s(&ad);
-        let wd = host(conv.weight.val());
+        let wd = host(stage.weight);
         let ws = f32s(&wd);
-        let bias = conv.bias.as_ref().map(|b| host(b.val()));
+        let bias = stage.bias.map(host);
         let last = i == 3;
-        let out = filled(n * c * s, |ptr| {
-            let out = SharedOut(ptr);
-            parallel(n, 6 * n * c * c * s, |items| {
-                for item in items {
-                    let f = item % frames;
-                    // SAFETY: frame `item` owns its output block; W_k is the strided view of
-                    // taps k of the weight [C_out, C_in, 3].
-                    unsafe {
-                        let o = std::slice::from_raw_parts_mut(out.at(item * c * s), c * s);
-                        if last {
-                            o.copy_from_slice(&f32s(&xd)[item * c * s..(item + 1) * c * s]);
-                        } else {
-                            o.fill(0.0);
-                        }
-                        if let Some(b) = bias.as_ref().map(f32s) {
-                            add_channel_bias(o, b);
-                        }
-                        for k in 0..3 {
-                            let src = match k {
-                                0 if f == 0 => continue,
-                                0 => item - 1,
-                                1 => item,
-                                _ if f + 1 == frames => continue,
-                                _ => item + 1,
-                            };
-                            gemm_into(
-                                c,
-                                s,
-                                c,
-                                MatMut::rows(o.as_mut_ptr(), s),
-                                true,
-                                Mat {
-                                    ptr: ws.as_ptr().add(k),
-                                    rs: 3 * c as isize,
-                                    cs: 3,
-                                },
-                                Mat::rows(&a[src * c * s..(src + 1) * c * s], s),
-                                gemm_threads,
-                            );
+        let out = {
+            let fill = |ptr| {
+                let out = SharedOut(ptr);
+                parallel(n, 6 * n * c * c * s, |items| {
+                    for item in items {
+                        let f = item % frames;
+                        // SAFETY: frame `item` owns its output block; W_k is the strided view of
+                        // taps k of the weight [C_out, C_in, 3].
+                        unsafe {
+                            let o = std::slice::from_raw_parts_mut(out.at(item * c * s), c * s);
+                            if last {
+                                o.copy_from_slice(&f32s(&xd)[item * c * s..(item + 1) * c * s]);
+                            } else {
+                                o.fill(0.0);
+                            }
+                            if let Some(b) = bias.as_ref().map(f32s) {
+                                add_channel_bias(o, b);
+                            }
+                            for k in 0..3 {
+                                let src = match k {
+                                    0 if f == 0 => continue,
+                                    0 => item - 1,
+                                    1 => item,
+                                    _ if f + 1 == frames => continue,
+                                    _ => item + 1,
+                                };
+                                gemm_into(
+                                    c,
+                                    s,
+                                    c,
+                                    MatMut::rows(o.as_mut_ptr(), s),
+                                    true,
+                                    Mat {
+                                        ptr: ws.as_ptr().add(k),
+                                        rs: 3 * c as isize,
+                                        cs: 3,
+                                    },
+                                    Mat::rows(&a[src * c * s..(src + 1) * c * s], s),
+                                    gemm_threads,
+                                );
+                            }
                         }
                     }
-                }
-            });
-        });
+                });
+            };
+            // SAFETY: `fill` writes every element of the buffer.
+            unsafe { filled(n * c * s, fill) }
+        };
         hidden = tensor(TensorData::new(out, dims), &device);
     }
     hidden

@@ -1,8 +1,24 @@
-//! FreeNoise's window gather and weighted accumulation on the host, for the flex (CPU)
-//! backend ([`vdm_core::host::cpu_kernels`]): one pass over a window each, in parallel over
-//! the tokens, where the tensor-op path takes several strided copies per window (select,
-//! scale, slice, add, slice-assign). Per frame, the windows are added in the same order as on
-//! the tensor-op path, so both are deterministic.
+//! Frame gather / weighted accumulation over `[tokens, frames, channels]` ([`gather`],
+//! [`accumulate`]): the window gather and weighted fusion of FreeNoise (vdm-longvideo) on the
+//! host, for the flex (CPU) backend ([`enabled`](crate::enabled)).
+//!
+//! Why: one pass over a window each, in parallel over the tokens, where the tensor-op path
+//! takes several strided copies per window (select, scale, slice, add, slice-assign). Per
+//! frame, the windows are added in the order of the calls, as on the tensor-op path, so both
+//! are deterministic.
+//!
+//! ```
+//! use vdm_kernels::frames::{accumulate, gather};
+//!
+//! // Two tokens, three frames, one channel: cut out frames 2 and 0 of every token ...
+//! let x = [0.0, 1.0, 2.0, 10.0, 11.0, 12.0];
+//! let window = gather(&x, [2, 3, 1], &[2, 0], None);
+//! assert_eq!(window, [2.0, 0.0, 12.0, 10.0]);
+//! // ... and add them back with weights 0.5 and 1.
+//! let mut acc = vec![0.0; 6];
+//! accumulate(&mut acc, [2, 3, 1], &window, &[2, 0], &[0.5, 1.0]);
+//! assert_eq!(acc, [0.0, 0.0, 1.0, 10.0, 0.0, 6.0]);
+//! ```
 
 use std::mem::MaybeUninit;
 
@@ -33,13 +49,9 @@ fn per_token<D: Send, S: Sync>(
 
 /// Rows `frames` (along dim 1) of every token of `x` `[n, f, c]`: `[n, frames.len(), c]`,
 /// plus `rows[s mod L]` (`[L, c]`) at stacked position `s` when given.
-pub(super) fn gather(
-    x: &[f32],
-    [n, f, c]: [usize; 3],
-    frames: &[i64],
-    rows: Option<&[f32]>,
-) -> Vec<f32> {
-    debug_assert_eq!(x.len(), n * f * c);
+pub fn gather(x: &[f32], [n, f, c]: [usize; 3], frames: &[i64], rows: Option<&[f32]>) -> Vec<f32> {
+    // Checked in release builds too: every output row is written from a row of `x`.
+    assert_eq!(x.len(), n * f * c, "x holds [n, f, c] values");
     let k = frames.len();
     if c == 0 || k == 0 {
         return vec![0.0; n * k * c];
@@ -72,7 +84,7 @@ pub(super) fn gather(
 
 /// `acc[t, frames[s], :] += weights[s] · y[t, s, :]` for every token `t` and stacked position
 /// `s` with a non-zero weight; `acc` is `[n, f, c]`, `y` `[n, frames.len(), c]`.
-pub(super) fn accumulate(
+pub fn accumulate(
     acc: &mut [f32],
     [n, f, c]: [usize; 3],
     y: &[f32],

@@ -5,7 +5,7 @@
 //! The general kernel puts the keys in the SIMD lanes: work items are chunks of queries of
 //! one (item, head), with register-blocked score and value micro-kernels over `Kᵀ` and `V`
 //! copied once per (item, head). Short sequences with small heads (the temporal attention of
-//! motion modules) go to [`query_lanes`], one lane per query.
+//! motion modules) go to `attention/query_lanes.rs`, one lane per query.
 //!
 //! Why: flex's attention packs small GEMM tiles per key block and runs the softmax as
 //! separate single-threaded element-wise ops; here one pass per query block computes scores,
@@ -26,10 +26,14 @@ mod query_lanes;
 /// `offset + n·batch_stride + i·row_stride + h·head_dim`, plus optional per-row terms added
 /// to every item (a window's positional terms, read as the kernels read the rows).
 #[derive(Clone, Copy)]
-pub(crate) struct HeadLayout<'a> {
+pub struct HeadLayout<'a> {
+    /// The projection's values.
     pub data: &'a [f32],
+    /// Values from one item to the next.
     pub batch_stride: usize,
+    /// Values from one row to the next.
     pub row_stride: usize,
+    /// Where head 0 of row 0 of item 0 starts.
     pub offset: usize,
     /// Terms added to row `i`: its heads side by side at `terms.0[i·terms.1 ..]`.
     pub terms: Option<(&'a [f32], usize)>,
@@ -102,12 +106,18 @@ impl<'a> HeadLayout<'a> {
 
 /// Shapes of an attention call.
 #[derive(Clone, Copy)]
-pub(crate) struct AttentionShape {
+pub struct AttentionShape {
+    /// Items.
     pub batch: usize,
+    /// Heads per item.
     pub heads: usize,
+    /// Queries per item.
     pub lq: usize,
+    /// Keys (and values) per item.
     pub lk: usize,
+    /// Values per head.
     pub head_dim: usize,
+    /// The scale of the scores (usually `1/√head_dim`).
     pub scale: f32,
 }
 
@@ -357,7 +367,8 @@ fn attention_items_impl<
                 *inv = 1.0 / total;
             }
             // O = P V, up to 3 vectors of output columns at a time.
-            let out0 = job.io.out.at((n * lq + i0) * inner + h * d);
+            // SAFETY: row i0 of head h of item n lies inside the output.
+            let out0 = unsafe { job.io.out.at((n * lq + i0) * inner + h * d) };
             let mut c0 = 0;
             while c0 < dp {
                 let left = (dp - c0) / W;
@@ -414,7 +425,7 @@ const ROWS: usize = 8;
 /// Multi-head softmax attention `softmax(scale · Q Kᵀ) V` for every item and head, reading
 /// the heads straight out of the projection outputs and writing `[batch, lq, heads·head_dim]`
 /// (heads merged, as the output projection wants them).
-pub(crate) fn attention(
+pub fn attention(
     q: HeadLayout<'_>,
     k: HeadLayout<'_>,
     v: HeadLayout<'_>,
