@@ -170,6 +170,13 @@ struct Args {
     #[arg(long)]
     chunk_frames: Option<usize>,
 
+    /// Skip the NaN / infinity checks of every model output, of the latents after every step
+    /// and of the decoded frames (on by default: a run that goes non-finite stops with an
+    /// error naming the step, the timestep and the component instead of writing a broken
+    /// video; each check costs one reduction and one host read).
+    #[arg(long)]
+    no_finite_checks: bool,
+
     /// Frames per second of the output.
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
@@ -434,7 +441,8 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         .guidance_scale(args.guidance())
         .seed(seed)
         .clip_skip(args.clip_skip)
-        .scheduler(args.scheduler.choice());
+        .scheduler(args.scheduler.choice())
+        .finite_checks(!args.no_finite_checks);
     settings.height = args.height;
     settings.width = args.width;
     if !args.prompt_at.is_empty() {

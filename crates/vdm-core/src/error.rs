@@ -43,7 +43,10 @@ pub enum Error {
         actual: Vec<usize>,
     },
 
-    /// A computation would produce NaN or infinity; reported before it happens.
+    /// A computation would produce NaN or infinity: reported before it happens where it can be
+    /// foreseen (a scheduler dividing by zero), otherwise as soon as a check sees it (the
+    /// samplers' checks of model outputs and latents, the pipeline's of decoded frames; see
+    /// [`crate::finite`]), naming the step, timestep and component.
     #[error("non-finite value in {what}: {reason}")]
     NonFinite {
         /// The quantity that would be non-finite.

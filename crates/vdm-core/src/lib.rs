@@ -6,6 +6,7 @@
 //! - [`layout`]: the video tensor layout `[B, C, F, H, W]` (as in diffusers) and the reshapes
 //!   between it and the spatial (`[B·F, C, H, W]`) and temporal (`[B·H·W, F, C]`) views;
 //! - [`Error`]: one typed error that names the offending field, tensor or weight;
+//! - [`finite`]: the cheap NaN / infinity checks of the samplers and pipelines;
 //! - [`noise`]: seeded host-side noise that is identical on every backend, and injectable
 //!   recorded noise;
 //! - [`Denoiser`]: what a sampler needs from a model (per-item or per-frame timesteps,
@@ -34,6 +35,7 @@
 pub mod cross_frame;
 pub mod denoiser;
 pub mod error;
+pub mod finite;
 pub mod host;
 pub mod layout;
 pub mod noise;

@@ -30,7 +30,9 @@ use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
-use crate::sampler::{Control, Guidance, GuidedModel, Progress, Routing, check_request, report};
+use crate::sampler::{
+    At, Control, Guidance, GuidedModel, Progress, Routing, check_request, report,
+};
 
 /// How the windows' results are weighted frame by frame before averaging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -227,6 +229,7 @@ pub struct CoDenoisingSampler<'a> {
     plan: CoDenoising,
     guidance: Option<Guidance>,
     window_prompts: Option<Vec<Conditioning>>,
+    finite_checks: bool,
 }
 
 impl<'a> CoDenoisingSampler<'a> {
@@ -242,12 +245,22 @@ impl<'a> CoDenoisingSampler<'a> {
             plan,
             guidance: None,
             window_prompts: None,
+            finite_checks: true,
         }
     }
 
     /// Enables classifier-free guidance.
     pub fn with_guidance(mut self, guidance: Guidance) -> Self {
         self.guidance = Some(guidance);
+        self
+    }
+
+    /// Whether to check every model output and the latents after every step for NaN and
+    /// infinity, stopping with [`Error::NonFinite`] naming the step, the timestep and the
+    /// component (on by default; see [`LongVideoSampler`](crate::sampler::LongVideoSampler)).
+    /// Each check is one reduction over the tensor and one host read.
+    pub fn with_finite_checks(mut self, enabled: bool) -> Self {
+        self.finite_checks = enabled;
         self
     }
 
@@ -327,6 +340,7 @@ impl<'a> CoDenoisingSampler<'a> {
         let model = GuidedModel {
             denoiser: self.denoiser,
             guidance: guided.as_ref(),
+            finite_checks: self.finite_checks,
         };
         for (step, &t) in timesteps.iter().enumerate() {
             let mut fused = Tensor::<5>::zeros(shape.dims(), device);
@@ -336,7 +350,7 @@ impl<'a> CoDenoisingSampler<'a> {
                     .step(
                         schedulers[i].as_mut(),
                         x,
-                        t,
+                        At::new(step, timesteps.len(), t),
                         &per_window[i],
                         Routing::default(),
                         noise,
@@ -363,6 +377,7 @@ impl<'a> CoDenoisingSampler<'a> {
             report(
                 progress,
                 Progress::single_pass(step, timesteps.len(), t, &latents, None),
+                self.finite_checks,
             )?;
         }
         Ok(latents)
@@ -421,6 +436,39 @@ mod tests {
 
     fn host(t: &Tensor<5>) -> Vec<f32> {
         t.to_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// Two windows, two model calls per step: the fourth call's NaN is step 1's, named before
+    /// any fusion; with the checks off the run ends with NaN latents.
+    #[test]
+    fn a_nan_window_output_stops_co_denoising_at_its_step() {
+        use crate::sampler::BadAfter;
+        let device = Device::flex();
+        let shape = VideoShape::new([1, 2, 6, 2, 2]);
+        let model = BadAfter::new(3, f32::NAN);
+        let plan = CoDenoising::new(4, 2);
+        let mut s = CoDenoisingSampler::new(&model, from_config_json(DDIM).unwrap(), plan.clone());
+        let run = |s: &mut CoDenoisingSampler<'_>| {
+            s.sample(
+                shape,
+                Conditioning::None,
+                5,
+                &mut SeededNoise::new(7),
+                &device,
+                &mut |_| Control::Continue,
+            )
+        };
+        let e = run(&mut s).unwrap_err();
+        let t = s.scheduler.timesteps()[1];
+        assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+        let want = format!("non-finite value in the model output at step 1 of 5 (timestep {t})");
+        assert!(e.to_string().starts_with(&want), "{e}");
+
+        let model = BadAfter::new(3, f32::NAN);
+        let mut s = CoDenoisingSampler::new(&model, from_config_json(DDIM).unwrap(), plan)
+            .with_finite_checks(false);
+        let video = run(&mut s).unwrap();
+        assert!(host(&video).iter().any(|v| v.is_nan()));
     }
 
     fn direct(

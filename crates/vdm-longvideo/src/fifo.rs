@@ -46,8 +46,8 @@ use vdm_core::{
 use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
 
 use crate::sampler::{
-    Control, Guidance, MethodSampler, Progress, Routing, check_request, guided_prediction, report,
-    select_frames,
+    Control, Guidance, MethodSampler, Progress, Routing, check_model_output, check_request,
+    guided_prediction, report, select_frames,
 };
 
 /// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
@@ -238,6 +238,7 @@ impl FifoSampler<'_> {
             queue: None,
             iteration: 0,
             emitted: 0,
+            finite_checks: self.finite_checks,
         })
     }
 
@@ -284,6 +285,8 @@ pub struct FifoStream<'s> {
     iteration: usize,
     /// Frames handed to the caller.
     emitted: usize,
+    /// Whether model outputs and latents are checked for NaN and infinity.
+    finite_checks: bool,
 }
 
 impl FifoStream<'_> {
@@ -335,6 +338,7 @@ impl FifoStream<'_> {
                         latents: self.queue.as_ref().expect("set above"),
                         pred_original: Some(&frame),
                     },
+                    self.finite_checks,
                 )?;
                 return Ok(frame);
             }
@@ -366,6 +370,7 @@ impl FifoStream<'_> {
                     latents: &clip,
                     pred_original: None,
                 },
+                self.finite_checks,
             )?;
         }
         let fresh = draw(
@@ -446,14 +451,24 @@ impl FifoStream<'_> {
             }
             None => own,
         };
-        guided_prediction(
+        let output = guided_prediction(
             self.denoiser,
             x,
             timesteps,
             &conditioning,
             Routing::default(),
             self.guidance.as_ref(),
-        )
+        )?;
+        if self.finite_checks {
+            let (lo, hi) = frame_levels
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &l| {
+                    (lo.min(self.timesteps[l]), hi.max(self.timesteps[l]))
+                });
+            let at = format!("the per-frame timesteps {lo}..={hi} of a FIFO window");
+            check_model_output(true, &output, at)?;
+        }
+        Ok(output)
     }
 
     /// DDIM with `η` for every frame from its level to the level below (level 0: to `ᾱ = 1`).
@@ -591,6 +606,31 @@ mod tests {
             scale: 3.0,
             negative: Conditioning::Shared(Tensor::zeros([1, 1, 2], device)),
         }
+    }
+
+    /// A NaN model output in the warm-up stops the stream, naming the window's per-frame
+    /// timesteps.
+    #[test]
+    fn a_nan_model_output_stops_fifo() {
+        let device = Device::flex();
+        let model = crate::sampler::BadAfter::new(2, f32::NAN);
+        let sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), Fifo::new(2, 2));
+        let e = sampler
+            .sample(
+                VideoShape::new([1, 1, 3, 1, 1]),
+                Conditioning::None,
+                &mut SeededNoise::new(0),
+                &device,
+                &mut |_| Control::Continue,
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("non-finite value in the model output at the per-frame timesteps "),
+            "{msg}"
+        );
+        assert!(msg.contains("of a FIFO window"), "{msg}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ use vdm_schedulers::Scheduler;
 
 use crate::noise_prior::{Gaussian, InitialNoise};
 use crate::sampler::{
-    Control, GuidedModel, MethodSampler, Progress, Routing, check_request, report, select_frames,
+    At, Control, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    select_frames,
 };
 
 /// Every frame of a clip attends to the clip's first and last frames (the two keyframes of a
@@ -140,6 +141,7 @@ impl KeyframeSampler<'_> {
         let model = GuidedModel {
             denoiser: self.denoiser,
             guidance: guided.as_ref(),
+            finite_checks: self.finite_checks,
         };
         for (step, &t) in timesteps.iter().enumerate() {
             let mut next = latents.clone();
@@ -150,7 +152,14 @@ impl KeyframeSampler<'_> {
                     ..Routing::default()
                 };
                 let stepped = model
-                    .step(schedulers[i].as_mut(), x, t, &contexts[i], routing, noise)?
+                    .step(
+                        schedulers[i].as_mut(),
+                        x,
+                        At::new(step, timesteps.len(), t),
+                        &contexts[i],
+                        routing,
+                        noise,
+                    )?
                     .prev_sample;
                 for (j, &frame) in group.frames[group.stepped.clone()].iter().enumerate() {
                     let value = stepped.clone().narrow(2, group.stepped.start + j, 1);
@@ -162,6 +171,7 @@ impl KeyframeSampler<'_> {
             report(
                 progress,
                 Progress::single_pass(step, timesteps.len(), t, &latents, None),
+                self.finite_checks,
             )?;
         }
         Ok(latents)

@@ -32,8 +32,8 @@ use vdm_schedulers::Scheduler;
 use vdm_schedulers::prediction::{Scales, convert, to_x0_and_eps};
 
 use crate::sampler::{
-    Control, Guidance, Progress, Routing, check_request, guided_prediction, report,
-    require_variance_preserving, with_negative,
+    At, Control, Guidance, Progress, Routing, check_model_output, check_request, guided_prediction,
+    report, require_variance_preserving, with_negative,
 };
 
 /// The settings of autoregressive extension: windows of the model's length, each with
@@ -82,6 +82,7 @@ pub struct ExtensionSampler<'a> {
     /// `w_r` (0: the replacement method).
     weight: f64,
     guidance: Option<Guidance>,
+    finite_checks: bool,
 }
 
 impl<'a> ExtensionSampler<'a> {
@@ -93,12 +94,22 @@ impl<'a> ExtensionSampler<'a> {
             scheduler,
             weight,
             guidance: None,
+            finite_checks: true,
         }
     }
 
     /// Enables classifier-free guidance.
     pub fn with_guidance(mut self, guidance: Guidance) -> Self {
         self.guidance = Some(guidance);
+        self
+    }
+
+    /// Whether to check every model output and the latents after every step for NaN and
+    /// infinity, stopping with [`Error::NonFinite`] naming the step, the timestep and the
+    /// component (on by default; see [`LongVideoSampler`](crate::sampler::LongVideoSampler)).
+    /// Each check is one reduction over the tensor and one host read.
+    pub fn with_finite_checks(mut self, enabled: bool) -> Self {
+        self.finite_checks = enabled;
         self
     }
 
@@ -173,6 +184,8 @@ impl<'a> ExtensionSampler<'a> {
                     guided.as_ref(),
                 )?
             };
+            let at = At::new(step, timesteps.len(), t);
+            check_model_output(self.finite_checks, &output, at)?;
             let out = self.scheduler.step(output, t, z, noise)?;
             z = out.prev_sample;
             report(
@@ -184,6 +197,7 @@ impl<'a> ExtensionSampler<'a> {
                     &z,
                     out.pred_original_sample.as_ref(),
                 ),
+                self.finite_checks,
             )?;
         }
         if k == 0 {

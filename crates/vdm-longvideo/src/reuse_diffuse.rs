@@ -30,7 +30,7 @@ use vdm_core::{Conditioning, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::prediction::Scales;
 
 use crate::sampler::{
-    Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
     require_variance_preserving, with_negative,
 };
 
@@ -259,11 +259,12 @@ impl ReuseDiffuseSampler<'_> {
             let model = GuidedModel {
                 denoiser: self.denoiser,
                 guidance,
+                finite_checks: self.finite_checks,
             };
             let out = model.step(
                 self.scheduler.as_mut(),
                 z,
-                t,
+                At::new(step, timesteps.len(), t),
                 conditioning,
                 Routing::default(),
                 noise,
@@ -278,6 +279,7 @@ impl ReuseDiffuseSampler<'_> {
                     &z,
                     out.pred_original_sample.as_ref(),
                 ),
+                self.finite_checks,
             )?;
         }
         Ok(z)

@@ -4,7 +4,10 @@
 //! temporal layers (FreeNoise windows, ...), and an optional refinement loop around the whole
 //! sampling (FreeInit).
 
+use std::fmt;
+
 use burn::tensor::{Device, Tensor};
+use vdm_core::finite::ensure_all_finite;
 use vdm_core::{
     Conditioning, CrossFrameHook, Denoiser, DenoiserInput, Error, NoiseSource, Result,
     TemporalHook, Timesteps, VideoShape,
@@ -127,6 +130,13 @@ pub enum Control {
 
 /// A denoising loop assembled from interchangeable parts.
 ///
+/// By default the loop stops at the first NaN or infinity with [`Error::NonFinite`]: every
+/// model output is checked before the scheduler sees it ("the model output at step 3 of 25
+/// (timestep 879)"), and the latents after every step ("the latents after step 3 of 25
+/// (timestep 879)", then produced by the scheduler step, the model output being finite). Each
+/// check is one reduction and one host read; [`with_finite_checks`](Self::with_finite_checks)
+/// turns them off.
+///
 /// ```
 /// use burn::tensor::{Device, Tensor};
 /// use vdm_core::{Conditioning, Denoiser, DenoiserInput, PredictionType, Result, SeededNoise, VideoShape};
@@ -165,6 +175,7 @@ pub struct LongVideoSampler<'a> {
     refinement: Option<Box<dyn Refinement + 'a>>,
     guidance: Option<Guidance>,
     injection: Option<(Conditioning, MotionInjection)>,
+    finite_checks: bool,
 }
 
 impl<'a> LongVideoSampler<'a> {
@@ -181,7 +192,18 @@ impl<'a> LongVideoSampler<'a> {
             refinement: None,
             guidance: None,
             injection: None,
+            finite_checks: true,
         }
+    }
+
+    /// Whether to check every model output and the latents after every step for NaN and
+    /// infinity, stopping with [`Error::NonFinite`] naming the step, the timestep and the
+    /// component (on by default). Each check is one reduction over the tensor and one host
+    /// read (a few per cent of a step of a small model, negligible beside a real UNet; see
+    /// `docs/reliability.md`).
+    pub fn with_finite_checks(mut self, enabled: bool) -> Self {
+        self.finite_checks = enabled;
+        self
     }
 
     /// FreeNoise motion injection (multi-prompt): in the steps and blocks `schedule` selects,
@@ -298,6 +320,7 @@ impl<'a> LongVideoSampler<'a> {
             let model = GuidedModel {
                 denoiser: self.denoiser,
                 guidance: guided.as_ref(),
+                finite_checks: self.finite_checks,
             };
             for (step, &t) in timesteps.iter().enumerate() {
                 let routed = injection.as_ref().and_then(|(single, schedule)| {
@@ -317,7 +340,7 @@ impl<'a> LongVideoSampler<'a> {
                 let out = model.step(
                     self.scheduler.as_mut(),
                     latents,
-                    t,
+                    At::new(step, timesteps.len(), t),
                     &batched_conditioning,
                     routing,
                     noise,
@@ -351,6 +374,7 @@ impl<'a> LongVideoSampler<'a> {
                         latents: &latents,
                         pred_original: out.pred_original_sample.as_ref(),
                     },
+                    self.finite_checks,
                 )?;
             }
         }
@@ -412,6 +436,7 @@ pub struct MethodSampler<'a, P> {
     pub(crate) scheduler: Box<dyn Scheduler>,
     pub(crate) plan: P,
     pub(crate) guidance: Option<Guidance>,
+    pub(crate) finite_checks: bool,
 }
 
 impl<'a, P> MethodSampler<'a, P> {
@@ -423,12 +448,22 @@ impl<'a, P> MethodSampler<'a, P> {
             scheduler,
             plan,
             guidance: None,
+            finite_checks: true,
         }
     }
 
     /// Enables classifier-free guidance.
     pub fn with_guidance(mut self, guidance: Guidance) -> Self {
         self.guidance = Some(guidance);
+        self
+    }
+
+    /// Whether to check every model output and the latents after every step for NaN and
+    /// infinity, stopping with [`Error::NonFinite`] naming the step, the timestep and the
+    /// component (on by default; see [`LongVideoSampler`]). Each check is one reduction over
+    /// the tensor and one host read.
+    pub fn with_finite_checks(mut self, enabled: bool) -> Self {
+        self.finite_checks = enabled;
         self
     }
 
@@ -439,10 +474,32 @@ impl<'a, P> MethodSampler<'a, P> {
 }
 
 /// Hands `p` to `progress`; [`Error::Cancelled`] naming its step when `progress` cancels.
+/// With `finite_checks`, first [`Error::NonFinite`] naming the step when `p.latents` holds NaN
+/// or infinity (the model outputs of the step having been checked, the scheduler step or the
+/// method's own update produced them).
 pub(crate) fn report(
     progress: &mut dyn FnMut(Progress<'_>) -> Control,
     p: Progress<'_>,
+    finite_checks: bool,
 ) -> Result<()> {
+    if finite_checks {
+        ensure_all_finite(
+            p.latents,
+            || {
+                let pass = if p.iterations > 1 {
+                    format!(" in pass {} of {}", p.iteration, p.iterations)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "the latents after step {} of {}{pass} (timestep {})",
+                    p.step, p.num_steps, p.timestep
+                )
+            },
+            "the model output of this step was finite, so the scheduler step (or the \
+             method's own update of the latents) produced them",
+        )?;
+    }
     let step = p.step;
     match progress(p) {
         Control::Cancel => Err(Error::Cancelled { step }),
@@ -497,6 +554,53 @@ pub(crate) fn select_frames(
     }
 }
 
+/// Where a sampler is (for the finite checks' messages): step `step` (0-based, as
+/// [`Progress::step`]) of `num_steps`, at the shared timestep `timestep`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    pub step: usize,
+    pub num_steps: usize,
+    pub timestep: f64,
+}
+
+impl At {
+    pub fn new(step: usize, num_steps: usize, timestep: f64) -> Self {
+        Self {
+            step,
+            num_steps,
+            timestep,
+        }
+    }
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {} of {} (timestep {})",
+            self.step, self.num_steps, self.timestep
+        )
+    }
+}
+
+/// With `enabled`, [`Error::NonFinite`] naming "the model output at `at`" when `output` (a
+/// guided model output, before any scheduler step) holds NaN or infinity.
+pub(crate) fn check_model_output(
+    enabled: bool,
+    output: &Tensor<5>,
+    at: impl fmt::Display,
+) -> Result<()> {
+    if !enabled {
+        return Ok(());
+    }
+    ensure_all_finite(
+        output,
+        || format!("the model output at {at}"),
+        "the model (with classifier-free guidance) returned them before any scheduler step; \
+         check its weights, its dtype (f16 overflows above 65504) and the guidance scale",
+    )
+}
+
 /// A denoiser with its classifier-free guidance, as the samplers call it.
 #[derive(Clone, Copy)]
 pub(crate) struct GuidedModel<'a> {
@@ -504,20 +608,24 @@ pub(crate) struct GuidedModel<'a> {
     pub denoiser: &'a dyn Denoiser,
     /// Guidance, when it applies.
     pub guidance: Option<&'a Guidance>,
+    /// Whether to check the model output for NaN and infinity ([`check_model_output`]).
+    pub finite_checks: bool,
 }
 
 impl GuidedModel<'_> {
-    /// One scheduler step of `x` at the shared timestep `t`: the scheduler's input scaling,
-    /// the guided model output (with `routing`) and the scheduler's update.
+    /// One scheduler step of `x` at the shared timestep `at.timestep`: the scheduler's input
+    /// scaling, the guided model output (with `routing`; checked when `finite_checks`) and the
+    /// scheduler's update.
     pub fn step(
         &self,
         scheduler: &mut dyn Scheduler,
         x: Tensor<5>,
-        t: f64,
+        at: At,
         conditioning: &Conditioning,
         routing: Routing<'_>,
         noise: &mut dyn NoiseSource,
     ) -> Result<vdm_schedulers::StepOutput> {
+        let t = at.timestep;
         let input = scheduler.scale_model_input(x.clone(), t)?;
         let output = guided_prediction(
             self.denoiser,
@@ -527,6 +635,7 @@ impl GuidedModel<'_> {
             routing,
             self.guidance,
         )?;
+        check_model_output(self.finite_checks, &output, at)?;
         scheduler.step(output, t, x, noise)
     }
 }
@@ -588,6 +697,42 @@ pub(crate) fn guided_prediction(
             Ok(uncond.clone() + (cond - uncond).mul_scalar(g.scale as f32))
         }
         None => Ok(output),
+    }
+}
+
+/// A test model for the finite checks: `ε = 0.1·x`, except from its model call `bad_call` on
+/// (0-based) where every value is `bad_value` (NaN, or a finite value large enough to make
+/// the scheduler step overflow).
+#[cfg(test)]
+pub(crate) struct BadAfter {
+    pub bad_call: usize,
+    pub bad_value: f32,
+    pub calls: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(test)]
+impl BadAfter {
+    pub fn new(bad_call: usize, bad_value: f32) -> Self {
+        Self {
+            bad_call,
+            bad_value,
+            calls: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Denoiser for BadAfter {
+    fn prediction_type(&self) -> vdm_core::PredictionType {
+        vdm_core::PredictionType::Epsilon
+    }
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(if call >= self.bad_call {
+            input.latents.full_like(self.bad_value)
+        } else {
+            input.latents.mul_scalar(0.1)
+        })
     }
 }
 
@@ -944,6 +1089,67 @@ mod tests {
         .with_refinement(FreeInit::default());
         let e = run(&mut sampler, ctx(0.1), 5).unwrap_err().to_string();
         assert!(e.contains("timestep_spacing"), "{e}");
+    }
+
+    /// A NaN model output stops the loop at its step, naming the step and the timestep, before
+    /// the scheduler sees it; with the checks off the same run returns NaN latents.
+    #[test]
+    fn a_nan_model_output_is_named_with_its_step_and_timestep() {
+        let model = BadAfter::new(3, f32::NAN);
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap());
+        let mut reported = Vec::new();
+        let e = sampler
+            .sample(
+                VideoShape::new([1, 2, 3, 2, 2]),
+                Conditioning::None,
+                10,
+                &mut SeededNoise::new(1),
+                &Device::flex(),
+                &mut |p| {
+                    reported.push(p.step);
+                    Control::Continue
+                },
+            )
+            .unwrap_err();
+        let t = sampler.scheduler().timesteps()[3];
+        assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+        let msg = e.to_string();
+        let want = format!("non-finite value in the model output at step 3 of 10 (timestep {t}): ");
+        assert!(msg.starts_with(&want), "{msg}");
+        assert!(msg.contains("24 NaN and 0 infinite of 24 values"), "{msg}");
+        assert_eq!(reported, [0, 1, 2]);
+        assert_eq!(model.calls.load(Ordering::SeqCst), 4);
+
+        let model = BadAfter::new(3, f32::NAN);
+        let mut unchecked = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap())
+            .with_finite_checks(false);
+        let video = run(&mut unchecked, Conditioning::None, 10).unwrap();
+        assert!(!vdm_core::finite::all_finite(&video));
+        assert_eq!(model.calls.load(Ordering::SeqCst), 10);
+    }
+
+    /// A finite model output so large that DDIM's `x̂₀ = (x − √(1−ᾱ)·ε)/√ᾱ` overflows: the
+    /// model output passes its check and the latents after the step are named instead.
+    #[test]
+    fn a_scheduler_step_that_overflows_is_named_as_the_latents_after_it() {
+        let model = BadAfter::new(0, f32::MAX / 4.0);
+        let mut sampler = LongVideoSampler::new(&model, from_config_json(DDIM).unwrap())
+            .with_refinement(CountPasses {
+                reinits: AtomicUsize::new(0),
+            });
+        let e = run(&mut sampler, Conditioning::None, 3).unwrap_err();
+        // Passes of 1, 2 and 3 steps (timesteps [0], [500, 0], [666, 333, 0]): x̂₀ first
+        // overflows at t = 666 (the first √ᾱ small enough), the first step of the last pass (as
+        // `Progress`); the scheduler keeps that pass's timesteps.
+        let t = sampler.scheduler().timesteps()[0];
+        assert_eq!(t, 666.0);
+        assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+        let msg = e.to_string();
+        let want = format!(
+            "non-finite value in the latents after step 0 of 3 in pass 2 of 3 (timestep {t}): "
+        );
+        assert!(msg.starts_with(&want), "{msg}");
+        assert!(msg.contains("the scheduler step"), "{msg}");
     }
 
     #[test]

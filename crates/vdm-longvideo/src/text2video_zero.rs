@@ -40,7 +40,7 @@ use vdm_core::{Conditioning, CrossFrame, Denoiser, Error, NoiseSource, Result, V
 use vdm_schedulers::Scheduler;
 
 use crate::sampler::{
-    Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
     require_variance_preserving, with_negative,
 };
 
@@ -167,6 +167,7 @@ impl Text2VideoZeroSampler<'_> {
             guidance: guided.as_ref(),
             timesteps: &timesteps,
             pass: 0,
+            finite_checks: self.finite_checks,
         };
         let video_loop = Loop { pass: 1, ..denoise };
         // 1. Frame 0 alone down to T1.
@@ -246,6 +247,7 @@ struct Loop<'a> {
     guidance: Option<&'a Guidance>,
     timesteps: &'a [f64],
     pass: usize,
+    finite_checks: bool,
 }
 
 impl Loop<'_> {
@@ -268,8 +270,10 @@ impl Loop<'_> {
             let model = GuidedModel {
                 denoiser: self.denoiser,
                 guidance: self.guidance,
+                finite_checks: self.finite_checks,
             };
-            let out = model.step(scheduler.as_mut(), x, t, conditioning, routing, noise)?;
+            let at = At::new(step, self.timesteps.len(), t);
+            let out = model.step(scheduler.as_mut(), x, at, conditioning, routing, noise)?;
             x = out.prev_sample;
             report(
                 progress,
@@ -282,6 +286,7 @@ impl Loop<'_> {
                     latents: &x,
                     pred_original: out.pred_original_sample.as_ref(),
                 },
+                self.finite_checks,
             )?;
         }
         Ok(x)

@@ -264,6 +264,40 @@ fn seeded_generation_is_reproducible_and_other_schedulers_run() {
     assert!(a.iter().all(|v| (0.0..=1.0).contains(v)));
 }
 
+/// No silent NaN: a guidance scale of 1e300 (finite, so accepted, but infinite in the f32 the
+/// guided output is computed in) makes the model output non-finite at the first step, which
+/// the pipeline names; with the checks off the same run returns (NaN) latents, and decoding
+/// them is stopped at the VAE-decoded frames.
+#[test]
+fn a_non_finite_generation_is_named_not_returned() {
+    let pipe = TextToVideoPipeline::from_dir(fixture("text_to_video_sd"), &dev()).unwrap();
+    let s = settings().steps(2).seed(3).guidance_scale(1e300);
+    let e = pipe.generate(&s).unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("non-finite value in the model output at step 0 of 2 (timestep "),
+        "{e}"
+    );
+    let latents = pipe
+        .sample_latents(
+            &s.finite_checks(false),
+            &mut vdm::core::SeededNoise::new(3),
+            &mut |_| Control::Continue,
+        )
+        .unwrap();
+    assert!(values(latents.clone()).iter().any(|v| !v.is_finite()));
+    let e = pipe
+        .decode(latents, None, &mut |_| Control::Continue)
+        .unwrap_err();
+    assert!(matches!(e, Error::NonFinite { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("non-finite value in the VAE-decoded frames 0..4 of 4: "),
+        "{e}"
+    );
+}
+
 #[test]
 fn long_video_methods_run_through_the_pipeline() {
     use vdm::longvideo::freeinit::{FreeInit, LowPassFilter};

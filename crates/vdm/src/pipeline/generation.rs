@@ -68,7 +68,8 @@ pub struct LongVideo {
 
 /// The settings of one generation. Defaults: no negative prompt, 16 frames, the UNet's
 /// `sample_size` × the VAE factor for height and width, 25 steps, guidance 7.5, seed 0,
-/// no clip skip, prompts truncated to 77 tokens, the folder's scheduler, no long-video method.
+/// no clip skip, prompts truncated to 77 tokens, the folder's scheduler, no long-video method,
+/// NaN / infinity checks on.
 ///
 /// ```
 /// use vdm::pipeline::Generation;
@@ -116,6 +117,11 @@ pub struct Generation {
     /// Frames decoded per VAE call (`None`: 16, AnimateDiff's `decode_chunk_size`); bounds
     /// the decoder's memory whatever the number of frames.
     pub decode_chunk_size: Option<usize>,
+    /// Whether the samplers check every model output and the latents after every step, and
+    /// the pipeline the decoded frames, for NaN and infinity, stopping with
+    /// [`Error::NonFinite`] naming the step, the timestep and the component (default `true`;
+    /// one reduction and one host read per check, see `docs/reliability.md`).
+    pub finite_checks: bool,
 }
 
 impl Generation {
@@ -136,6 +142,7 @@ impl Generation {
             scheduler: SchedulerChoice::Folder,
             long_video: LongVideo::default(),
             decode_chunk_size: None,
+            finite_checks: true,
         }
     }
 
@@ -261,6 +268,13 @@ impl Generation {
     /// Enables Reuse and Diffuse.
     pub fn reuse_diffuse(mut self, plan: ReuseDiffuse) -> Self {
         self.long_video.reuse_diffuse = Some(plan);
+        self
+    }
+
+    /// Turns the NaN / infinity checks on or off (see
+    /// [`finite_checks`](Self::finite_checks)).
+    pub fn finite_checks(mut self, enabled: bool) -> Self {
+        self.finite_checks = enabled;
         self
     }
 

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
+use vdm_core::finite::ensure_all_finite;
 use vdm_core::{
     Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, PredictionType, Result, SeededNoise,
     VideoShape,
@@ -339,7 +340,9 @@ impl TextToVideoPipeline {
     /// # Errors
     /// Bad settings ([`Generation::validate`], sizes, frames over the motion modules' table
     /// without FreeNoise, an unknown scheduler) before any model work; then the models' errors;
-    /// [`Error::Cancelled`] when `progress` cancels.
+    /// [`Error::NonFinite`] naming the step, the timestep and the component (model output,
+    /// latents, VAE-decoded frames) at the first NaN or infinity, unless
+    /// [`Generation::finite_checks`] is off; [`Error::Cancelled`] when `progress` cancels.
     pub fn generate_with(
         &self,
         settings: &Generation,
@@ -347,7 +350,8 @@ impl TextToVideoPipeline {
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
     ) -> Result<Video> {
         let latents = self.sample_latents(settings, noise, progress)?;
-        self.decode(latents, settings.decode_chunk_size, progress)
+        let (chunk, checks) = (settings.decode_chunk_size, settings.finite_checks);
+        self.decode_video(latents, chunk, checks, progress)
     }
 
     /// The denoised latents `[1, C, F, h, w]` (scaled as the UNet sees them).
@@ -364,21 +368,24 @@ impl TextToVideoPipeline {
         let mut progress = |p: Progress<'_>| progress(PipelineProgress::Denoise(p));
         let (shape, cond, device) = (request.shape, request.conditioning, &self.device);
         if let Some(plan) = settings.long_video.fifo {
-            let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan);
+            let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.reuse_diffuse.clone() {
-            let mut sampler = ReuseDiffuseSampler::new(&self.unet, request.scheduler, plan);
+            let mut sampler = ReuseDiffuseSampler::new(&self.unet, request.scheduler, plan)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.keyframes {
-            let mut sampler = KeyframeSampler::new(&self.unet, request.scheduler, plan);
+            let mut sampler = KeyframeSampler::new(&self.unet, request.scheduler, plan)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
@@ -387,7 +394,8 @@ impl TextToVideoPipeline {
         if let Some(plan) = settings.long_video.extension {
             // The first clip directly, then window after window from its last frames.
             let first = plan.window.min(shape.frames);
-            let mut direct = LongVideoSampler::new(&self.unet, request.scheduler.clone());
+            let mut direct = LongVideoSampler::new(&self.unet, request.scheduler.clone())
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = &request.guidance {
                 direct = direct.with_guidance(g.clone());
             }
@@ -402,7 +410,8 @@ impl TextToVideoPipeline {
             if first == shape.frames {
                 return Ok(clip);
             }
-            let mut sampler = ExtensionSampler::new(&self.unet, request.scheduler, plan.weight);
+            let mut sampler = ExtensionSampler::new(&self.unet, request.scheduler, plan.weight)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
@@ -418,20 +427,23 @@ impl TextToVideoPipeline {
             );
         }
         if let Some(plan) = settings.long_video.text2video_zero {
-            let mut sampler = Text2VideoZeroSampler::new(&self.unet, request.scheduler, plan);
+            let mut sampler = Text2VideoZeroSampler::new(&self.unet, request.scheduler, plan)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.co_denoising.clone() {
-            let mut sampler = CoDenoisingSampler::new(&self.unet, request.scheduler, plan);
+            let mut sampler = CoDenoisingSampler::new(&self.unet, request.scheduler, plan)
+                .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
-        let mut sampler = LongVideoSampler::new(&self.unet, request.scheduler);
+        let mut sampler = LongVideoSampler::new(&self.unet, request.scheduler)
+            .with_finite_checks(settings.finite_checks);
         if let Some(g) = request.guidance {
             sampler = sampler.with_guidance(g);
         }
@@ -471,10 +483,12 @@ impl TextToVideoPipeline {
     ) -> Result<()> {
         let Some(plan) = settings.long_video.fifo else {
             let latents = self.sample_latents(settings, noise, progress)?;
-            return self.decode_pieces(latents, settings.decode_chunk_size, progress, on_frames);
+            let (chunk, checks) = (settings.decode_chunk_size, settings.finite_checks);
+            return self.decode_pieces(latents, chunk, checks, progress, on_frames);
         };
         let request = self.request(settings)?;
-        let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan);
+        let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan)
+            .with_finite_checks(settings.finite_checks);
         if let Some(g) = request.guidance {
             sampler = sampler.with_guidance(g);
         }
@@ -484,9 +498,13 @@ impl TextToVideoPipeline {
         let mut done = 0;
         while let Some(latent) = stream.next_frame(&mut |p| progress(PipelineProgress::Denoise(p)))
         {
-            self.decode_pieces(latent?, Some(1), &mut |_| Control::Continue, &mut |_, v| {
-                on_frames(done, v)
-            })?;
+            self.decode_pieces(
+                latent?,
+                Some(1),
+                settings.finite_checks,
+                &mut |_| Control::Continue,
+                &mut |_, v| on_frames(done, v),
+            )?;
             done += 1;
             if progress(PipelineProgress::Decode { done, total }) == Control::Cancel {
                 return Err(Error::Cancelled { step: done });
@@ -575,19 +593,33 @@ impl TextToVideoPipeline {
     }
 
     /// Decodes latents `[1, C, F, h, w]` to frames in `[0, 1]`, `chunk` frames per VAE call
-    /// (default [`DEFAULT_DECODE_CHUNK`]).
+    /// (default [`DEFAULT_DECODE_CHUNK`]). Every chunk the decoder returns is checked for NaN
+    /// and infinity before the `[0, 1]` clamp would hide them (one reduction and one host read
+    /// per chunk).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] naming `decode_chunk_size` when it is 0; the VAE's shape
-    /// errors; [`Error::Cancelled`] when `progress` cancels.
+    /// errors; [`Error::NonFinite`] naming the VAE-decoded frames; [`Error::Cancelled`] when
+    /// `progress` cancels.
     pub fn decode(
         &self,
         latents: Tensor<5>,
         chunk: Option<usize>,
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
     ) -> Result<Video> {
+        self.decode_video(latents, chunk, true, progress)
+    }
+
+    /// [`decode`](Self::decode), the finite check of the frames on or off.
+    fn decode_video(
+        &self,
+        latents: Tensor<5>,
+        chunk: Option<usize>,
+        finite_checks: bool,
+        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
+    ) -> Result<Video> {
         let mut parts = Vec::new();
-        self.decode_pieces(latents, chunk, progress, &mut |_, piece| {
+        self.decode_pieces(latents, chunk, finite_checks, progress, &mut |_, piece| {
             parts.push(piece.frames);
             Ok(())
         })?;
@@ -595,11 +627,14 @@ impl TextToVideoPipeline {
     }
 
     /// Decodes latents `[1, C, F, h, w]` `chunk` frames per VAE call, handing every piece to
-    /// `sink` with the index of its first frame (see [`decode`](Self::decode)).
+    /// `sink` with the index of its first frame (see [`decode`](Self::decode)); with
+    /// `finite_checks`, [`Error::NonFinite`] naming the frames when a piece holds NaN or
+    /// infinity.
     fn decode_pieces(
         &self,
         latents: Tensor<5>,
         chunk: Option<usize>,
+        finite_checks: bool,
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
         sink: &mut dyn FnMut(usize, Video) -> Result<()>,
     ) -> Result<()> {
@@ -615,6 +650,23 @@ impl TextToVideoPipeline {
         while done < shape.frames {
             let n = chunk.min(shape.frames - done);
             let images = self.vae.decode(latents.clone().narrow(2, done, n))?;
+            if finite_checks {
+                // Before the clamp below, which would turn NaN and infinity into plausible
+                // black or white pixels.
+                ensure_all_finite(
+                    &images,
+                    || {
+                        format!(
+                            "the VAE-decoded frames {done}..{} of {}",
+                            done + n,
+                            shape.frames
+                        )
+                    },
+                    "the decoder returned them from latents that were checked finite (unless \
+                     the sampler's checks were off); check the VAE's weights and dtype (f16 \
+                     overflows above 65504)",
+                )?;
+            }
             // diffusers' VideoProcessor.postprocess_video: (x / 2 + 0.5).clamp(0, 1).
             let images = images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0);
             let [_, c, f, h, w] = images.dims(); // [1, 3, n, H, W]
