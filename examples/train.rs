@@ -11,9 +11,9 @@
 //! a diffusers-style folder that `generate` loads (`model_index.json`, `unet/`, `text_encoder/`,
 //! `tokenizer/`, `scheduler/`, `vae/`), the resumable state in `training/`, and the loss log
 //! `training/loss.csv` with its curve `training/loss.png`. See `docs/embedded-model.md` for the model, the measured costs and
-//! the choices (pixel space with 4×4 patches, a frozen tiny CLIP, x₀-prediction) and the
-//! measured alternatives (`--normalize`, `--prediction v_prediction --weighting
-//! capped-snr-plus-one`).
+//! the choices (pixel space with 4×4 patches, a frozen tiny CLIP, x₀-prediction on latents
+//! of standard deviation 0.5) and the measured alternatives (`--latent-std raw`, `--latent-std
+//! 1`, `--prediction v_prediction --weighting capped-snr-plus-one`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ struct Args {
     #[arg(long, default_value = "models/moving-shapes")]
     out: PathBuf,
     /// Optimiser steps in total.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1000)]
     steps: usize,
     /// Videos per step.
     #[arg(long, default_value_t = 8)]
@@ -98,17 +98,25 @@ struct Args {
     /// γ of the weighting.
     #[arg(long, default_value_t = 5.0)]
     gamma: f64,
-    /// Shift and scale the latents to zero mean and unit variance (measured on 256 clips; the
-    /// factors go to `vae/config.json`). Not the shipped model's recipe: see
-    /// `docs/embedded-model.md` for the measured runs.
-    #[arg(long)]
-    normalize: bool,
-    /// With `--normalize`: the standard deviation the latents get (default 1). Below 1 the
-    /// data sits lower against the noise (a log-SNR shift of `2 ln(latent_std)` at every
-    /// timestep, as in Hoogeboom et al. 2023, "simple diffusion"); the shipped recipe's
-    /// unnormalised pixels correspond to 0.294.
-    #[arg(long, default_value_t = 1.0)]
-    latent_std: f64,
+    /// The latents' scale: a number S shifts the patched pixels to zero mean and scales them to
+    /// standard deviation S (both measured on 256 clips; the factors go to `vae/config.json`,
+    /// like a VAE's `shift_factor` / `scaling_factor`); `raw` keeps the pixels as they are
+    /// (standard deviation 0.294). Below 1 the data sits lower against the noise, a log-SNR
+    /// shift of `2 ln S` at every timestep (Hoogeboom et al. 2023, "simple diffusion"). The
+    /// shipped model uses 0.5; `docs/embedded-model.md` has the runs with `raw` and 1.
+    #[arg(long, default_value = "0.5", value_parser = parse_latent_std)]
+    latent_std: Option<f64>,
+}
+
+/// `raw` (no shift or scale) or a positive standard deviation.
+fn parse_latent_std(s: &str) -> Result<Option<f64>, String> {
+    if s == "raw" {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Some(v)),
+        _ => Err(format!("expected `raw` or a positive number, got `{s}`")),
+    }
 }
 
 /// The loss weightings `--weighting` names.
@@ -220,12 +228,6 @@ fn run(args: &Args) -> Result<(), String> {
         let dir = args.out.join("training");
         return vdm_examples::plot::loss_curve(&dir.join("loss.csv"), &dir.join("loss.png"));
     }
-    if !(args.latent_std.is_finite() && args.latent_std > 0.0) {
-        return Err(format!(
-            "--latent-std must be positive, got {}",
-            args.latent_std
-        ));
-    }
     let resume = args.resume || args.export_only;
     let device = Device::flex();
     device.seed(args.seed);
@@ -282,9 +284,7 @@ fn run(args: &Args) -> Result<(), String> {
         PatchifyConfig::from_file(args.out.join("vae").join("config.json")).map_err(err)?
     } else {
         let plain = PatchifyConfig::default();
-        if !args.normalize {
-            plain
-        } else {
+        if let Some(latent_std) = args.latent_std {
             let (mean, std) = shapes_data(plain)?.pixel_moments(
                 &mut SeededNoise::new(args.seed ^ MOMENTS_STREAM),
                 256,
@@ -293,9 +293,11 @@ fn run(args: &Args) -> Result<(), String> {
             println!(
                 "pixels: mean {mean:.4}, std {std:.4} (latents shifted by the mean and scaled \
                  to std {})",
-                args.latent_std
+                latent_std
             );
-            plain.normalized(mean, std / args.latent_std).map_err(err)?
+            plain.normalized(mean, std / latent_std).map_err(err)?
+        } else {
+            plain
         }
     };
     let data = shapes_data(patchify)?;

@@ -336,8 +336,9 @@ mod tests {
 
     #[test]
     fn older_states_with_min_snr_gamma_still_parse() {
-        // The shipped model's own state, written before `loss_weighting` existed.
-        let shipped = include_str!("../../models/moving-shapes/training/state.json");
+        // The state of the model shipped until December 2026 (x₀, 64/96 channels, 1200
+        // steps), written before `loss_weighting` existed.
+        let shipped = include_str!("testdata/state-before-loss-weighting.json");
         let state = TrainState::from_json_str(shipped).unwrap();
         assert_eq!(state.config.loss_weighting, LossWeighting::Uniform);
         assert_eq!(state.step, state.config.steps);
