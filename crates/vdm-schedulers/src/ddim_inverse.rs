@@ -195,14 +195,7 @@ impl Scheduler for DdimInverse {
         &self.timesteps
     }
 
-    /// 1: inversion starts from a clean sample, not from noise.
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<5>, _timestep: f64) -> Result<Tensor<5>> {
-        Ok(sample)
-    }
+    // init_noise_sigma: the default 1 (inversion starts from a clean sample, not from noise).
 
     /// Moves `sample` (at the level before `timestep`) to `timestep`, given the model output at
     /// `timestep`. `pred_original_sample` is `x̂₀`.

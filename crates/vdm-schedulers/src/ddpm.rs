@@ -295,14 +295,6 @@ impl Scheduler for Ddpm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<5>, _timestep: f64) -> Result<Tensor<5>> {
-        Ok(sample)
-    }
-
     fn step(
         &mut self,
         model_output: Tensor<5>,

@@ -318,14 +318,6 @@ impl Scheduler for DeisMultistep {
         self.dpm.timesteps()
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<5>, _timestep: f64) -> Result<Tensor<5>> {
-        Ok(sample)
-    }
-
     /// One DEIS step; `pred_original_sample` is `x̂₀`.
     fn step(
         &mut self,

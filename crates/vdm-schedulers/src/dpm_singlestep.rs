@@ -430,14 +430,6 @@ impl Scheduler for DpmSolverSinglestep {
         self.dpm.timesteps()
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<5>, _timestep: f64) -> Result<Tensor<5>> {
-        Ok(sample)
-    }
-
     /// One step of the current group; `pred_original_sample` is `x̂₀`.
     fn step(
         &mut self,

@@ -50,12 +50,20 @@ pub trait Scheduler: Send + Sync + std::fmt::Debug {
     /// [`Scheduler::set_timesteps`] is called.
     fn timesteps(&self) -> &[f64];
 
-    /// The standard deviation of the initial noise: multiply unit Gaussian noise by it.
-    fn init_noise_sigma(&self) -> f64;
+    /// The standard deviation of the initial noise: multiply unit Gaussian noise by it. 1 (the
+    /// default) for variance-preserving schedulers; sigma-space schedulers (Euler and its
+    /// family) override it with their largest sigma.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// Scales the sample before it is fed to the model (identity except for sigma-based
-    /// schedulers such as Euler, which divide by `sqrt(σ² + 1)`).
-    fn scale_model_input(&self, sample: Tensor<5>, timestep: f64) -> Result<Tensor<5>>;
+    /// Scales the sample before it is fed to the model: the identity (the default) for
+    /// variance-preserving schedulers; sigma-space schedulers such as Euler override it to
+    /// divide by `sqrt(σ² + 1)`.
+    fn scale_model_input(&self, sample: Tensor<5>, timestep: f64) -> Result<Tensor<5>> {
+        let _ = timestep;
+        Ok(sample)
+    }
 
     /// Advances `sample` from `timestep` to the next timestep of the schedule given the model
     /// output. Stochastic schedulers draw their noise from `noise`.

@@ -464,14 +464,6 @@ impl Scheduler for UniPcMultistep {
         self.dpm.timesteps()
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<5>, _timestep: f64) -> Result<Tensor<5>> {
-        Ok(sample)
-    }
-
     /// Corrects `sample` with this output (UniC, from the second step on), then predicts the
     /// next sample (UniP). `pred_original_sample` is `x̂₀` when `predict_x0`.
     fn step(
