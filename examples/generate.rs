@@ -13,7 +13,9 @@
 //! `examples/train.rs`, shipped in `crates/vdm/models/`; see `docs/embedded-model.md`).
 //! `--model-dir` is a diffusers pipeline folder (`TextToVideoSDPipeline` or
 //! `AnimateDiffPipeline`; see `docs/real-checkpoints.md`). Every argument is checked before any
-//! model is loaded; nothing is written unless the whole video is.
+//! model is loaded; nothing is written unless the whole video is. Ctrl-C stops at the next
+//! denoising (or decoding) step, says so, writes nothing and exits with status 130; a second
+//! Ctrl-C exits at once.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -38,6 +40,7 @@ use vdm::models::chunking::Chunking;
 use vdm::models::clip::LongPrompt;
 use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPipeline};
 use vdm::video::{GifOptions, GifPalette, WriteOptions, check_output};
+use vdm_examples::interrupt;
 
 /// Text to video with vdm: load a diffusers text-to-video folder, sample, write a video file.
 #[derive(Debug, Parser)]
@@ -283,6 +286,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(message) if interrupt::requested() => {
+            eprintln!("interrupted ({message}): nothing written");
+            ExitCode::from(interrupt::EXIT_STATUS)
+        }
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::from(2)
@@ -320,7 +327,7 @@ fn run(args: &Args) -> Result<(), String> {
         .unwrap_or_else(vdm::embedded::moving_shapes_dir);
     let model_dir = &model_dir;
 
-    let device = vdm::device();
+    let device = vdm::try_device().map_err(|e| e.to_string())?;
     let loading = Instant::now();
     let mut pipe = TextToVideoPipeline::from_dir(model_dir, &device).map_err(|e| e.to_string())?;
     if let Some(frames) = args.chunk_frames {
@@ -346,49 +353,54 @@ fn run(args: &Args) -> Result<(), String> {
         settings.frames,
     );
 
+    // From here on Ctrl-C stops at the next step boundary (and writes nothing).
+    interrupt::install()?;
+    println!("sampling (Ctrl-C stops at the next step and writes nothing)");
     let bar = progress_bar();
     let mut step_times = Vec::new();
     let mut last = Instant::now();
     let mut noise = SeededNoise::new(seed);
-    let video = pipe
-        .generate_with(&settings, &mut noise, &mut |p| {
-            match p {
-                PipelineProgress::Denoise(p) => {
-                    step_times.push(last.elapsed());
-                    last = Instant::now();
-                    if fifo.is_some() {
-                        // Pass 0: the warm-up clip's levels; pass 1: the frames.
-                        bar.set_length(p.num_steps as u64);
-                        bar.set_position((p.step + 1) as u64);
-                        bar.set_message(if p.iteration == 0 {
-                            "FIFO warm-up clip"
-                        } else {
-                            "FIFO frames"
-                        });
-                        return Control::Continue;
-                    }
-                    bar.set_length((p.num_steps * p.iterations) as u64);
-                    bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
-                    bar.set_message(if p.iterations > 1 {
-                        format!(
-                            "denoising (FreeInit pass {}/{})",
-                            p.iteration + 1,
-                            p.iterations
-                        )
+    let result = pipe.generate_with(&settings, &mut noise, &mut |p| {
+        if interrupt::requested() {
+            return Control::Cancel;
+        }
+        match p {
+            PipelineProgress::Denoise(p) => {
+                step_times.push(last.elapsed());
+                last = Instant::now();
+                if fifo.is_some() {
+                    // Pass 0: the warm-up clip's levels; pass 1: the frames.
+                    bar.set_length(p.num_steps as u64);
+                    bar.set_position((p.step + 1) as u64);
+                    bar.set_message(if p.iteration == 0 {
+                        "FIFO warm-up clip"
                     } else {
-                        "denoising".into()
+                        "FIFO frames"
                     });
+                    return Control::Continue;
                 }
-                PipelineProgress::Decode { done, total } => {
-                    bar.set_message("decoding");
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                }
+                bar.set_length((p.num_steps * p.iterations) as u64);
+                bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
+                bar.set_message(if p.iterations > 1 {
+                    format!(
+                        "denoising (FreeInit pass {}/{})",
+                        p.iteration + 1,
+                        p.iterations
+                    )
+                } else {
+                    "denoising".into()
+                });
             }
-            Control::Continue
-        })
-        .map_err(|e| e.to_string())?;
+            PipelineProgress::Decode { done, total } => {
+                bar.set_message("decoding");
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        }
+        Control::Continue
+    });
     bar.finish_and_clear();
+    let video = result.map_err(|e| e.to_string())?;
 
     video
         .write(&args.out, &write_options)

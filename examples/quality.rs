@@ -49,12 +49,14 @@ struct Args {
     /// Seeds per prompt.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 4.0)]
-    guidance: f64,
+    /// Denoising steps [default: the embedded model's `vdm::embedded::STEPS` (50), or 20 with
+    /// `--model-dir`].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale [default: the embedded model's
+    /// `vdm::embedded::GUIDANCE_SCALE` (2), or 4 with `--model-dir`].
+    #[arg(long)]
+    guidance: Option<f64>,
     /// Methods, comma separated: direct, freenoise, freeinit, freenoise+freeinit, co-denoise
     /// (Gen-L-Video: windows of 16 every 4, pyramid weights), fifo (FIFO-Diffusion: windows of
     /// 16, 2 partitions = 32 levels, lookahead, η = 1; `--steps` does not apply), freelong
@@ -112,11 +114,29 @@ fn main() -> ExitCode {
     }
 }
 
+impl Args {
+    /// `--steps`, or the default of the model (see the flag).
+    fn steps(&self) -> usize {
+        match self.model_dir {
+            None => self.steps.unwrap_or(vdm::embedded::STEPS),
+            Some(_) => self.steps.unwrap_or(20),
+        }
+    }
+
+    /// `--guidance`, or the default of the model (see the flag).
+    fn guidance(&self) -> f64 {
+        match self.model_dir {
+            None => self.guidance.unwrap_or(vdm::embedded::GUIDANCE_SCALE),
+            Some(_) => self.guidance.unwrap_or(4.0),
+        }
+    }
+}
+
 fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, String> {
     let mut g = Generation::new("")
         .frames(frames)
-        .steps(args.steps)
-        .guidance_scale(args.guidance);
+        .steps(args.steps())
+        .guidance_scale(args.guidance());
     for part in method.split('+') {
         match part {
             "direct" => {}
@@ -132,9 +152,9 @@ fn settings(args: &Args, method: &str, frames: usize) -> Result<Generation, Stri
             "extend" => g = g.extension(Extension::new(16, 8, 2.0)),
             "keyframes" => g = g.keyframes(Keyframes::new(15)),
             "reuse" => g = g.reuse_diffuse(ReuseDiffuse::new(16, 8)),
-            "smooth" => g = g.smoother(InterleavedSmoother::controlvideo(args.steps)),
+            "smooth" => g = g.smoother(InterleavedSmoother::controlvideo(args.steps())),
             "t2v-zero" => {
-                let plan = Text2VideoZero::for_steps((0.3, 0.0), args.steps);
+                let plan = Text2VideoZero::for_steps((0.3, 0.0), args.steps());
                 g = g.text2video_zero(plan)
             }
             "freeinit" => {
@@ -163,7 +183,7 @@ fn run(args: &Args) -> Result<(), String> {
         .model_dir
         .clone()
         .unwrap_or_else(vdm::embedded::moving_shapes_dir);
-    let device = vdm::device();
+    let device = vdm::try_device().map_err(|e| e.to_string())?;
     let pipe = TextToVideoPipeline::from_dir(&dir, &device).map_err(|e| e.to_string())?;
     if !(1..=PROMPTS.len()).contains(&args.prompts) {
         return Err(format!("--prompts must be 1 to {}", PROMPTS.len()));
@@ -172,8 +192,8 @@ fn run(args: &Args) -> Result<(), String> {
     println!(
         "model {}; {} steps, guidance {}, {} seed(s) × {} prompts (+1 prompt-travel case) per cell\n",
         dir.display(),
-        args.steps,
-        args.guidance,
+        args.steps(),
+        args.guidance(),
         args.seeds,
         prompts.len()
     );

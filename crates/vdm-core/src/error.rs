@@ -89,6 +89,18 @@ pub enum Error {
     /// The requested combination is valid in principle but not supported.
     #[error("unsupported: {0}")]
     Unsupported(String),
+
+    /// A compute device could not be acquired (no adapter, no driver): found by a probe before
+    /// any model work (`vdm::try_device`).
+    #[error("cannot use the {backend} device: {reason}; {hint}")]
+    Device {
+        /// The backend (`flex`, `ndarray`, `wgpu`, `cuda`).
+        backend: String,
+        /// What the backend reported (the first line of its panic message).
+        reason: String,
+        /// What to install or which feature to choose instead.
+        hint: String,
+    },
 }
 
 fn describe_weights(

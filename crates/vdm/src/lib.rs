@@ -106,53 +106,5 @@ pub mod shapes;
 pub mod training;
 pub mod video;
 
-use burn::tensor::Device;
-
-/// The device of the enabled backend feature, in the order `cuda`, `wgpu`, `flex`, `ndarray`.
-///
-/// Prefer naming a device explicitly (`Device::flex()`, ...) in tests: with several features
-/// enabled by feature unification, this picks the first in that order.
-///
-/// # Panics
-/// If no backend feature is enabled (the crate then does not compile unless `docsrs`).
-pub fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    {
-        return Device::cuda(0);
-    }
-    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-    {
-        return Device::wgpu(Default::default());
-    }
-    #[cfg(all(feature = "flex", not(any(feature = "cuda", feature = "wgpu"))))]
-    {
-        return Device::flex();
-    }
-    #[allow(deprecated, unreachable_code)]
-    #[cfg(all(
-        feature = "ndarray",
-        not(any(feature = "cuda", feature = "wgpu", feature = "flex"))
-    ))]
-    {
-        return Device::ndarray();
-    }
-    #[allow(unreachable_code)]
-    {
-        panic!("vdm: enable one backend feature (flex, ndarray, wgpu or cuda)")
-    }
-}
-
-/// The name of the backend [`device`] returns.
-pub fn backend_name() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "cuda"
-    } else if cfg!(feature = "wgpu") {
-        "wgpu"
-    } else if cfg!(feature = "flex") {
-        "flex"
-    } else if cfg!(feature = "ndarray") {
-        "ndarray"
-    } else {
-        "none"
-    }
-}
+mod backend;
+pub use backend::{backend_name, device, probe_device, try_device};
