@@ -7,3 +7,4 @@ mod motion;
 mod saving;
 mod unet3d;
 mod vae;
+mod vae_encoder;

@@ -9,6 +9,7 @@
 //! With the same folder, initial latents and settings, the frames equal diffusers' within
 //! 2e-4 (`tests/pipelines.rs`).
 
+mod components;
 pub mod folder;
 pub mod generation;
 pub mod text_to_video;
