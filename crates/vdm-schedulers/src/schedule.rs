@@ -21,6 +21,13 @@ pub(crate) fn integer_timestep(t: f64) -> Result<i64> {
     Ok(t as i64)
 }
 
+/// Most training timesteps a config may declare. Real checkpoints use 1000; the schedule holds
+/// several tables of this length, so a config from an untrusted source declaring 2³² would
+/// make the scheduler allocate tens of GiB before any other check (found while writing the
+/// fuzz harnesses of `examples/src/fuzz`). Diffusers has no limit; 10⁶ is a thousand times
+/// any known model.
+pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 /// The training noise schedule fields shared by every diffusers scheduler config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -70,6 +77,15 @@ impl BetaConfig {
             return Err(Error::invalid(
                 "num_train_timesteps",
                 format!("must be at least 2, got {}", self.num_train_timesteps),
+            ));
+        }
+        if self.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::invalid(
+                "num_train_timesteps",
+                format!(
+                    "must be at most {MAX_TRAIN_TIMESTEPS} (real checkpoints use 1000), got {}",
+                    self.num_train_timesteps
+                ),
             ));
         }
         match &self.trained_betas {
@@ -438,6 +454,23 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("num_train_timesteps")
+        );
+        let huge = BetaConfig {
+            num_train_timesteps: 1 << 32,
+            ..BetaConfig::default()
+        };
+        let err = NoiseSchedule::new(&huge).unwrap_err().to_string();
+        assert!(
+            err.contains("num_train_timesteps") && err.contains("at most"),
+            "{err}"
+        );
+        let largest = BetaConfig {
+            num_train_timesteps: MAX_TRAIN_TIMESTEPS,
+            ..BetaConfig::default()
+        };
+        assert_eq!(
+            NoiseSchedule::new(&largest).unwrap().num_train_timesteps(),
+            MAX_TRAIN_TIMESTEPS
         );
     }
 

@@ -138,11 +138,7 @@ impl CLIPTokenizer {
 
         let json_path = dir.join("tokenizer.json");
         let (inner, origin) = if json_path.is_file() {
-            let inner = Tokenizer::from_file(&json_path).map_err(|e| Error::File {
-                path: json_path.display().to_string(),
-                reason: format!("not a tokenizers JSON file: {e}"),
-            })?;
-            (inner, json_path)
+            (read_tokenizer_json(&json_path)?, json_path)
         } else {
             let vocab = dir.join("vocab.json");
             let merges = dir.join("merges.txt");
@@ -374,6 +370,32 @@ fn legacy_tokenizer(
 }
 
 /// The parsed JSON file at `path`, or `None` when there is no such file.
+/// Reads a `tokenizer.json` through the `tokenizers` crate, which panics (instead of
+/// returning its error) on some malformed files: its syntax is checked with serde_json first,
+/// and a panic of the crate on a well-formed but wrong file is caught here and returned as
+/// the same typed error (found by the `tokenizer` fuzz harness, `examples/src/fuzz`).
+fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let error = |reason: String| Error::File {
+        path: path.display().to_string(),
+        reason: format!("not a tokenizers JSON file: {reason}"),
+    };
+    let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| error(e.to_string()))?;
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes));
+    match parsed {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(error(e.to_string())),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the tokenizers crate panicked".into());
+            Err(error(message))
+        }
+    }
+}
+
 fn read_json_if_present(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
