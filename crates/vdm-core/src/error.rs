@@ -103,6 +103,17 @@ pub enum Error {
     },
 }
 
+/// The message of a caught panic (`std::panic::catch_unwind`'s payload): its `String` or
+/// `&str`, else a fixed text. For the boundaries where vdm turns a dependency's panic into an
+/// [`Error`] (the device probe, the tokenizer reader) and for the fuzz harnesses.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 fn describe_weights(
     missing: &[String],
     unexpected: &[String],

@@ -101,11 +101,7 @@ pub fn probe_device(backend: &str, make: impl FnOnce() -> Device) -> Result<Devi
 
 /// The first line of a panic's message.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("the backend panicked");
+    let text = vdm_core::error::panic_message(payload);
     text.lines().next().unwrap_or_default().to_string()
 }
 

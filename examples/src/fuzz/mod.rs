@@ -293,7 +293,7 @@ pub fn campaign(target: &Target, runs: u64, seed: u64, time_bound: Duration) -> 
                 if report.panics.len() < 16 {
                     report.panics.push(Finding {
                         input,
-                        message: panic_text(panic.as_ref()),
+                        message: vdm::core::error::panic_message(panic.as_ref()),
                     });
                 }
             }
@@ -304,15 +304,6 @@ pub fn campaign(target: &Target, runs: u64, seed: u64, time_bound: Duration) -> 
     let _ = watchdog.join();
     report.elapsed = origin.elapsed();
     report
-}
-
-/// A panic payload as text.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 #[cfg(test)]

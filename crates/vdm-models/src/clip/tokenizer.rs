@@ -385,14 +385,7 @@ fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
     match parsed {
         Ok(Ok(tokenizer)) => Ok(tokenizer),
         Ok(Err(e)) => Err(error(e.to_string())),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the tokenizers crate panicked".into());
-            Err(error(message))
-        }
+        Err(panic) => Err(error(vdm_core::error::panic_message(panic.as_ref()))),
     }
 }
 
