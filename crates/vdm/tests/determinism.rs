@@ -107,7 +107,7 @@ fn chunk_sizes_give_the_same_frames() {
 
 /// The child's side: writes the frames of every case to [`CHILD_OUT`].
 #[test]
-#[ignore = "the child process of `thread_counts_give_the_same_frames`"]
+#[ignore = "not a test alone: the child process that `thread_counts_give_the_same_frames` runs (with --ignored --exact), so CI covers it through that test"]
 fn child_writes_frames() {
     let out = PathBuf::from(std::env::var_os(CHILD_OUT).expect("run by the parent test"));
     std::fs::write(out, all_frames_bytes(&pipeline())).unwrap();

@@ -18,7 +18,7 @@
 pub mod targets;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -229,11 +229,13 @@ pub struct Report {
 /// look like a slow pass.
 pub fn campaign(target: &Target, runs: u64, seed: u64, time_bound: Duration) -> Report {
     let mut rng = Rng::new(seed);
-    let current: Arc<Mutex<Vec<u8>>> = Arc::default();
+    // What the watchdog prints of the running input: its length and its first bytes (the
+    // whole input is not copied for it).
+    let current: Arc<Mutex<(usize, Vec<u8>)>> = Arc::default();
     // Milliseconds since `origin` at which the current input started (0: none running).
     let started = Arc::new(AtomicU64::new(0));
     let origin = Instant::now();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let watchdog = {
         let (current, started, stop) = (current.clone(), started.clone(), stop.clone());
         let name = target.name;
@@ -243,11 +245,10 @@ pub fn campaign(target: &Target, runs: u64, seed: u64, time_bound: Duration) -> 
                 let at = started.load(Ordering::Relaxed);
                 let now = origin.elapsed().as_millis() as u64;
                 if at != 0 && now.saturating_sub(at) > time_bound.as_millis() as u64 {
-                    let input = current.lock().map(|i| i.clone()).unwrap_or_default();
+                    let (len, prefix) = current.lock().map(|c| c.clone()).unwrap_or_default();
                     eprintln!(
-                        "fuzz {name}: an input ran past {time_bound:?} ({} bytes, starting {:?})",
-                        input.len(),
-                        String::from_utf8_lossy(&input[..input.len().min(200)])
+                        "fuzz {name}: an input ran past {time_bound:?} ({len} bytes, starting {:?})",
+                        String::from_utf8_lossy(&prefix)
                     );
                     std::process::exit(3);
                 }
@@ -274,7 +275,9 @@ pub fn campaign(target: &Target, runs: u64, seed: u64, time_bound: Duration) -> 
             None => mutated(&target.corpus, &mut rng),
         };
         if let Ok(mut slot) = current.lock() {
-            slot.clone_from(&input);
+            slot.0 = input.len();
+            slot.1.clear();
+            slot.1.extend_from_slice(&input[..input.len().min(200)]);
         }
         let start = Instant::now();
         started.store(
