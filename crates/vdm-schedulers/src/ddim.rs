@@ -9,7 +9,7 @@ use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::options::TimestepSpacing;
-use crate::prediction::{Scales, to_x0_and_eps};
+use crate::prediction::{Scales, check_epsilon_timesteps, to_x0_and_eps};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
@@ -140,12 +140,16 @@ impl Ddim {
 
 impl Scheduler for Ddim {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.timesteps = discrete_timesteps(
+        let timesteps = discrete_timesteps(
             self.config.timestep_spacing,
             num_inference_steps,
             self.schedule.num_train_timesteps(),
             self.config.steps_offset,
         )?;
+        check_epsilon_timesteps(self.prediction_type(), &timesteps, |t| {
+            self.schedule.alpha_cumprod_at(t)
+        })?;
+        self.timesteps = timesteps;
         Ok(())
     }
 

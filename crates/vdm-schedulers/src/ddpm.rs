@@ -11,7 +11,7 @@ use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::options::{TimestepSpacing, VarianceType};
-use crate::prediction::Scales;
+use crate::prediction::{Scales, check_epsilon_timesteps, epsilon_without_signal};
 use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
@@ -262,14 +262,7 @@ pub(crate) fn predicted_x0(
     Ok(match prediction_type {
         PredictionType::Epsilon => {
             if s.alpha == 0.0 {
-                return Err(Error::NonFinite {
-                    what: "pred_original_sample".into(),
-                    reason: "epsilon prediction at a timestep with alphas_cumprod = 0 (zero \
-                             terminal SNR) divides by zero; use prediction_type \
-                             \"v_prediction\" with rescale_betas_zero_snr, or start below the \
-                             last training timestep"
-                        .into(),
-                });
+                return Err(epsilon_without_signal("pred_original_sample"));
             }
             (sample - model_output.mul_scalar(s.sigma as f32)).div_scalar(s.alpha as f32)
         }
@@ -282,12 +275,16 @@ pub(crate) fn predicted_x0(
 
 impl Scheduler for Ddpm {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.timesteps = discrete_timesteps(
+        let timesteps = discrete_timesteps(
             self.config.timestep_spacing,
             num_inference_steps,
             self.schedule.num_train_timesteps(),
             self.config.steps_offset,
         )?;
+        check_epsilon_timesteps(self.prediction_type(), &timesteps, |t| {
+            self.schedule.alpha_cumprod_at(t)
+        })?;
+        self.timesteps = timesteps;
         Ok(())
     }
 

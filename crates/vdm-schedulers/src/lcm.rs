@@ -15,7 +15,7 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::ddpm::predicted_x0;
 use crate::options::{BetaSchedule, TimestepSpacing};
-use crate::prediction::Scales;
+use crate::prediction::{Scales, check_epsilon_timesteps};
 use crate::schedule::torch_sqrt;
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
@@ -232,11 +232,15 @@ pub(crate) fn lcm_timesteps(
 
 impl Scheduler for Lcm {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.timesteps = lcm_timesteps(
+        let timesteps = lcm_timesteps(
             num_inference_steps,
             self.config.original_inference_steps,
             self.schedule.num_train_timesteps(),
         )?;
+        check_epsilon_timesteps(self.prediction_type(), &timesteps, |t| {
+            self.schedule.alpha_cumprod_at(t)
+        })?;
+        self.timesteps = timesteps;
         self.step_index = None;
         self.begin_index = None;
         Ok(())

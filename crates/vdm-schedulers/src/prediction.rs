@@ -78,6 +78,44 @@ pub mod scalar {
     }
 }
 
+/// The error of recovering `x̂₀` from an `ε`-prediction where `ᾱ_t = 0` (the last timestep of
+/// a zero-terminal-SNR schedule): the conversion divides by zero, where diffusers returns NaN.
+/// `what` names the quantity (and, before sampling, the timestep).
+pub(crate) fn epsilon_without_signal(what: &str) -> Error {
+    Error::NonFinite {
+        what: what.into(),
+        reason: "epsilon prediction at a timestep with alphas_cumprod = 0 (zero terminal SNR) \
+                 divides by zero; use prediction_type \"v_prediction\" with \
+                 rescale_betas_zero_snr, or a timestep_spacing that starts below the last \
+                 training timestep (\"leading\")"
+            .into(),
+    }
+}
+
+/// Refuses, when the timesteps are set and so before any model call, an `ε`-prediction
+/// schedule that visits a timestep with `ᾱ_t = 0`: the step there would fail with
+/// [`epsilon_without_signal`] after the model has run. For the schedulers that recover `x̂₀`
+/// at `ᾱ_t` of the timestep itself (DDIM, DDPM, LCM, TCD); `alpha_cumprod_at` is the
+/// scheduler's own lookup.
+pub(crate) fn check_epsilon_timesteps(
+    prediction_type: PredictionType,
+    timesteps: &[f64],
+    alpha_cumprod_at: impl Fn(f64) -> Result<f32>,
+) -> Result<()> {
+    if prediction_type != PredictionType::Epsilon {
+        return Ok(());
+    }
+    for &t in timesteps {
+        if alpha_cumprod_at(t)? == 0.0 {
+            return Err(epsilon_without_signal(&format!(
+                "pred_original_sample at timestep {t} of the {}-step schedule",
+                timesteps.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Recovers `(x̂₀, ε̂)` from a model output, as diffusers' DDIM / DDPM / LCM do.
 ///
 /// Errors with [`Error::NonFinite`] where the conversion divides by zero: `ε`-prediction at
@@ -95,14 +133,7 @@ pub fn to_x0_and_eps<const D: usize>(
     match prediction_type {
         PredictionType::Epsilon => {
             if s.alpha == 0.0 {
-                return Err(Error::NonFinite {
-                    what: "pred_original_sample".into(),
-                    reason: "epsilon prediction at a timestep with alphas_cumprod = 0 (zero \
-                             terminal SNR) divides by zero; use prediction_type \
-                             \"v_prediction\" with rescale_betas_zero_snr, or start below the \
-                             last training timestep"
-                        .into(),
-                });
+                return Err(epsilon_without_signal("pred_original_sample"));
             }
             let x0 = (sample - model_output.clone().mul_scalar(s.sigma as f32))
                 .div_scalar(s.alpha as f32);
@@ -176,6 +207,48 @@ mod tests {
     use super::Scales;
     use super::scalar::*;
     use proptest::prelude::*;
+
+    /// ε-prediction on a zero-terminal-SNR schedule: refused by `set_timesteps` (before any
+    /// model call) exactly when the schedule visits `ᾱ = 0`, naming the timestep; v-prediction
+    /// and schedules that start below the last training timestep are accepted.
+    #[test]
+    fn epsilon_at_zero_snr_is_refused_when_the_timesteps_are_set() {
+        use vdm_core::Error;
+        // (class, spacing, prediction, accepted): LCM and TCD always visit timestep 999.
+        let cases = [
+            ("DDIMScheduler", "trailing", "epsilon", false),
+            ("DDIMScheduler", "leading", "epsilon", true),
+            ("DDIMScheduler", "trailing", "v_prediction", true),
+            ("DDPMScheduler", "trailing", "epsilon", false),
+            ("DDPMScheduler", "leading", "epsilon", true),
+            ("DDPMScheduler", "trailing", "v_prediction", true),
+            ("LCMScheduler", "trailing", "epsilon", false),
+            ("LCMScheduler", "trailing", "v_prediction", true),
+            ("TCDScheduler", "trailing", "epsilon", false),
+            ("TCDScheduler", "trailing", "v_prediction", true),
+        ];
+        for (class, spacing, prediction, accepted) in cases {
+            let json = format!(
+                r#"{{"_class_name":"{class}","rescale_betas_zero_snr":true,
+                    "timestep_spacing":"{spacing}","prediction_type":"{prediction}"}}"#
+            );
+            let mut s = crate::from_config_json(&json).unwrap();
+            let case = format!("{class} {spacing} {prediction}");
+            match s.set_timesteps(8) {
+                Ok(()) => {
+                    assert!(accepted, "{case}: accepted");
+                    assert_eq!(s.timesteps().len(), 8, "{case}");
+                }
+                Err(Error::NonFinite { what, reason }) => {
+                    assert!(!accepted, "{case}: {what}: {reason}");
+                    assert!(what.contains("timestep 999"), "{case}: {what}");
+                    assert!(reason.contains("v_prediction"), "{case}: {reason}");
+                    assert!(s.timesteps().is_empty(), "{case}: timesteps kept");
+                }
+                Err(e) => panic!("{case}: {e}"),
+            }
+        }
+    }
 
     proptest! {
         #[test]

@@ -24,7 +24,7 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::ddpm::predicted_x0;
 use crate::lcm::{LcmConfig, lcm_timesteps};
-use crate::prediction::Scales;
+use crate::prediction::{Scales, check_epsilon_timesteps};
 use crate::schedule::{NoiseSchedule, torch_sqrt};
 use crate::scheduler::{Scheduler, StepOutput};
 
@@ -114,11 +114,15 @@ impl Tcd {
 
 impl Scheduler for Tcd {
     fn set_timesteps(&mut self, num_inference_steps: usize) -> Result<()> {
-        self.timesteps = lcm_timesteps(
+        let timesteps = lcm_timesteps(
             num_inference_steps,
             self.config.0.original_inference_steps,
             self.schedule.num_train_timesteps(),
         )?;
+        check_epsilon_timesteps(self.prediction_type(), &timesteps, |t| {
+            self.schedule.alpha_cumprod_at(t)
+        })?;
+        self.timesteps = timesteps;
         self.step_index = None;
         Ok(())
     }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use safetensors::SafeTensors;
 use serde_json::Value;
 use vdm_core::noise::NoiseBank;
@@ -96,7 +96,10 @@ impl Fixture {
 
     fn tensor5(&self, name: &str) -> Tensor<5> {
         let shape: [usize; 5] = self.get(name).0.as_slice().try_into().expect("5-D tensor");
-        Tensor::from_data(TensorData::new(self.f32s(name), shape), &Device::flex())
+        Tensor::from_data(
+            TensorData::new(self.f32s(name), shape),
+            &crate::test_device(),
+        )
     }
 
     fn mask(&self, name: &str) -> FrequencyMask {

@@ -34,7 +34,7 @@ use vdm_longvideo::freenoise::{
 const BLOCK_TOL: f32 = 1e-5;
 
 fn device() -> Device {
-    Device::flex()
+    crate::test_device()
 }
 
 fn fixture_path(name: &str) -> PathBuf {

@@ -74,6 +74,23 @@ pub fn load_safetensors_bytes<M: Module>(
     )
 }
 
+/// Refuses, before reading any tensor, a target dtype the module's device cannot compute in:
+/// Burn would load the weights, then the backend fails or returns garbage at the first
+/// arithmetic (bf16 on wgpu: WGSL has no bf16; Burn's `Device::supports_dtype`).
+fn check_compute_dtype<M: Module>(module: &M, options: &LoadOptions) -> Result<()> {
+    for device in module.devices() {
+        if !device.supports_dtype(options.dtype) {
+            return Err(Error::Unsupported(format!(
+                "computing in {:?} on {device:?}: the backend cannot do arithmetic in that \
+                 dtype (wgpu has no bf16); load with LoadOptions::dtype(FloatDType::F32) or \
+                 FloatDType::F16",
+                options.dtype
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The shared body of the two loaders, once the header is known to be sound.
 fn load<M: Module>(
     mut module: M,
@@ -83,6 +100,7 @@ fn load<M: Module>(
     remaps: &[KeyRemap],
     options: &LoadOptions,
 ) -> Result<(M, LoadReport)> {
+    check_compute_dtype(&module, options)?;
     // burn-store refuses the whole file when one tensor has a dtype it cannot represent;
     // say which one.
     let unloadable: Vec<String> = header

@@ -25,7 +25,7 @@ const TOLERANCE: f32 = 1e-5;
 const RELATIVE_TOLERANCE: f32 = 2e-6;
 
 fn dev() -> Device {
-    Device::flex()
+    crate::test_device()
 }
 
 /// `fixtures/clip/<name>`; panics (never skips) if the fixture is missing.

@@ -23,7 +23,7 @@ const WEIGHTS: &str = "motion_weights.safetensors";
 const IO: &str = "motion_io.safetensors";
 
 fn dev() -> Device {
-    Device::flex()
+    crate::test_device()
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -540,7 +540,7 @@ fn conditioning_is_routed_per_block() {
         DenoiserInput::new(sample.clone(), t.clone(), cond.clone())
             .with_block_conditioning(other.clone(), &vdm_core::BlockKind::ALL),
     );
-    assert_eq!(max_abs(all, plain_other.clone()), 0.0);
+    assert!(max_abs(all, plain_other.clone()) <= crate::SAME_MATH_TOL);
     let plain = predict(DenoiserInput::new(sample.clone(), t.clone(), cond.clone()));
     let encoder_only = predict(
         DenoiserInput::new(sample, t, cond)

@@ -36,7 +36,7 @@ pub fn max_abs(a: &[f64]) -> f64 {
 }
 
 pub fn device() -> Device {
-    Device::flex()
+    crate::test_device()
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
@@ -183,7 +183,16 @@ pub fn run_trajectory(
         Family::Small => ("init_small", "R_small", "noise_bank_small"),
         Family::Odd => ("init", "R", "noise_bank"),
     };
-    scheduler.set_timesteps(steps).expect("set_timesteps");
+    if let Err(e) = scheduler.set_timesteps(steps) {
+        // Refused before any model call (ε-prediction reaching zero SNR): nothing produced.
+        return Run {
+            samples: vec![],
+            pred_original: vec![],
+            model_inputs: vec![],
+            error: Some(e),
+            noise_drawn: 0,
+        };
+    }
     let r = common.tensor5(r);
     let mut noise = common.noise_bank(bank, n_noise_draws);
     let mut x = common
@@ -247,6 +256,12 @@ pub fn check_case(
     steps: usize,
 ) -> f64 {
     let ts = vectors.values(&format!("{prefix}.timesteps"));
+    if run.samples.is_empty() {
+        // Refused by `set_timesteps` (no timesteps kept): `check_samples` requires a case that
+        // diffusers ends in NaN.
+        assert!(run.error.is_some(), "{label}: no samples and no error");
+        return check_samples(label, case, run, vectors, prefix, steps);
+    }
     assert_eq!(
         scheduler.timesteps(),
         ts.iter()

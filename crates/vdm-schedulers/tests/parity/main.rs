@@ -17,3 +17,9 @@ mod shapes;
 mod tcd;
 mod two_stage;
 mod unipc;
+
+/// The device these parity tests run on. The facade's `backends` test mounts the same modules
+/// with a `test_device` of its own (wgpu, on Mesa lavapipe in CI).
+fn test_device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}

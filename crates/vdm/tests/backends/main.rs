@@ -1,0 +1,83 @@
+//! The GPU code path, tested: the parity suites of the schedulers, the models (UNet3D,
+//! UNetMotion, the VAE decoder and encoder, CLIP) and the long-video methods (FreeNoise,
+//! FreeInit) run again on Burn's `wgpu` backend, against the same diffusers 0.42.1 / transformers
+//! vectors and the same tolerances as on flex; and one seed gives the same video on flex, ndarray
+//! and wgpu within a stated tolerance ([`cross_backend`]).
+//!
+//! The parity modules are the crates' own test files, mounted here with `#[path]`, so one copy of
+//! each check serves every backend: they take their device from [`test_device`]. Not mounted:
+//! `vdm-models`' `saving` (it checks file round trips on flex, not a backend's numbers).
+//!
+//! Built only with both features, as `.ci/run` does after installing Mesa's software Vulkan
+//! driver lavapipe (`mesa-vulkan-drivers libvulkan1`):
+//! `cargo test --release -p vdm --features wgpu,ndarray --test backends`.
+
+#![cfg(all(feature = "wgpu", feature = "ndarray"))]
+
+mod cross_backend;
+
+/// The device of the mounted parity modules: Burn's wgpu backend on the first adapter (lavapipe
+/// in CI, the GPU where there is one).
+fn test_device() -> burn::tensor::Device {
+    burn::tensor::Device::wgpu(Default::default())
+}
+
+/// Bound on `max |Δ|` between two routes to the same math (conditioning given to every block
+/// against the plain call; exactly 0 on flex): wgpu's fused kernels depend on the graph, so the
+/// sums round differently (measured 3.1e-6 on UNetMotion, 7.6e-6 on UNet3D, on lavapipe).
+const SAME_MATH_TOL: f32 = 2e-5;
+
+/// Factor on the f16 / bf16 compute tolerances measured on flex: wgpu keeps more of the work in
+/// half precision (measured on lavapipe: UNet3D f16 6.2e-2 against flex's bound 5e-2, the VAE
+/// decoder f16 3.2e-2 against 1.5e-2).
+const HALF_TOL_FACTOR: f32 = 3.0;
+
+// vdm-schedulers' parity suite (`crates/vdm-schedulers/tests/parity`).
+#[path = "../../../vdm-schedulers/tests/parity/beta_sigmas.rs"]
+mod beta_sigmas;
+#[path = "../../../vdm-schedulers/tests/parity/ddim.rs"]
+mod ddim;
+#[path = "../../../vdm-schedulers/tests/parity/ddim_inverse.rs"]
+mod ddim_inverse;
+#[path = "../../../vdm-schedulers/tests/parity/ddpm.rs"]
+mod ddpm;
+#[path = "../../../vdm-schedulers/tests/parity/deis.rs"]
+mod deis;
+#[path = "../../../vdm-schedulers/tests/parity/dpm_singlestep.rs"]
+mod dpm_singlestep;
+#[path = "../../../vdm-schedulers/tests/parity/dpm_solver.rs"]
+mod dpm_solver;
+#[path = "../../../vdm-schedulers/tests/parity/euler.rs"]
+mod euler;
+#[path = "../../../vdm-schedulers/tests/parity/euler_ancestral.rs"]
+mod euler_ancestral;
+#[path = "../../../vdm-schedulers/tests/parity/fixtures.rs"]
+mod fixtures;
+#[path = "../../../vdm-schedulers/tests/parity/lcm.rs"]
+mod lcm;
+#[path = "../../../vdm-schedulers/tests/parity/shapes.rs"]
+mod shapes;
+#[path = "../../../vdm-schedulers/tests/parity/tcd.rs"]
+mod tcd;
+#[path = "../../../vdm-schedulers/tests/parity/two_stage.rs"]
+mod two_stage;
+#[path = "../../../vdm-schedulers/tests/parity/unipc.rs"]
+mod unipc;
+
+// vdm-models' parity suite (`crates/vdm-models/tests/parity`).
+#[path = "../../../vdm-models/tests/parity/clip.rs"]
+mod clip;
+#[path = "../../../vdm-models/tests/parity/motion.rs"]
+mod motion;
+#[path = "../../../vdm-models/tests/parity/unet3d.rs"]
+mod unet3d;
+#[path = "../../../vdm-models/tests/parity/vae.rs"]
+mod vae;
+#[path = "../../../vdm-models/tests/parity/vae_encoder.rs"]
+mod vae_encoder;
+
+// vdm-longvideo's parity suite (`crates/vdm-longvideo/tests/parity`).
+#[path = "../../../vdm-longvideo/tests/parity/freeinit.rs"]
+mod freeinit;
+#[path = "../../../vdm-longvideo/tests/parity/freenoise.rs"]
+mod freenoise;
