@@ -34,14 +34,19 @@ fn cases() -> [(&'static str, Generation); 2] {
     ]
 }
 
-/// The frames of every case on `device`, as values in `[0, 1]`.
-fn frames_on(device: &Device) -> Vec<Vec<f32>> {
-    let dir = vdm::embedded::moving_shapes_dir();
-    let pipe = TextToVideoPipeline::from_dir(&dir, device).unwrap();
-    cases()
-        .iter()
-        .map(|(_, settings)| pipe.generate(settings).unwrap().to_values().unwrap())
-        .collect()
+/// The embedded model on `device`.
+fn pipeline(device: &Device) -> TextToVideoPipeline {
+    TextToVideoPipeline::from_dir(&vdm::embedded::moving_shapes_dir(), device).unwrap()
+}
+
+/// The frames of `settings`, as values in `[0, 1]`.
+fn frames(pipe: &TextToVideoPipeline, settings: &Generation) -> Vec<f32> {
+    pipe.generate(settings).unwrap().to_values().unwrap()
+}
+
+/// The frames of every case on `pipe`.
+fn all_frames(pipe: &TextToVideoPipeline) -> Vec<Vec<f32>> {
+    cases().iter().map(|(_, s)| frames(pipe, s)).collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -54,10 +59,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn flex_ndarray_and_wgpu_give_the_same_frames_within_tolerance() {
-    let flex = frames_on(&Device::flex());
+    let flex_pipe = pipeline(&Device::flex());
+    let flex = all_frames(&flex_pipe);
     #[allow(deprecated)] // Burn 0.22 deprecates ndarray in favour of flex; users still pick it.
-    let ndarray = frames_on(&Device::ndarray());
-    let wgpu = frames_on(&crate::test_device());
+    let ndarray = all_frames(&pipeline(&Device::ndarray()));
+    let wgpu = all_frames(&pipeline(&crate::test_device()));
     for (i, (label, _)) in cases().iter().enumerate() {
         assert!(flex[i].iter().all(|v| v.is_finite()), "{label}: non-finite");
         for (other, values) in [("ndarray", &ndarray[i]), ("wgpu", &wgpu[i])] {
@@ -72,13 +78,7 @@ fn flex_ndarray_and_wgpu_give_the_same_frames_within_tolerance() {
     // The bound is tight enough to notice a real change: another seed moves the frames by far
     // more than it.
     let (_, settings) = &cases()[0];
-    let pipe = TextToVideoPipeline::from_dir(&vdm::embedded::moving_shapes_dir(), &Device::flex())
-        .unwrap();
-    let reseeded = pipe
-        .generate(&settings.clone().seed(23))
-        .unwrap()
-        .to_values()
-        .unwrap();
+    let reseeded = frames(&flex_pipe, &settings.clone().seed(23));
     let diff = max_abs_diff(&flex[0], &reseeded);
     assert!(diff > 100.0 * FRAME_TOL, "another seed: max |Δ| = {diff:e}");
 }
