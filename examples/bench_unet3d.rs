@@ -41,16 +41,8 @@ use vdm::models::resnet::ResnetBlock2D;
 use vdm::models::temporal::{TemporalConvLayer, TransformerTemporalModel};
 use vdm::models::transformer_2d::{Projection, Transformer2DModel};
 use vdm::models::unet3d::{UNet3DConditionModel, UNet3DConditionModelConfig, temporal_transformer};
+use vdm_examples::harness::UNET3D_BENCH;
 use vdm_examples::measure::{load_average, median, process_cpu_seconds, reset_hwm, rss_mib};
-
-/// `UNET3D_BENCH` of `shared/bench/baseline.py`.
-const BENCH_CONFIG: &str = r#"{
-    "sample_size": 32, "in_channels": 4, "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
-    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
-    "block_out_channels": [64, 128, 256, 256], "layers_per_block": 2, "cross_attention_dim": 256,
-    "attention_head_dim": 32, "norm_num_groups": 32
-}"#;
 
 const TEXT_LEN: usize = 77;
 const TIMESTEP: f64 = 500.0;
@@ -447,7 +439,7 @@ fn profile(m: &UNet3DConditionModel, frames: usize, size: usize, runs: usize) ->
 fn main() -> Result<()> {
     let args = parse_args();
     let device = vdm::device();
-    let config = UNet3DConditionModelConfig::from_json_str(BENCH_CONFIG)?;
+    let config = UNet3DConditionModelConfig::from_json_str(UNET3D_BENCH)?;
     let t0 = Instant::now();
     let model = UNet3DConditionModel::new(&config, &device)?;
     let build_s = t0.elapsed().as_secs_f64();

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example quality                          # the full table + plots
 //! cargo run --release --example quality -- --frames 16,64 --seeds 1   # a quick look
+//! cargo run --release --example quality -- --replot docs/quality/results.md  # plots only
 //! ```
 //!
 //! For every method (direct sampling, FreeNoise, FreeInit, FreeNoise + FreeInit, Gen-L-Video
@@ -34,7 +35,7 @@ use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
 use vdm::shapes::{Direction, Turn};
-use vdm_examples::plot::{Chart, Series, line_chart};
+use vdm_examples::quality_table::{HEADER, Row, parse_table, write_plots};
 
 /// The Moving Shapes quality benchmark.
 #[derive(Debug, Parser)]
@@ -81,6 +82,11 @@ struct Args {
     /// Where the PNG plots go (`none`: no plots).
     #[arg(long, default_value = "docs/quality")]
     plots: PathBuf,
+    /// Sample nothing: draw the plots into `--plots` from the table rows in this file (what
+    /// earlier runs printed, e.g. `docs/quality/results.md`, which holds the rows of several
+    /// runs).
+    #[arg(long)]
+    replot: Option<PathBuf>,
 }
 
 /// The prompts of the single-prompt cases: every colour, shape and direction at least once.
@@ -91,9 +97,6 @@ const PROMPTS: &[&str] = &[
     "a yellow circle moving down",
     "a purple square moving right",
 ];
-
-/// A figure of a cell, for the plots.
-type Metric = fn(&Cell) -> f32;
 
 /// Mean scores of one (method, length) cell.
 #[derive(Debug, Default, Clone, Copy)]
@@ -179,6 +182,21 @@ fn judge(
 }
 
 fn run(args: &Args) -> Result<(), String> {
+    if let Some(file) = &args.replot {
+        if args.plots.as_os_str() == "none" {
+            return Err("--replot draws plots: give --plots a folder".into());
+        }
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let rows = parse_table(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        write_plots(&args.plots, &rows)?;
+        println!(
+            "{} rows of {} plotted in {}",
+            rows.len(),
+            file.display(),
+            args.plots.display()
+        );
+        return Ok(());
+    }
     let dir = args
         .model_dir
         .clone()
@@ -197,11 +215,8 @@ fn run(args: &Args) -> Result<(), String> {
         args.seeds,
         prompts.len()
     );
-    println!(
-        "| method | frames | valid | colour | shape | direction | consistency | accel (px/f²) | jumps | travel dir | s/video |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let mut table: Vec<(String, usize, Cell)> = Vec::new();
+    println!("{HEADER}");
+    let mut table: Vec<Row> = Vec::new();
     for method in &args.methods {
         for &frames in &args.frames {
             let base = settings(args, method, frames)?;
@@ -258,76 +273,19 @@ fn run(args: &Args) -> Result<(), String> {
             cell.travel_direction /= args.seeds as f32;
             cell.seconds =
                 started.elapsed().as_secs_f64() / (cell.videos as f64 + args.seeds as f64);
-            let s = cell.scores;
-            println!(
-                "| {method} | {frames} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |",
-                s.validity,
-                s.colour,
-                s.shape,
-                s.direction,
-                s.consistency,
-                s.acceleration,
-                s.jumps,
-                cell.travel_direction,
-                cell.seconds
-            );
-            table.push((method.clone(), frames, cell));
+            let row = Row {
+                method: method.clone(),
+                frames,
+                scores: cell.scores,
+                travel_direction: cell.travel_direction,
+                seconds: cell.seconds,
+            };
+            println!("{}", row.to_markdown());
+            table.push(row);
         }
     }
     if args.plots.as_os_str() != "none" && args.frames.len() > 1 {
-        std::fs::create_dir_all(&args.plots).map_err(|e| e.to_string())?;
-        let metrics: [(&str, &str, Metric); 6] = [
-            ("validity", "frames with one plausible object", |c| {
-                c.scores.validity
-            }),
-            (
-                "adherence",
-                "prompt adherence (colour, shape, direction)",
-                |c| c.scores.adherence(),
-            ),
-            ("direction", "direction of motion as prompted", |c| {
-                c.scores.direction
-            }),
-            ("consistency", "consistency (colour, shape, area)", |c| {
-                c.scores.consistency
-            }),
-            (
-                "acceleration",
-                "mean centroid acceleration (px/frame²)",
-                |c| c.scores.acceleration,
-            ),
-            (
-                "travel",
-                "prompt travel: direction before and after the switch",
-                |c| c.travel_direction,
-            ),
-        ];
-        for (name, title, metric) in metrics {
-            let series: Vec<Series> = args
-                .methods
-                .iter()
-                .map(|m| Series {
-                    label: m.clone(),
-                    points: table
-                        .iter()
-                        .filter(|(method, _, _)| method == m)
-                        .map(|(_, f, c)| (*f as f64, f64::from(metric(c))))
-                        .collect(),
-                })
-                .collect();
-            let path = args.plots.join(format!("{name}.png"));
-            line_chart(
-                &path,
-                &Chart {
-                    title,
-                    x_label: "frames",
-                    y_label: name,
-                    log_y: false,
-                    log_x: true,
-                },
-                &series,
-            )?;
-        }
+        write_plots(&args.plots, &table)?;
         println!("\nplots in {}", args.plots.display());
     }
     Ok(())

@@ -6,26 +6,11 @@
 //! Every wait is bounded.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// `target/<profile>/examples/generate`, from this test's own path
-/// (`target/<profile>/deps/generate_interrupt-<hash>`).
-fn generate_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("generate{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.is_file(),
-        "{} is missing: `cargo test` builds the examples before it runs tests",
-        binary.display()
-    );
-    binary
-}
+use vdm_examples::harness::process::example_binary;
 
 /// Kills the child when the test ends early (a failed assertion), so no process outlives it.
 struct KillOnDrop(Child);
@@ -44,7 +29,7 @@ fn ctrl_c_stops_at_a_step_boundary_and_writes_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("interrupted.gif");
     // 400 steps of the embedded model: a minute or more, far longer than the test waits.
-    let child = Command::new(generate_binary())
+    let child = Command::new(example_binary("generate"))
         .args(["--prompt", "a red circle moving right", "--frames", "16"])
         .args(["--steps", "400", "--seed", "1", "--out"])
         .arg(&out)

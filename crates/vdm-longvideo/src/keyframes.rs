@@ -28,8 +28,7 @@ use vdm_schedulers::Scheduler;
 
 use crate::noise_prior::{Gaussian, InitialNoise};
 use crate::sampler::{
-    At, Control, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
-    select_frames,
+    At, Control, GuidedModel, MethodSampler, Progress, Routing, report, select_frames,
 };
 
 /// Every frame of a clip attends to the clip's first and last frames (the two keyframes of a
@@ -99,12 +98,7 @@ impl KeyframeSampler<'_> {
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
         let keys = self.plan.keyframes(shape.frames)?;
-        let guided = check_request(
-            self.denoiser,
-            self.scheduler.as_ref(),
-            num_inference_steps,
-            self.guidance.as_ref(),
-        )?;
+        let guided = self.check(num_inference_steps)?;
         // The groups: the keyframes, then every gap as [k_i, inner…, k_{i+1}] (inner stepped).
         let mut groups: Vec<Group> = vec![Group {
             frames: keys.clone(),

@@ -30,7 +30,7 @@ use vdm_core::{Conditioning, Error, NoiseSource, Result, VideoShape};
 use vdm_schedulers::prediction::Scales;
 
 use crate::sampler::{
-    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, report,
     require_variance_preserving, with_negative,
 };
 
@@ -121,12 +121,7 @@ impl ReuseDiffuseSampler<'_> {
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
         self.plan.validate()?;
-        let guided = check_request(
-            self.denoiser,
-            self.scheduler.as_ref(),
-            num_inference_steps,
-            self.guidance.as_ref(),
-        )?;
+        let guided = self.check(num_inference_steps)?;
         require_variance_preserving(self.scheduler.as_ref(), "Reuse and Diffuse")?;
         if let Conditioning::PerFrame(ctx) = &conditioning
             && ctx.dims()[1] != shape.frames

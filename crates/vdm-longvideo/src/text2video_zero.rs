@@ -40,7 +40,7 @@ use vdm_core::{Conditioning, CrossFrame, Denoiser, Error, NoiseSource, Result, V
 use vdm_schedulers::Scheduler;
 
 use crate::sampler::{
-    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, check_request, report,
+    At, Control, Guidance, GuidedModel, MethodSampler, Progress, Routing, report,
     require_variance_preserving, with_negative,
 };
 
@@ -144,12 +144,7 @@ impl Text2VideoZeroSampler<'_> {
         device: &Device,
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
-        let guided = check_request(
-            self.denoiser,
-            self.scheduler.as_ref(),
-            num_inference_steps,
-            self.guidance.as_ref(),
-        )?;
+        let guided = self.check(num_inference_steps)?;
         self.plan.validate(num_inference_steps)?;
         require_variance_preserving(
             self.scheduler.as_ref(),

@@ -46,8 +46,8 @@ use vdm_core::{
 use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
 
 use crate::sampler::{
-    Control, Guidance, MethodSampler, Progress, Routing, check_model_output, check_request,
-    guided_prediction, report, select_frames,
+    Control, Guidance, MethodSampler, Progress, Routing, check_model_output, guided_prediction,
+    report, select_frames,
 };
 
 /// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
@@ -170,12 +170,7 @@ impl FifoSampler<'_> {
     ) -> Result<FifoStream<'s>> {
         self.plan.validate()?;
         let levels = self.plan.num_levels();
-        let guided = check_request(
-            self.denoiser,
-            self.scheduler.as_ref(),
-            levels,
-            self.guidance.as_ref(),
-        )?;
+        let guided = self.check(levels)?;
         let mut scheduler = self.scheduler.box_clone();
         scheduler.set_timesteps(levels)?;
         let mut timesteps = scheduler.timesteps().to_vec();

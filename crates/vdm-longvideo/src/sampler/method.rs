@@ -52,6 +52,18 @@ impl<'a, P> MethodSampler<'a, P> {
     pub fn plan(&self) -> &P {
         &self.plan
     }
+
+    /// [`check_request`] on this sampler's model, scheduler and guidance for
+    /// `num_inference_steps`: the prologue of every method's `sample`. Returns the guidance
+    /// that applies.
+    pub(crate) fn check(&self, num_inference_steps: usize) -> Result<Option<Guidance>> {
+        check_request(
+            self.denoiser,
+            self.scheduler.as_ref(),
+            num_inference_steps,
+            self.guidance.as_ref(),
+        )
+    }
 }
 
 /// Checks a sampling request before any model work: the model and the scheduler predict the
