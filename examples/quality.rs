@@ -35,7 +35,7 @@ use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
 use vdm::shapes::analyse::{Expectation, VideoScores, score};
 use vdm::shapes::{Direction, Turn};
-use vdm_examples::quality_table::{HEADER, Row, parse_table, write_plots};
+use vdm_examples::quality_table::{HEADER, Row, merge_runs, parse_table, write_plots};
 
 /// The Moving Shapes quality benchmark.
 #[derive(Debug, Parser)]
@@ -50,6 +50,10 @@ struct Args {
     /// Seeds per prompt.
     #[arg(long, default_value_t = 2)]
     seeds: u64,
+    /// The first seed: the run uses seeds `first-seed .. first-seed + seeds` (so that a later
+    /// run can add seeds to an earlier one's; `--replot` averages the runs).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
     /// Denoising steps [default: the embedded model's `vdm::embedded::STEPS` (50), or 20 with
     /// `--model-dir`].
     #[arg(long)]
@@ -82,11 +86,12 @@ struct Args {
     /// Where the PNG plots go (`none`: no plots).
     #[arg(long, default_value = "docs/quality")]
     plots: PathBuf,
-    /// Sample nothing: draw the plots into `--plots` from the table rows in this file (what
+    /// Sample nothing: draw the plots into `--plots` from the table rows in these files (what
     /// earlier runs printed, e.g. `docs/quality/results.md`, which holds the rows of several
-    /// runs).
-    #[arg(long)]
-    replot: Option<PathBuf>,
+    /// runs), comma separated. Files are runs of different seeds: a cell found in several has
+    /// their mean scores and the fastest run's seconds per video, printed as the merged table.
+    #[arg(long, value_delimiter = ',')]
+    replot: Vec<PathBuf>,
 }
 
 /// The prompts of the single-prompt cases: every colour, shape and direction at least once.
@@ -97,15 +102,6 @@ const PROMPTS: &[&str] = &[
     "a yellow circle moving down",
     "a purple square moving right",
 ];
-
-/// Mean scores of one (method, length) cell.
-#[derive(Debug, Default, Clone, Copy)]
-struct Cell {
-    scores: VideoScores,
-    travel_direction: f32,
-    seconds: f64,
-    videos: usize,
-}
 
 fn main() -> ExitCode {
     match run(&Args::parse()) {
@@ -182,20 +178,8 @@ fn judge(
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if let Some(file) = &args.replot {
-        if args.plots.as_os_str() == "none" {
-            return Err("--replot draws plots: give --plots a folder".into());
-        }
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let rows = parse_table(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-        write_plots(&args.plots, &rows)?;
-        println!(
-            "{} rows of {} plotted in {}",
-            rows.len(),
-            file.display(),
-            args.plots.display()
-        );
-        return Ok(());
+    if !args.replot.is_empty() {
+        return replot(args);
     }
     let dir = args
         .model_dir
@@ -220,10 +204,12 @@ fn run(args: &Args) -> Result<(), String> {
     for method in &args.methods {
         for &frames in &args.frames {
             let base = settings(args, method, frames)?;
-            let mut cell = Cell::default();
             let mut sums = [0.0f32; 7];
+            let mut videos = 0usize;
+            let mut travel = 0.0f32;
+            let seeds = args.first_seed..args.first_seed + args.seeds;
             let started = Instant::now();
-            for seed in 0..args.seeds {
+            for seed in seeds {
                 for prompt in prompts {
                     let expected = Expectation::from_caption(prompt).expect("a domain caption");
                     let mut s = base.clone().seed(seed);
@@ -240,7 +226,7 @@ fn run(args: &Args) -> Result<(), String> {
                     ]) {
                         *sum += x;
                     }
-                    cell.videos += 1;
+                    videos += 1;
                 }
                 // Prompt travel: right until half-way, then up (a sharp switch: the first
                 // prompt is held until the frame before the second).
@@ -258,27 +244,23 @@ fn run(args: &Args) -> Result<(), String> {
                     ..Expectation::from_caption("a red circle moving right").expect("caption")
                 };
                 let s = base.clone().seed(seed).prompt_travel(keys);
-                cell.travel_direction += judge(&pipe, &s, &expected)?.direction;
+                travel += judge(&pipe, &s, &expected)?.direction;
             }
-            let n = cell.videos as f32;
-            cell.scores = VideoScores {
-                validity: sums[0] / n,
-                colour: sums[1] / n,
-                shape: sums[2] / n,
-                direction: sums[3] / n,
-                consistency: sums[4] / n,
-                acceleration: sums[5] / n,
-                jumps: sums[6] / n,
-            };
-            cell.travel_direction /= args.seeds as f32;
-            cell.seconds =
-                started.elapsed().as_secs_f64() / (cell.videos as f64 + args.seeds as f64);
+            let n = videos as f32;
             let row = Row {
                 method: method.clone(),
                 frames,
-                scores: cell.scores,
-                travel_direction: cell.travel_direction,
-                seconds: cell.seconds,
+                scores: VideoScores {
+                    validity: sums[0] / n,
+                    colour: sums[1] / n,
+                    shape: sums[2] / n,
+                    direction: sums[3] / n,
+                    consistency: sums[4] / n,
+                    acceleration: sums[5] / n,
+                    jumps: sums[6] / n,
+                },
+                travel_direction: travel / args.seeds as f32,
+                seconds: started.elapsed().as_secs_f64() / (videos as f64 + args.seeds as f64),
             };
             println!("{}", row.to_markdown());
             table.push(row);
@@ -288,5 +270,40 @@ fn run(args: &Args) -> Result<(), String> {
         write_plots(&args.plots, &table)?;
         println!("\nplots in {}", args.plots.display());
     }
+    Ok(())
+}
+
+/// `--replot`: reads the rows of every file, merges the runs, prints the merged table and draws
+/// the plots.
+fn replot(args: &Args) -> Result<(), String> {
+    if args.plots.as_os_str() == "none" {
+        return Err("--replot draws plots: give --plots a folder".into());
+    }
+    let mut runs = Vec::with_capacity(args.replot.len());
+    for file in &args.replot {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        runs.push(parse_table(&text).map_err(|e| format!("{}: {e}", file.display()))?);
+    }
+    let merged = merge_runs(&runs).map_err(|e| format!("--replot: {e}"))?;
+    println!("{HEADER}");
+    for (row, _) in &merged {
+        println!("{}", row.to_markdown());
+    }
+    let partial: Vec<String> = merged
+        .iter()
+        .filter(|(_, n)| *n < runs.len())
+        .map(|(r, n)| format!("{} at {} ({n} of {})", r.method, r.frames, runs.len()))
+        .collect();
+    if !partial.is_empty() {
+        println!("\ncells missing from some files: {}", partial.join(", "));
+    }
+    let rows: Vec<Row> = merged.into_iter().map(|(r, _)| r).collect();
+    write_plots(&args.plots, &rows)?;
+    println!(
+        "\n{} cells of {} file(s) plotted in {}",
+        rows.len(),
+        runs.len(),
+        args.plots.display()
+    );
     Ok(())
 }

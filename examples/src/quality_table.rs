@@ -33,19 +33,12 @@ pub struct Row {
 impl Row {
     /// The row as a markdown table line (three decimals; seconds to one).
     pub fn to_markdown(&self) -> String {
-        let s = &self.scores;
+        let scores: Vec<String> = self.figures().iter().map(|x| format!("{x:.3}")).collect();
         format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            "| {} | {} | {} | {:.1} |",
             self.method,
             self.frames,
-            s.validity,
-            s.colour,
-            s.shape,
-            s.direction,
-            s.consistency,
-            s.acceleration,
-            s.jumps,
-            self.travel_direction,
+            scores.join(" | "),
             self.seconds
         )
     }
@@ -106,6 +99,89 @@ pub fn parse_table(text: &str) -> Result<Vec<Row>, String> {
         });
     }
     Ok(rows)
+}
+
+/// Merges the rows of several runs (each a table of distinct seeds, same prompts): a (method,
+/// length) cell found in several runs has the mean of their scores, each run weighted equally,
+/// and the fastest run's seconds per video (a run that shared the machine with other work only
+/// gets slower); cells come in order of first appearance, each with the number of runs it was
+/// found in.
+///
+/// # Errors
+/// A run holding the same cell twice (the runs would no longer be of distinct seeds), naming it.
+pub fn merge_runs(runs: &[Vec<Row>]) -> Result<Vec<(Row, usize)>, String> {
+    let mut merged: Vec<(Row, usize)> = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        for (j, row) in run.iter().enumerate() {
+            let same = |r: &Row| r.method == row.method && r.frames == row.frames;
+            if run[..j].iter().any(same) {
+                return Err(format!(
+                    "run {} holds `{}` at {} frames twice",
+                    i + 1,
+                    row.method,
+                    row.frames
+                ));
+            }
+            match merged.iter_mut().find(|(r, _)| same(r)) {
+                Some((sum, n)) => {
+                    sum.add(row);
+                    *n += 1;
+                }
+                None => merged.push((row.clone(), 1)),
+            }
+        }
+    }
+    for (row, n) in &mut merged {
+        row.scale(1.0 / *n as f64);
+    }
+    Ok(merged)
+}
+
+impl Row {
+    /// Adds `other`'s scores to this row's; keeps the smaller seconds per video.
+    fn add(&mut self, other: &Row) {
+        for (a, b) in self.figures_mut().into_iter().zip(other.figures()) {
+            *a += b;
+        }
+        self.seconds = self.seconds.min(other.seconds);
+    }
+
+    /// Multiplies every score by `k`.
+    fn scale(&mut self, k: f64) {
+        for a in self.figures_mut() {
+            *a = (f64::from(*a) * k) as f32;
+        }
+    }
+
+    /// The scores, in table order.
+    fn figures(&self) -> [f32; 8] {
+        let s = &self.scores;
+        [
+            s.validity,
+            s.colour,
+            s.shape,
+            s.direction,
+            s.consistency,
+            s.acceleration,
+            s.jumps,
+            self.travel_direction,
+        ]
+    }
+
+    /// [`Row::figures`], writable.
+    fn figures_mut(&mut self) -> [&mut f32; 8] {
+        let s = &mut self.scores;
+        [
+            &mut s.validity,
+            &mut s.colour,
+            &mut s.shape,
+            &mut s.direction,
+            &mut s.consistency,
+            &mut s.acceleration,
+            &mut s.jumps,
+            &mut self.travel_direction,
+        ]
+    }
 }
 
 /// A figure of a row, for the plots.
@@ -235,6 +311,37 @@ mod tests {
         let word = good.replace("0.950", "high");
         let err = parse_table(&word).unwrap_err();
         assert!(err.contains("`high` is not a number"), "{err}");
+    }
+
+    #[test]
+    fn runs_merge_into_the_mean_of_each_cell_in_order_of_first_appearance() {
+        let first = vec![row("direct", 16, 0.9), row("direct", 256, 0.6)];
+        let mut late = row("direct", 256, 0.8);
+        late.seconds = 43.8;
+        late.travel_direction = 0.167;
+        let second = vec![late, row("fifo", 256, 0.5)];
+        let merged = merge_runs(&[first, second]).unwrap();
+        let cells: Vec<(&str, usize, usize)> = merged
+            .iter()
+            .map(|(r, n)| (r.method.as_str(), r.frames, *n))
+            .collect();
+        assert_eq!(
+            cells,
+            [("direct", 16, 1), ("direct", 256, 2), ("fifo", 256, 1)]
+        );
+        let mean = &merged[1].0;
+        assert!((mean.scores.validity - 0.7).abs() < 1e-6);
+        assert!((mean.travel_direction - 0.117).abs() < 1e-6);
+        assert_eq!(mean.seconds, 41.8);
+        assert!((mean.scores.consistency - 0.851).abs() < 1e-6);
+        assert_eq!(merged[0].0, row("direct", 16, 0.9));
+    }
+
+    #[test]
+    fn a_run_holding_a_cell_twice_is_refused() {
+        let twice = vec![row("direct", 16, 0.9), row("direct", 16, 0.8)];
+        let err = merge_runs(&[vec![], twice]).unwrap_err();
+        assert_eq!(err, "run 2 holds `direct` at 16 frames twice");
     }
 
     #[test]

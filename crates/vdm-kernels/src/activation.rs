@@ -1,5 +1,6 @@
 //! Activations: SiLU, the exact-form GELU and the GEGLU gate of the feed-forward
-//! (`value · gelu(gate)` over rows of `[value | gate]`).
+//! (`value · gelu(gate)` over rows of `[value | gate]`), and GELU / quick GELU applied in
+//! place ([`activate_in_place`], the CLIP text encoder's MLP).
 //!
 //! Why: flex evaluates these as chains of single-threaded scalar element-wise ops (libm `expf`
 //! / `erff`), each allocating a fresh activation-sized buffer. Here they are branch-free
@@ -7,7 +8,10 @@
 //! Abramowitz–Stegun 7.1.26 form (|error| ≤ 1.5e-7), so results agree with the Burn path to
 //! float rounding.
 
+use rayon::prelude::*;
+
 use super::simd::{exp, madd};
+use super::threads::threads;
 
 /// `x · sigmoid(x)`.
 #[inline(always)]
@@ -31,9 +35,55 @@ fn gelu<const FMA: bool>(x: f32) -> f32 {
     0.5 * x * one_plus_erf
 }
 
+/// OpenAI CLIP's quick GELU `x · σ(1.702 x)`.
+#[inline(always)]
+fn quick_gelu<const FMA: bool>(x: f32) -> f32 {
+    x / (1.0 + exp::<FMA>(-1.702 * x))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise kernels.
 // ---------------------------------------------------------------------------------------------
+
+/// An activation [`activate_in_place`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// The exact-form GELU `x · Φ(x)`.
+    Gelu,
+    /// Quick GELU `x · σ(1.702 x)`.
+    QuickGelu,
+}
+
+#[inline(always)]
+fn gelu_impl<const W: usize, const FMA: bool>(x: &mut [f32]) {
+    for v in x {
+        *v = gelu::<FMA>(*v);
+    }
+}
+dispatch!(fn gelu_serial(x: &mut [f32]) => gelu_impl);
+
+#[inline(always)]
+fn quick_gelu_impl<const W: usize, const FMA: bool>(x: &mut [f32]) {
+    for v in x {
+        *v = quick_gelu::<FMA>(*v);
+    }
+}
+dispatch!(fn quick_gelu_serial(x: &mut [f32]) => quick_gelu_impl);
+
+/// Applies `activation` to every value of `x`, in place, on up to [`threads`] threads (chunks
+/// of at least 16 Ki values).
+pub fn activate_in_place(x: &mut [f32], activation: Activation) {
+    let serial = match activation {
+        Activation::Gelu => gelu_serial,
+        Activation::QuickGelu => quick_gelu_serial,
+    };
+    let chunks = threads().min(x.len() >> 14).max(1);
+    if chunks == 1 {
+        serial(x);
+    } else {
+        x.par_chunks_mut(x.len().div_ceil(chunks)).for_each(serial);
+    }
+}
 
 #[inline(always)]
 fn geglu_rows_impl<const W: usize, const FMA: bool>(h: &[f32], out: &mut [f32], hidden: usize) {
@@ -62,6 +112,30 @@ mod tests {
             term *= -z * z / (n + 1) as f64;
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn activations_in_place_match_their_formulas_on_every_chunk() {
+        let n = 3 * (1 << 14) + 7;
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 4e-4).collect();
+        for activation in [Activation::Gelu, Activation::QuickGelu] {
+            let mut y = x.clone();
+            activate_in_place(&mut y, activation);
+            for (&x, &y) in x.iter().zip(&y) {
+                let x64 = x as f64;
+                let want = match activation {
+                    Activation::QuickGelu => x64 / (1.0 + (-1.702 * x64).exp()),
+                    Activation::Gelu if x.abs() < 6.0 => {
+                        0.5 * x64 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2))
+                    }
+                    Activation::Gelu => x64.max(0.0),
+                };
+                assert!(
+                    ((y as f64) - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{activation:?}({x}) = {y} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

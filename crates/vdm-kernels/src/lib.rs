@@ -30,7 +30,8 @@
 //! and never vdm model types. Its callers unpack their modules into tensors and plain numbers:
 //! `vdm-models` through its glue from `burn::nn` modules (its private `cpu` module, and the
 //! fused `ResnetBlock2D` and `FeedForward` beside those blocks), `vdm-longvideo` for
-//! FreeNoise's window fusion ([`frames`]). It depends on no vdm crate but `vdm-core`.
+//! FreeNoise's window fusion ([`frames`]), `vdm-schedulers` for one-pass steps
+//! ([`pointwise`]). It depends on no vdm crate but `vdm-core`.
 //!
 //! One module per kernel family:
 //!
@@ -39,7 +40,7 @@
 //! - [`host`](mod@host): host views of tensors ([`Host`], [`host()`], [`f32s`], [`tensor`], [`filled`]);
 //! - `simd` (private): instruction-set dispatch ([`Isa`], `dispatch!`), the `Vector`
 //!   abstraction and the shared scalar math (`madd`, `exp`);
-//! - [`activation`]: SiLU, GELU and the GEGLU gate rows;
+//! - [`activation`]: SiLU, GELU and the GEGLU gate rows, GELU / quick GELU in place;
 //! - [`linear`]: GEMM views ([`Mat`], [`MatMut`]), [`gemm_into`], [`LinearHost`],
 //!   [`InitRows`] and the channels-first token projections;
 //! - [`frame_tokens`]: [`FrameTokens`], temporal-transformer projections on frame layouts;
@@ -49,7 +50,8 @@
 //! - [`attention`](mod@attention): [`attention()`] from [`HeadLayout`]s, with
 //!   `attention/query_lanes.rs` (one SIMD lane per query for short sequences with small
 //!   heads);
-//! - [`frames`]: frame gather / weighted accumulation over `[tokens, frames, channels]`.
+//! - [`frames`]: frame gather / weighted accumulation over `[tokens, frames, channels]`;
+//! - [`pointwise`]: [`map_pair`], two outputs from two arrays in one pass (scheduler steps).
 
 #![warn(missing_docs)]
 
@@ -64,9 +66,10 @@ pub mod frames;
 pub mod host;
 pub mod linear;
 pub mod norm;
+pub mod pointwise;
 pub mod threads;
 
-pub use activation::geglu_rows;
+pub use activation::{Activation, activate_in_place, geglu_rows};
 pub use attention::{AttentionShape, HeadLayout, attention};
 pub use conv::{
     ConvHost, Scratch, TemporalConvStage, add_channel_bias, conv2d, conv2d_output, sized,
@@ -79,5 +82,6 @@ pub use linear::{
     linear_to_channels_first,
 };
 pub use norm::{GroupNormHost, LayerNormHost, group_norm, layer_norm};
+pub use pointwise::map_pair;
 pub use simd::{Isa, isa};
 pub use threads::{SharedOut, enabled, gemm_threads, parallel, threads};

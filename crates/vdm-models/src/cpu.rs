@@ -15,9 +15,10 @@ use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Device, Tensor};
 
 pub(crate) use vdm_kernels::{
-    AttentionShape, ConvHost, FrameTokens, GroupNormHost, HeadLayout, InitRows, LayerNormHost,
-    LinearHost, Mat, MatMut, SharedOut, TemporalConvStage, add_channel_bias, attention, f32s,
-    filled, geglu_rows, gemm_threads, host, parallel, sized, tensor, threads, with_scratch,
+    Activation, AttentionShape, ConvHost, FrameTokens, GroupNormHost, HeadLayout, InitRows,
+    LayerNormHost, LinearHost, Mat, MatMut, SharedOut, TemporalConvStage, activate_in_place,
+    add_channel_bias, attention, f32s, filled, geglu_rows, gemm_threads, host, parallel, sized,
+    tensor, threads, with_scratch,
 };
 
 /// Whether the fused kernels apply to tensors of `dtype` on `device`
@@ -39,6 +40,61 @@ thread_local! {
 /// Host copies of `lin`'s weight `[d_in, d_out]` and bias.
 pub(crate) fn linear_host(lin: &Linear) -> LinearHost {
     LinearHost::new(lin.weight.val(), lin.bias.as_ref().map(|b| b.val()))
+}
+
+/// `[residual +] lin(src)` for `rows` rows of `src` (`d_in` values each) into a new host
+/// buffer of `rows × d_out`, the GEMM on every thread.
+pub(crate) fn linear_rows(
+    lin: &Linear,
+    src: &[f32],
+    rows: usize,
+    residual: Option<InitRows>,
+) -> Vec<f32> {
+    let w = linear_host(lin);
+    let fill = |buf| {
+        // SAFETY: `buf` holds rows·d_out values; `src` rows·d_in; the residual (the caller's)
+        // rows·d_out.
+        unsafe {
+            w.apply(
+                rows,
+                Mat::rows(src, w.d_in),
+                MatMut::rows(buf, w.d_out),
+                residual,
+                threads(),
+            )
+        }
+    };
+    // SAFETY: `fill` writes every element of the buffer.
+    unsafe { filled(rows * w.d_out, fill) }
+}
+
+/// `[lins[0] | lins[1] | …](src)` for `rows` rows of `src`, written side by side into one
+/// host buffer of `rows × Σ d_out` (the packed layout the CPU attention kernel reads).
+pub(crate) fn project_host(lins: &[&Linear], src: &[f32], rows: usize) -> Vec<f32> {
+    let hosts: Vec<LinearHost> = lins.iter().map(|l| linear_host(l)).collect();
+    let width: usize = hosts.iter().map(|h| h.d_out).sum();
+    let threads = threads();
+    {
+        let fill = |buf| {
+            let mut col = 0;
+            for w in &hosts {
+                // SAFETY: `buf` holds rows·width values; column block col..col + d_out of every
+                // row is written once; `src` holds rows·d_in values.
+                unsafe {
+                    w.apply(
+                        rows,
+                        Mat::rows(src, w.d_in),
+                        MatMut::rows(buf, width).offset(col),
+                        None,
+                        threads,
+                    )
+                };
+                col += w.d_out;
+            }
+        };
+        // SAFETY: `fill` writes every element of the buffer.
+        unsafe { filled(rows * width, fill) }
+    }
 }
 
 /// Host copies of `norm`'s parameters; `eps`: its epsilon (Burn keeps it private; the owner

@@ -1,15 +1,21 @@
 //! DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models"), mirroring diffusers'
 //! `scheduling_ddim.py`.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vdm_core::error::ensure_non_negative;
+use vdm_core::host::HostF32;
 use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
+use vdm_kernels::map_pair;
+
 use crate::options::TimestepSpacing;
-use crate::prediction::{Scales, check_epsilon_timesteps, to_x0_and_eps};
+
+use crate::prediction::{
+    Scales, check_epsilon_timesteps, epsilon_without_signal, sample_without_noise, to_x0_and_eps,
+};
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
@@ -130,12 +136,112 @@ impl Ddim {
         Ok(timestep - (self.schedule.num_train_timesteps() / n) as f64)
     }
 
+    /// The step's coefficients at `timestep`, and `σ_η` (the standard deviation of the noise
+    /// added when `η > 0`).
+    fn coefficients(&self, timestep: f64) -> Result<(Coefficients, f64)> {
+        let prev_t = self.previous_timestep(timestep)?;
+        let alpha_t = self.alpha_at(timestep)?;
+        let alpha_prev = self.alpha_at(prev_t)? as f64;
+        // As diffusers' `_get_variance`, in f32.
+        let a_prev32 = alpha_prev as f32;
+        let variance = (1.0 - a_prev32) / (1.0 - alpha_t) * (1.0 - alpha_t / a_prev32);
+        let std_dev = (self.eta as f32 * variance.sqrt()) as f64;
+        let coefficients = Coefficients {
+            scales: Scales::from_alpha_cumprod(alpha_t),
+            sqrt_alpha_prev: a_prev32.sqrt(),
+            direction: (1.0 - a_prev32 - (std_dev * std_dev) as f32)
+                .max(0.0)
+                .sqrt(),
+        };
+        Ok((coefficients, std_dev))
+    }
+
+    /// `(x̂₀, x_{t−1})` before any noise (`η > 0`), as diffusers' `step`, in tensor ops.
+    fn op_by_op_step(
+        &self,
+        model_output: Tensor<5>,
+        sample: Tensor<5>,
+        c: Coefficients,
+    ) -> Result<(Tensor<5>, Tensor<5>)> {
+        let (x0, mut eps) = to_x0_and_eps(
+            self.config.prediction_type,
+            model_output,
+            sample.clone(),
+            c.scales,
+        )?;
+        let x0 = self.config.clipping.apply(x0)?;
+        if self.use_clipped_model_output {
+            eps = (sample - x0.clone().mul_scalar(c.scales.alpha as f32))
+                .div_scalar(c.scales.sigma as f32);
+        }
+        let prev = x0.clone().mul_scalar(c.sqrt_alpha_prev) + eps.mul_scalar(c.direction);
+        Ok((x0, prev))
+    }
+
     fn alpha_at(&self, t: f64) -> Result<f32> {
         if t < 0.0 {
             return Ok(self.final_alpha_cumprod);
         }
         self.schedule.alpha_cumprod_at(t)
     }
+}
+
+/// The numbers of one DDIM step.
+#[derive(Debug, Clone, Copy)]
+struct Coefficients {
+    /// `α_t`, `σ_t`.
+    scales: Scales,
+    /// `√ᾱ_prev`, the weight of `x̂₀`.
+    sqrt_alpha_prev: f32,
+    /// `√(1 − ᾱ_prev − σ_η²)`, the weight of `ε̂` ("direction pointing to x_t").
+    direction: f32,
+}
+
+/// [`Ddim::op_by_op_step`] in one pass on the host (flex, `f32`): `x_{t−1}` is written over
+/// `sample`'s buffer (copied first if it is shared) and `x̂₀` into a new one. Each element
+/// goes through the same `f32` operations, in the same order, as the tensor ops of
+/// [`to_x0_and_eps`], the clamp to `±bound` and the update (bit-identical results; the test
+/// below compares), where flex would run six single-threaded passes, each allocating.
+fn one_pass_step(
+    prediction_type: PredictionType,
+    model_output: Tensor<5>,
+    sample: Tensor<5>,
+    c: Coefficients,
+    bound: f32,
+) -> Result<(Tensor<5>, Tensor<5>)> {
+    let (alpha, sigma) = (c.scales.alpha as f32, c.scales.sigma as f32);
+    let (sa, d) = (c.sqrt_alpha_prev, c.direction);
+    let update = move |(x0, eps): (f32, f32)| {
+        let x0 = x0.clamp(-bound, bound);
+        (x0 * sa + eps * d, x0)
+    };
+    let device = sample.device();
+    let dims = sample.dims();
+    let model_output = HostF32::new(model_output)?;
+    let mut sample = HostF32::new(sample)?;
+    let mut x0 = vec![0.0f32; sample.as_slice().len()];
+    let (x, y, out) = (sample.as_mut_slice(), model_output.as_slice(), &mut x0[..]);
+    match prediction_type {
+        PredictionType::Epsilon => {
+            if c.scales.alpha == 0.0 {
+                return Err(epsilon_without_signal("pred_original_sample"));
+            }
+            map_pair(x, y, out, move |s, m| update(((s - m * sigma) / alpha, m)))
+        }
+        PredictionType::Sample => {
+            if c.scales.sigma == 0.0 {
+                return Err(sample_without_noise());
+            }
+            map_pair(x, y, out, move |s, m| update((m, (s - m * alpha) / sigma)))
+        }
+        PredictionType::VPrediction => map_pair(x, y, out, move |s, m| {
+            update((s * alpha - m * sigma, m * alpha + s * sigma))
+        }),
+    }
+    Ok((
+        Tensor::from_data(TensorData::new(x0, dims), &device),
+        sample.into_tensor(&device),
+    ))
 }
 
 impl Scheduler for Ddim {
@@ -165,31 +271,23 @@ impl Scheduler for Ddim {
         noise: &mut dyn NoiseSource,
     ) -> Result<StepOutput> {
         expect_same_shape("model_output", &model_output, &sample)?;
-        let prev_t = self.previous_timestep(timestep)?;
-        let alpha_t = self.alpha_at(timestep)?;
-        let alpha_prev = self.alpha_at(prev_t)? as f64;
-        let scales = Scales::from_alpha_cumprod(alpha_t);
-        let (x0, mut eps) = to_x0_and_eps(
-            self.config.prediction_type,
-            model_output,
-            sample.clone(),
-            scales,
-        )?;
-        let x0 = self.config.clipping.apply(x0)?;
-
-        // As diffusers' `_get_variance`, in f32.
-        let a_prev32 = alpha_prev as f32;
-        let variance = (1.0 - a_prev32) / (1.0 - alpha_t) * (1.0 - alpha_t / a_prev32);
-        let std_dev = (self.eta as f32 * variance.sqrt()) as f64;
-
-        if self.use_clipped_model_output {
-            eps = (sample - x0.clone().mul_scalar(scales.alpha as f32))
-                .div_scalar(scales.sigma as f32);
-        }
-        let direction = (1.0 - a_prev32 - (std_dev * std_dev) as f32)
-            .max(0.0)
-            .sqrt();
-        let mut prev = x0.clone().mul_scalar(a_prev32.sqrt()) + eps.mul_scalar(direction);
+        let (coefficients, std_dev) = self.coefficients(timestep)?;
+        let bound = self.config.clipping.pointwise_bound();
+        let (x0, mut prev) = match bound {
+            Some(bound)
+                if !self.use_clipped_model_output
+                    && vdm_kernels::enabled(&sample.device(), sample.dtype()) =>
+            {
+                one_pass_step(
+                    self.config.prediction_type,
+                    model_output,
+                    sample,
+                    coefficients,
+                    bound,
+                )?
+            }
+            _ => self.op_by_op_step(model_output, sample, coefficients)?,
+        };
         if self.eta > 0.0 {
             let z: Tensor<5> = draw(noise, prev.dims(), &prev.device())?;
             prev = prev + z.mul_scalar(std_dev as f32);
@@ -214,5 +312,79 @@ impl Scheduler for Ddim {
 
     fn box_clone(&self) -> Box<dyn Scheduler> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{DType, Device};
+    use vdm_core::noise::SeededNoise;
+
+    use super::*;
+
+    fn bits(t: Tensor<5>) -> Vec<u32> {
+        let values = t.into_data().try_to_vec::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn the_one_pass_step_is_bit_identical_to_the_tensor_ops() {
+        let device = Device::flex();
+        assert!(vdm_kernels::enabled(&device, DType::F32));
+        // 81,920 values: split over the threads when there are several.
+        let shape = [1, 4, 5, 64, 64];
+        let mut noise = SeededNoise::new(3);
+        let sample: Tensor<5> = draw(&mut noise, shape, &device).unwrap();
+        let output = draw::<5>(&mut noise, shape, &device)
+            .unwrap()
+            .mul_scalar(1.5);
+        let before = bits(sample.clone());
+        for prediction_type in [
+            PredictionType::Epsilon,
+            PredictionType::Sample,
+            PredictionType::VPrediction,
+        ] {
+            for clip_sample in [false, true] {
+                let config = DdimConfig {
+                    prediction_type,
+                    clipping: SampleClipping {
+                        clip_sample,
+                        clip_sample_range: 1.25,
+                        ..SampleClipping::default()
+                    },
+                    ..DdimConfig::default()
+                };
+                let bound = config.clipping.pointwise_bound().unwrap();
+                let mut ddim = config.build().unwrap().with_eta(0.5).unwrap();
+                ddim.set_timesteps(10).unwrap();
+                for &t in &ddim.timesteps().to_vec() {
+                    let (c, _) = ddim.coefficients(t).unwrap();
+                    let (x0, prev) = ddim
+                        .op_by_op_step(output.clone(), sample.clone(), c)
+                        .unwrap();
+                    let (x0_fused, prev_fused) =
+                        one_pass_step(prediction_type, output.clone(), sample.clone(), c, bound)
+                            .unwrap();
+                    let what = format!("{prediction_type:?}, clip {clip_sample}, t = {t}");
+                    assert!(bits(x0) == bits(x0_fused), "x̂₀ differs: {what}");
+                    assert!(bits(prev) == bits(prev_fused), "x_(t-1) differs: {what}");
+                }
+            }
+        }
+        // The shared input was copied, not written over.
+        assert!(bits(sample) == before);
+    }
+
+    #[test]
+    fn thresholding_is_not_pointwise() {
+        let clipping = SampleClipping {
+            thresholding: true,
+            ..SampleClipping::default()
+        };
+        assert_eq!(clipping.pointwise_bound(), None);
+        assert_eq!(
+            SampleClipping::default().pointwise_bound(),
+            Some(f32::INFINITY)
+        );
     }
 }

@@ -92,6 +92,14 @@ pub(crate) fn epsilon_without_signal(what: &str) -> Error {
     }
 }
 
+/// The error of a `sample` prediction at a timestep without noise (`ε̂` would divide by zero).
+pub(crate) fn sample_without_noise() -> Error {
+    Error::NonFinite {
+        what: "pred_epsilon".into(),
+        reason: "sample prediction at a timestep with alphas_cumprod = 1".into(),
+    }
+}
+
 /// Refuses, when the timesteps are set and so before any model call, an `ε`-prediction
 /// schedule that visits a timestep with `ᾱ_t = 0`: the step there would fail with
 /// [`epsilon_without_signal`] after the model has run. For the schedulers that recover `x̂₀`
@@ -141,10 +149,7 @@ pub fn to_x0_and_eps<const D: usize>(
         }
         PredictionType::Sample => {
             if s.sigma == 0.0 {
-                return Err(Error::NonFinite {
-                    what: "pred_epsilon".into(),
-                    reason: "sample prediction at a timestep with alphas_cumprod = 1".into(),
-                });
+                return Err(sample_without_noise());
             }
             let eps = (sample - model_output.clone().mul_scalar(s.alpha as f32))
                 .div_scalar(s.sigma as f32);

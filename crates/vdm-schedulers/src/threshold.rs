@@ -49,6 +49,19 @@ impl SampleClipping {
         Ok(())
     }
 
+    /// The clamp bound of [`SampleClipping::apply`] when it works element by element:
+    /// `clip_sample_range` with `clip_sample`, infinity (the identity) with neither option;
+    /// `None` with dynamic thresholding (a per-batch-item quantile).
+    pub fn pointwise_bound(&self) -> Option<f32> {
+        if self.thresholding {
+            None
+        } else if self.clip_sample {
+            Some(self.clip_sample_range as f32)
+        } else {
+            Some(f32::INFINITY)
+        }
+    }
+
     /// Applies thresholding, else clipping, else nothing.
     pub fn apply(&self, x0: Tensor<5>) -> Result<Tensor<5>> {
         if self.thresholding {

@@ -333,7 +333,7 @@ impl Attention {
         let o = match context {
             // Self-attention: q, k, v side by side in one [n·lq, 3·inner] buffer.
             None => {
-                let qkv = project_host(&[&self.to_q, &self.to_k, &self.to_v], xs, n * lq);
+                let qkv = cpu::project_host(&[&self.to_q, &self.to_k, &self.to_v], xs, n * lq);
                 let head = |col| cpu::HeadLayout::packed(&qkv, lq, 3 * inner, col);
                 self.attention_host(head(0), head(inner), head(2 * inner), n, lq, lq)
             }
@@ -341,8 +341,8 @@ impl Attention {
             Some(c) => {
                 let [m, lk, _] = c.dims();
                 let cd = cpu::host(c);
-                let q = project_host(&[&self.to_q], xs, n * lq);
-                let kv = project_host(&[&self.to_k, &self.to_v], cpu::f32s(&cd), m * lk);
+                let q = cpu::project_host(&[&self.to_q], xs, n * lq);
+                let kv = cpu::project_host(&[&self.to_k, &self.to_v], cpu::f32s(&cd), m * lk);
                 let head = |col| cpu::HeadLayout::packed(&kv, lk, 2 * inner, col);
                 let q = cpu::HeadLayout::packed(&q, lq, inner, 0);
                 self.attention_host(q, head(0), head(inner), n, lq, lk)
@@ -388,24 +388,7 @@ impl Attention {
         rows: usize,
         residual: Option<cpu::InitRows>,
     ) -> Vec<f32> {
-        let inner = self.heads * self.head_dim;
-        let wo = cpu::linear_host(&self.to_out);
-        {
-            let fill = |buf| {
-                // SAFETY: `buf` holds rows·query_dim values; `o` and the residual match.
-                unsafe {
-                    wo.apply(
-                        rows,
-                        cpu::Mat::rows(o, inner),
-                        cpu::MatMut::rows(buf, self.query_dim),
-                        residual,
-                        cpu::threads(),
-                    )
-                }
-            };
-            // SAFETY: `fill` writes every element of the buffer.
-            unsafe { cpu::filled(rows * self.query_dim, fill) }
-        }
+        cpu::linear_rows(&self.to_out, o, rows, residual)
     }
 
     /// The score scale `1 / sqrt(head_dim)`.
@@ -444,35 +427,6 @@ impl Attention {
     pub(super) fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
         let [n, l, _] = x.dims();
         x.reshape([n, l, self.heads, self.head_dim]).swap_dims(1, 2)
-    }
-}
-
-/// `[lins[0] | lins[1] | …](src)` for `rows` rows of `src`, written side by side into one
-/// host buffer of `rows × Σ d_out` (the packed layout the CPU attention kernel reads).
-pub(super) fn project_host(lins: &[&Linear], src: &[f32], rows: usize) -> Vec<f32> {
-    let hosts: Vec<cpu::LinearHost> = lins.iter().map(|l| cpu::linear_host(l)).collect();
-    let width: usize = hosts.iter().map(|h| h.d_out).sum();
-    let threads = cpu::threads();
-    {
-        let fill = |buf| {
-            let mut col = 0;
-            for w in &hosts {
-                // SAFETY: `buf` holds rows·width values; column block col..col + d_out of every
-                // row is written once; `src` holds rows·d_in values.
-                unsafe {
-                    w.apply(
-                        rows,
-                        cpu::Mat::rows(src, w.d_in),
-                        cpu::MatMut::rows(buf, width).offset(col),
-                        None,
-                        threads,
-                    )
-                };
-                col += w.d_out;
-            }
-        };
-        // SAFETY: `fill` writes every element of the buffer.
-        unsafe { cpu::filled(rows * width, fill) }
     }
 }
 

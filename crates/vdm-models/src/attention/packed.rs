@@ -11,7 +11,6 @@
 use burn::tensor::{Bool, Tensor, TensorData};
 use vdm_core::{Error, Result};
 
-use super::multi_head::project_host;
 use super::{Attention, expect_tokens};
 use crate::cpu;
 
@@ -38,7 +37,7 @@ impl Attention {
         }
         let device = x.device();
         let xd = cpu::host(x);
-        let qkv = project_host(&[&self.to_q, &self.to_k, &self.to_v], cpu::f32s(&xd), n * l);
+        let qkv = cpu::project_host(&[&self.to_q, &self.to_k, &self.to_v], cpu::f32s(&xd), n * l);
         Ok(cpu::tensor(
             TensorData::new(qkv, [n, l, 3 * inner]),
             &device,

@@ -22,6 +22,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm_core::{Error, Result};
 
 use super::config::{CLIPTextConfig, HiddenAct};
+use super::cpu_fused;
+use crate::cpu;
 use crate::keymap::{DIFFUSERS_KEY_REMAP, SKIP_ENUM_VARIANTS};
 use crate::loading::{KeyRemap, LoadOptions, LoadReport, find_weight_file, load_safetensors};
 
@@ -64,21 +66,30 @@ impl CLIPAttention {
     /// - `x`: `[B, L, D]`
     /// - output: `[B, L, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, l, d] = x.dims();
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        self.out_proj.forward(self.attend(q, k, v))
+    }
+
+    /// Causal multi-head attention of projected queries, keys and values, heads merged back
+    /// (what `out_proj` takes).
+    ///
+    /// # Shapes
+    /// - `q`, `k`, `v`: `[B, L, D]`
+    /// - output: `[B, L, D]`
+    pub(crate) fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
+        let [b, l, d] = q.dims();
         let head_dim = d / self.heads;
         let split = |t: Tensor<3>| t.reshape([b, l, self.heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
         let options = AttentionModuleOptions {
             scale: Some((head_dim as f64).powf(-0.5)),
             softcap: None,
             is_causal: true,
         };
-        let out = attention(q, k, v, None, None, options)
+        attention(split(q), split(k), split(v), None, None, options)
             .swap_dims(1, 2)
-            .reshape([b, l, d]);
-        self.out_proj.forward(out)
+            .reshape([b, l, d])
     }
 }
 
@@ -307,7 +318,7 @@ impl CLIPTextModel {
         let ids = self.check_ids(&input_ids)?;
         let pooled_at = self.pool_positions(&ids, input_ids.dims())?;
         let hidden = self.run(input_ids, self.config.num_hidden_layers);
-        let last_hidden_state = self.final_layer_norm.forward(hidden);
+        let last_hidden_state = self.final_norm(hidden);
         let [b, l, d] = last_hidden_state.dims();
         let flat = last_hidden_state.clone().reshape([b * l, d]);
         let rows: Vec<i64> = pooled_at
@@ -338,7 +349,7 @@ impl CLIPTextModel {
         self.check_clip_skip(clip_skip)?;
         self.check_ids(&input_ids)?;
         let layers = self.config.num_hidden_layers - clip_skip;
-        Ok(self.final_layer_norm.forward(self.run(input_ids, layers)))
+        Ok(self.final_norm(self.run(input_ids, layers)))
     }
 
     /// Checks a `clip_skip` for [`prompt_embeds`](Self::prompt_embeds) without running the
@@ -368,7 +379,7 @@ impl CLIPTextModel {
         let mut h = self.embed(input_ids);
         let mut out = vec![h.clone()];
         for layer in &self.encoder.layers {
-            h = layer.forward(h);
+            h = self.layer(layer, h);
             out.push(h.clone());
         }
         Ok(out)
@@ -378,7 +389,32 @@ impl CLIPTextModel {
     fn run(&self, input_ids: Tensor<2, Int>, layers: usize) -> Tensor<3> {
         self.encoder.layers[..layers]
             .iter()
-            .fold(self.embed(input_ids), |h, layer| layer.forward(h))
+            .fold(self.embed(input_ids), |h, layer| self.layer(layer, h))
+    }
+
+    /// `layer` on `h`: fused on the flex backend ([`cpu_fused::encoder_layer`]; not for the
+    /// tanh GELU), else [`CLIPEncoderLayer::forward`].
+    fn layer(&self, layer: &CLIPEncoderLayer, h: Tensor<3>) -> Tensor<3> {
+        let act = match layer.mlp.act {
+            HiddenAct::QuickGelu => Some(cpu::Activation::QuickGelu),
+            HiddenAct::Gelu => Some(cpu::Activation::Gelu),
+            HiddenAct::GeluTanh => None,
+        };
+        match act {
+            Some(act) if cpu::enabled(&h.device(), h.dtype()) => {
+                cpu_fused::encoder_layer(layer, self.config.layer_norm_eps, act, h)
+            }
+            _ => layer.forward(h),
+        }
+    }
+
+    /// `final_layer_norm` on `h` (on the kernels on the flex backend).
+    fn final_norm(&self, h: Tensor<3>) -> Tensor<3> {
+        if cpu::enabled(&h.device(), h.dtype()) {
+            cpu::layer_norm(&self.final_layer_norm, self.config.layer_norm_eps, h)
+        } else {
+            self.final_layer_norm.forward(h)
+        }
     }
 
     /// Token embeddings plus the position embeddings of positions `0..L`.
