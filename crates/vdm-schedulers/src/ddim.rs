@@ -8,11 +8,9 @@ use vdm_core::host::HostF32;
 use vdm_core::layout::expect_same_shape;
 use vdm_core::noise::draw;
 use vdm_core::{Error, NoiseSource, PredictionType, Result};
-
 use vdm_kernels::map_pair;
 
 use crate::options::TimestepSpacing;
-
 use crate::prediction::{
     Scales, check_epsilon_timesteps, epsilon_without_signal, sample_without_noise, to_x0_and_eps,
 };
@@ -276,6 +274,7 @@ impl Scheduler for Ddim {
         let (x0, mut prev) = match bound {
             Some(bound)
                 if !self.use_clipped_model_output
+                    && model_output.dtype() == sample.dtype()
                     && vdm_kernels::enabled(&sample.device(), sample.dtype()) =>
             {
                 one_pass_step(
