@@ -215,15 +215,7 @@ fn run(args: &Args) -> Result<(), String> {
                     let mut s = base.clone().seed(seed);
                     s.prompt = prompt.to_string();
                     let v = judge(&pipe, &s, &expected)?;
-                    for (sum, x) in sums.iter_mut().zip([
-                        v.validity,
-                        v.colour,
-                        v.shape,
-                        v.direction,
-                        v.consistency,
-                        v.acceleration,
-                        v.jumps,
-                    ]) {
+                    for (sum, x) in sums.iter_mut().zip(v.to_array()) {
                         *sum += x;
                     }
                     videos += 1;
@@ -250,15 +242,7 @@ fn run(args: &Args) -> Result<(), String> {
             let row = Row {
                 method: method.clone(),
                 frames,
-                scores: VideoScores {
-                    validity: sums[0] / n,
-                    colour: sums[1] / n,
-                    shape: sums[2] / n,
-                    direction: sums[3] / n,
-                    consistency: sums[4] / n,
-                    acceleration: sums[5] / n,
-                    jumps: sums[6] / n,
-                },
+                scores: VideoScores::from_array(sums.map(|sum| sum / n)),
                 travel_direction: travel / args.seeds as f32,
                 seconds: started.elapsed().as_secs_f64() / (videos as f64 + args.seeds as f64),
             };

@@ -71,29 +71,11 @@ pub fn parse_table(text: &str) -> Result<Vec<Row>, String> {
                 .parse()
                 .map_err(|_| bad(&format!("`{cell}` is not a number")))?;
         }
-        let [
-            validity,
-            colour,
-            shape,
-            direction,
-            consistency,
-            acceleration,
-            jumps,
-            travel,
-            seconds,
-        ] = numbers;
+        let [scores @ .., travel, seconds] = numbers;
         rows.push(Row {
             method: cells[0].to_string(),
             frames,
-            scores: VideoScores {
-                validity: validity as f32,
-                colour: colour as f32,
-                shape: shape as f32,
-                direction: direction as f32,
-                consistency: consistency as f32,
-                acceleration: acceleration as f32,
-                jumps: jumps as f32,
-            },
+            scores: VideoScores::from_array(scores.map(|x| x as f32)),
             travel_direction: travel as f32,
             seconds,
         });
@@ -140,47 +122,26 @@ pub fn merge_runs(runs: &[Vec<Row>]) -> Result<Vec<(Row, usize)>, String> {
 impl Row {
     /// Adds `other`'s scores to this row's; keeps the smaller seconds per video.
     fn add(&mut self, other: &Row) {
-        for (a, b) in self.figures_mut().into_iter().zip(other.figures()) {
-            *a += b;
-        }
+        let (a, b) = (self.figures(), other.figures());
+        self.set_figures(std::array::from_fn(|i| a[i] + b[i]));
         self.seconds = self.seconds.min(other.seconds);
     }
 
     /// Multiplies every score by `k`.
     fn scale(&mut self, k: f64) {
-        for a in self.figures_mut() {
-            *a = (f64::from(*a) * k) as f32;
-        }
+        self.set_figures(self.figures().map(|a| (f64::from(a) * k) as f32));
     }
 
-    /// The scores, in table order.
+    /// The scores, in table order: [`VideoScores::to_array`], then the travel direction.
     fn figures(&self) -> [f32; 8] {
-        let s = &self.scores;
-        [
-            s.validity,
-            s.colour,
-            s.shape,
-            s.direction,
-            s.consistency,
-            s.acceleration,
-            s.jumps,
-            self.travel_direction,
-        ]
+        let [a, b, c, d, e, f, g] = self.scores.to_array();
+        [a, b, c, d, e, f, g, self.travel_direction]
     }
 
-    /// [`Row::figures`], writable.
-    fn figures_mut(&mut self) -> [&mut f32; 8] {
-        let s = &mut self.scores;
-        [
-            &mut s.validity,
-            &mut s.colour,
-            &mut s.shape,
-            &mut s.direction,
-            &mut s.consistency,
-            &mut s.acceleration,
-            &mut s.jumps,
-            &mut self.travel_direction,
-        ]
+    /// Sets the scores from [`Row::figures`]' order.
+    fn set_figures(&mut self, [a, b, c, d, e, f, g, travel]: [f32; 8]) {
+        self.scores = VideoScores::from_array([a, b, c, d, e, f, g]);
+        self.travel_direction = travel;
     }
 }
 

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use super::simd::{exp, madd};
-use super::threads::threads;
+use super::threads::chunk_len;
 
 /// `x · sigmoid(x)`.
 #[inline(always)]
@@ -70,18 +70,16 @@ fn quick_gelu_impl<const W: usize, const FMA: bool>(x: &mut [f32]) {
 }
 dispatch!(fn quick_gelu_serial(x: &mut [f32]) => quick_gelu_impl);
 
-/// Applies `activation` to every value of `x`, in place, on up to [`threads`] threads (chunks
+/// Applies `activation` to every value of `x`, in place, on up to [`threads`](crate::threads::threads) threads (chunks
 /// of at least 16 Ki values).
 pub fn activate_in_place(x: &mut [f32], activation: Activation) {
     let serial = match activation {
         Activation::Gelu => gelu_serial,
         Activation::QuickGelu => quick_gelu_serial,
     };
-    let chunks = threads().min(x.len() >> 14).max(1);
-    if chunks == 1 {
-        serial(x);
-    } else {
-        x.par_chunks_mut(x.len().div_ceil(chunks)).for_each(serial);
+    match chunk_len(x.len(), x.len() >> 14) {
+        None => serial(x),
+        Some(chunk) => x.par_chunks_mut(chunk).for_each(serial),
     }
 }
 

@@ -1,7 +1,7 @@
 //! When the kernels run and on which threads: [`enabled`] (flex device, `f32`, no autodiff,
 //! `VDM_NO_CPU_KERNELS` unset), the thread count of rayon's global pool ([`threads`],
-//! [`gemm_threads`]), the work splitter [`parallel`] and [`SharedOut`], the output pointer
-//! that threads writing disjoint elements share.
+//! [`gemm_threads`]), the work splitters [`chunk_len`] and [`parallel`], and [`SharedOut`],
+//! the output pointer that threads writing disjoint elements share.
 //!
 //! Why rayon's global pool: it is the one flex and gemm use (`RAYON_NUM_THREADS` sets its
 //! size), so the kernels start no threads per call and do not oversubscribe the cores.
@@ -29,25 +29,29 @@ pub fn gemm_threads(items: usize) -> usize {
     if items >= threads() { 1 } else { threads() }
 }
 
+/// The length of the contiguous chunks that split `len` elements over the kernel threads: up
+/// to [`threads`] chunks and at most `most_chunks` (the caller's bound from the work per
+/// element); `None` when one chunk would do (then the caller stays on its own thread, which
+/// costs no hand-over to the pool).
+pub fn chunk_len(len: usize, most_chunks: usize) -> Option<usize> {
+    let chunks = threads().min(most_chunks).min(len);
+    (chunks > 1).then(|| len.div_ceil(chunks))
+}
+
 /// Runs `f` over contiguous ranges of `0..items` on up to [`threads`] threads of rayon's
 /// global pool; `cost` (≈ floating-point operations in total) keeps small jobs on the calling
 /// thread.
 pub fn parallel(items: usize, cost: usize, f: impl Fn(Range<usize>) + Sync) {
     const MIN_COST_PER_THREAD: usize = 1 << 18;
-    let threads = threads().min(items).min(cost / MIN_COST_PER_THREAD).max(1);
-    if threads == 1 {
+    let Some(per) = chunk_len(items, cost / MIN_COST_PER_THREAD) else {
         f(0..items);
         return;
-    }
-    let per = items.div_ceil(threads);
+    };
     // Rayon's global pool (the one flex and gemm use): no threads are started per call.
     use rayon::prelude::*;
-    (0..threads).into_par_iter().for_each(|t| {
-        let range = (t * per).min(items)..((t + 1) * per).min(items);
-        if !range.is_empty() {
-            f(range);
-        }
-    });
+    (0..items.div_ceil(per))
+        .into_par_iter()
+        .for_each(|t| f(t * per..((t + 1) * per).min(items)));
 }
 
 /// A raw output pointer shared by threads that write disjoint elements (every user writes

@@ -217,25 +217,24 @@ fn one_pass_step(
     let dims = sample.dims();
     let model_output = HostF32::new(model_output)?;
     let mut sample = HostF32::new(sample)?;
-    let mut x0 = vec![0.0f32; sample.as_slice().len()];
-    let (x, y, out) = (sample.as_mut_slice(), model_output.as_slice(), &mut x0[..]);
-    match prediction_type {
+    let (x, y) = (sample.as_mut_slice(), model_output.as_slice());
+    let x0 = match prediction_type {
         PredictionType::Epsilon => {
             if c.scales.alpha == 0.0 {
                 return Err(epsilon_without_signal("pred_original_sample"));
             }
-            map_pair(x, y, out, move |s, m| update(((s - m * sigma) / alpha, m)))
+            map_pair(x, y, move |s, m| update(((s - m * sigma) / alpha, m)))
         }
         PredictionType::Sample => {
             if c.scales.sigma == 0.0 {
                 return Err(sample_without_noise());
             }
-            map_pair(x, y, out, move |s, m| update((m, (s - m * alpha) / sigma)))
+            map_pair(x, y, move |s, m| update((m, (s - m * alpha) / sigma)))
         }
-        PredictionType::VPrediction => map_pair(x, y, out, move |s, m| {
+        PredictionType::VPrediction => map_pair(x, y, move |s, m| {
             update((s * alpha - m * sigma, m * alpha + s * sigma))
         }),
-    }
+    };
     Ok((
         Tensor::from_data(TensorData::new(x0, dims), &device),
         sample.into_tensor(&device),

@@ -119,6 +119,43 @@ impl VideoScores {
     pub fn adherence(&self) -> f32 {
         (self.colour + self.shape + self.direction) / 3.0
     }
+
+    /// The scores in field order (validity, colour, shape, direction, consistency,
+    /// acceleration, jumps): for sums, means and tables over many videos.
+    pub fn to_array(&self) -> [f32; 7] {
+        [
+            self.validity,
+            self.colour,
+            self.shape,
+            self.direction,
+            self.consistency,
+            self.acceleration,
+            self.jumps,
+        ]
+    }
+
+    /// The scores from [`VideoScores::to_array`]'s order.
+    pub fn from_array(
+        [
+            validity,
+            colour,
+            shape,
+            direction,
+            consistency,
+            acceleration,
+            jumps,
+        ]: [f32; 7],
+    ) -> Self {
+        Self {
+            validity,
+            colour,
+            shape,
+            direction,
+            consistency,
+            acceleration,
+            jumps,
+        }
+    }
 }
 
 /// Analyses frame `f` of `frames` (`[F, 3, H, W]`, values in `[0, 1]`).
