@@ -180,6 +180,14 @@ struct Args {
     #[arg(long)]
     no_finite_checks: bool,
 
+    /// Spread the UNet over these devices, comma separated: `flex`, `ndarray`, `wgpu`,
+    /// `wgpu:N`, `cuda:N`, `ws://host:port` (a `vdm-serve` server; needs `--features
+    /// remote`). Each holds a replica; every model call is split along the batch, so with
+    /// guidance the unconditional and conditional halves run on two devices at once. The text
+    /// encoder, the sampler and the decoder stay on the default device.
+    #[arg(long, value_name = "LIST")]
+    devices: Option<String>,
+
     /// Frames per second of the output.
     #[arg(long, default_value_t = 8.0)]
     fps: f64,
@@ -328,8 +336,18 @@ fn run(args: &Args) -> Result<(), String> {
     let model_dir = &model_dir;
 
     let device = vdm::try_device().map_err(|e| e.to_string())?;
+    let shard_devices = match &args.devices {
+        Some(list) => Some(
+            vdm::devices::parse_devices(list, vdm::devices::CONNECT_TIMEOUT)
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let loading = Instant::now();
     let mut pipe = TextToVideoPipeline::from_dir(model_dir, &device).map_err(|e| e.to_string())?;
+    if let Some(devices) = &shard_devices {
+        pipe = pipe.with_devices(devices).map_err(|e| e.to_string())?;
+    }
     if let Some(frames) = args.chunk_frames {
         // Temporal layers: 4096 positions per call (a 64 × 64 latent frame's worth).
         pipe = pipe.with_chunking(Chunking::new(frames, 4096));

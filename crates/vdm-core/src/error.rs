@@ -101,6 +101,17 @@ pub enum Error {
         /// What to install or which feature to choose instead.
         hint: String,
     },
+
+    /// One shard of a model spread over several devices failed
+    /// ([`ShardedDenoiser`](crate::shard::ShardedDenoiser)): its model's error, or the panic of
+    /// its backend (a remote server that went away).
+    #[error("shard `{shard}` failed: {reason}")]
+    Shard {
+        /// The shard's name (its device, e.g. `ws://10.0.0.2:3000`).
+        shard: String,
+        /// What went wrong there.
+        reason: String,
+    },
 }
 
 /// The message of a caught panic (`std::panic::catch_unwind`'s payload): its `String` or

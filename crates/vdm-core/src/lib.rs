@@ -12,7 +12,9 @@
 //! - [`Denoiser`]: what a sampler needs from a model (per-item or per-frame timesteps,
 //!   per-frame conditioning, its prediction type);
 //! - [`temporal`]: the hook through which long-video strategies reach a model's temporal
-//!   layers.
+//!   layers;
+//! - [`shard`]: one denoiser spread over several devices (local or remote), split along the
+//!   batch.
 //!
 //! Any Burn model that implements [`Denoiser`] and routes its temporal layers through
 //! [`temporal::TemporalHook`] gains every sampler and long-video algorithm of vdm.
@@ -40,6 +42,7 @@ pub mod host;
 pub mod layout;
 pub mod noise;
 pub mod prediction;
+pub mod shard;
 pub mod temporal;
 
 pub use cross_frame::{CrossFrame, CrossFrameHook, OwnFrame};
@@ -50,4 +53,5 @@ pub use error::{Error, Result};
 pub use layout::VideoShape;
 pub use noise::{NoiseSource, SeededNoise};
 pub use prediction::PredictionType;
+pub use shard::{Shard, ShardedDenoiser};
 pub use temporal::{AllFrames, AttentionStage, TemporalHook};

@@ -100,8 +100,11 @@ pub use vdm_schedulers as schedulers;
 
 pub use vdm_core::{Error, Result};
 
+pub mod devices;
 pub mod embedded;
 pub mod pipeline;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod shapes;
 pub mod training;
 pub mod video;

@@ -1,6 +1,7 @@
 //! The video UNet and the frame decoder a text-to-video pipeline is built from.
 
-use burn::tensor::Tensor;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
 use vdm_core::{Denoiser, DenoiserInput, PredictionType, Result};
 use vdm_models::chunking::Chunking;
 use vdm_models::patchify::Patchify;
@@ -32,6 +33,15 @@ impl VideoUNet {
         match self {
             Self::UNet3D(m) => Self::UNet3D(m.with_chunking(chunking)),
             Self::Motion(m) => Self::Motion(m.with_chunking(chunking)),
+        }
+    }
+
+    /// A replica of the model with its weights on `device`, chunking and prediction type
+    /// kept (the shards of a [`ShardedDenoiser`](vdm_core::ShardedDenoiser)).
+    pub fn to_device(&self, device: &Device) -> Self {
+        match self {
+            Self::UNet3D(m) => Self::UNet3D(m.clone().to_device(device)),
+            Self::Motion(m) => Self::Motion(m.clone().to_device(device)),
         }
     }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor};
 use vdm_core::finite::ensure_all_finite;
 use vdm_core::{
-    Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, SeededNoise, VideoShape,
+    Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, SeededNoise, Shard,
+    ShardedDenoiser, VideoShape,
 };
 use vdm_longvideo::co_denoising::CoDenoisingSampler;
 use vdm_longvideo::fifo::FifoSampler;
@@ -91,6 +92,9 @@ pub struct TextToVideoPipeline {
     pub scheduler_config: String,
     /// Where the models run.
     pub device: Device,
+    /// The UNet spread over several devices ([`with_devices`](Self::with_devices)), or `None`:
+    /// it runs on [`device`](Self::device).
+    pub shards: Option<ShardedDenoiser>,
 }
 
 impl TextToVideoPipeline {
@@ -176,6 +180,7 @@ impl TextToVideoPipeline {
             vae,
             scheduler_config,
             device: device.clone(),
+            shards: None,
         })
     }
 
@@ -184,7 +189,55 @@ impl TextToVideoPipeline {
     /// activation memory stays bounded however many frames are generated.
     pub fn with_chunking(mut self, chunking: Chunking) -> Self {
         self.unet = self.unet.with_chunking(chunking);
+        if let Some(sharded) = self.shards.take() {
+            let devices: Vec<(String, Device)> = sharded
+                .shards()
+                .iter()
+                .map(|s| (s.name.clone(), s.device.clone()))
+                .collect();
+            self.shards = Some(self.sharded_unet(&devices));
+        }
         self
+    }
+
+    /// Spreads the UNet over `devices` (name, device): one replica of its weights on each,
+    /// every model call split along the batch ([`ShardedDenoiser`]: classifier-free
+    /// guidance's two halves run on two devices at once). The text encoder and the decoder
+    /// stay on [`device`](Self::device), where the sampler's latents and the outputs live.
+    /// Devices are local (`Device::cuda(1)`, ...) or remote (`vdm::remote::connect`, with the
+    /// `remote` feature).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`devices`) for an empty list.
+    pub fn with_devices(mut self, devices: &[(String, Device)]) -> Result<Self> {
+        if devices.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "devices".into(),
+                reason: "at least one device is needed".into(),
+            });
+        }
+        self.shards = Some(self.sharded_unet(devices));
+        Ok(self)
+    }
+
+    /// Replicas of the UNet on `devices` (not empty).
+    fn sharded_unet(&self, devices: &[(String, Device)]) -> ShardedDenoiser {
+        let shards = devices
+            .iter()
+            .map(|(name, device)| {
+                Shard::new(name.clone(), device.clone(), self.unet.to_device(device))
+            })
+            .collect();
+        ShardedDenoiser::new(shards, self.device.clone())
+            .expect("replicas of one UNet, at least one")
+    }
+
+    /// The model the samplers call: the UNet, or its shards.
+    fn denoiser(&self) -> &dyn Denoiser {
+        match &self.shards {
+            Some(sharded) => sharded,
+            None => &self.unet,
+        }
     }
 
     /// The VAE's spatial factor (8 for every SD-family VAE; the patch size of a pixel-space
@@ -258,7 +311,7 @@ impl TextToVideoPipeline {
         let mut progress = |p: Progress<'_>| progress(PipelineProgress::Denoise(p));
         let (shape, cond, device) = (request.shape, request.conditioning, &self.device);
         if let Some(plan) = settings.long_video.fifo {
-            let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan)
+            let mut sampler = FifoSampler::new(self.denoiser(), request.scheduler, plan)
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
@@ -266,7 +319,7 @@ impl TextToVideoPipeline {
             return sampler.sample(shape, cond, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.reuse_diffuse.clone() {
-            let mut sampler = ReuseDiffuseSampler::new(&self.unet, request.scheduler, plan)
+            let mut sampler = ReuseDiffuseSampler::new(self.denoiser(), request.scheduler, plan)
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
@@ -274,7 +327,7 @@ impl TextToVideoPipeline {
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.keyframes {
-            let mut sampler = KeyframeSampler::new(&self.unet, request.scheduler, plan)
+            let mut sampler = KeyframeSampler::new(self.denoiser(), request.scheduler, plan)
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
@@ -284,7 +337,7 @@ impl TextToVideoPipeline {
         if let Some(plan) = settings.long_video.extension {
             // The first clip directly, then window after window from its last frames.
             let first = plan.window.min(shape.frames);
-            let mut direct = LongVideoSampler::new(&self.unet, request.scheduler.clone())
+            let mut direct = LongVideoSampler::new(self.denoiser(), request.scheduler.clone())
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = &request.guidance {
                 direct = direct.with_guidance(g.clone());
@@ -300,8 +353,9 @@ impl TextToVideoPipeline {
             if first == shape.frames {
                 return Ok(clip);
             }
-            let mut sampler = ExtensionSampler::new(&self.unet, request.scheduler, plan.weight)
-                .with_finite_checks(settings.finite_checks);
+            let mut sampler =
+                ExtensionSampler::new(self.denoiser(), request.scheduler, plan.weight)
+                    .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
@@ -317,7 +371,7 @@ impl TextToVideoPipeline {
             );
         }
         if let Some(plan) = settings.long_video.text2video_zero {
-            let mut sampler = Text2VideoZeroSampler::new(&self.unet, request.scheduler, plan)
+            let mut sampler = Text2VideoZeroSampler::new(self.denoiser(), request.scheduler, plan)
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
@@ -325,14 +379,14 @@ impl TextToVideoPipeline {
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
         if let Some(plan) = settings.long_video.co_denoising.clone() {
-            let mut sampler = CoDenoisingSampler::new(&self.unet, request.scheduler, plan)
+            let mut sampler = CoDenoisingSampler::new(self.denoiser(), request.scheduler, plan)
                 .with_finite_checks(settings.finite_checks);
             if let Some(g) = request.guidance {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
         }
-        let mut sampler = LongVideoSampler::new(&self.unet, request.scheduler)
+        let mut sampler = LongVideoSampler::new(self.denoiser(), request.scheduler)
             .with_finite_checks(settings.finite_checks);
         if let Some(g) = request.guidance {
             sampler = sampler.with_guidance(g);
@@ -377,7 +431,7 @@ impl TextToVideoPipeline {
             return self.decode_pieces(latents, chunk, checks, progress, on_frames);
         };
         let request = self.request(settings)?;
-        let mut sampler = FifoSampler::new(&self.unet, request.scheduler, plan)
+        let mut sampler = FifoSampler::new(self.denoiser(), request.scheduler, plan)
             .with_finite_checks(settings.finite_checks);
         if let Some(g) = request.guidance {
             sampler = sampler.with_guidance(g);
