@@ -15,63 +15,29 @@
 //! correctness, not speed: the servers share the client's cores.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vdm::burn::tensor::Device;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
+use vdm::remote::ServerProcess;
 use vdm_examples::measure::{load_average, median};
 
-/// A `vdm-serve` child process, killed when dropped.
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `vdm-serve --port 0 --bind 127.0.0.1` and reads the address it prints (bounded).
-fn start_server() -> Result<Server, String> {
+/// Starts `vdm-serve --port 0 --bind 127.0.0.1` (built beside this example) and reads the
+/// address it prints (bounded).
+fn start_server() -> Result<ServerProcess, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let serve: PathBuf = exe.with_file_name("vdm-serve");
-    let mut child = Command::new(&serve)
-        .args(["--port", "0", "--bind", "127.0.0.1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| {
-            format!(
-                "{}: {e} (build it: cargo build --release --features remote --example vdm-serve)",
-                serve.display()
-            )
-        })?;
-    let stdout = child.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let mut server = Server {
-        child,
-        address: String::new(),
-    };
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| "vdm-serve printed no address within 60 s".to_string())?;
-    server.address = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .ok_or_else(|| format!("vdm-serve printed `{}`", line.trim()))?
-        .to_string();
-    Ok(server)
+    if !serve.is_file() {
+        return Err(format!(
+            "{} is missing: cargo build --release --features remote --example vdm-serve",
+            serve.display()
+        ));
+    }
+    let mut command = Command::new(&serve);
+    command.args(["--port", "0", "--bind", "127.0.0.1"]);
+    ServerProcess::spawn(command, Duration::from_secs(60)).map_err(|e| e.to_string())
 }
 
 fn main() -> Result<(), String> {
@@ -88,10 +54,10 @@ fn main() -> Result<(), String> {
         _ => return Err("usage: bench_sharding [frames steps rounds]".into()),
     };
     let servers = [start_server()?, start_server()?];
-    let connect = |s: &Server| -> Result<(String, Device), String> {
-        let device =
-            vdm::remote::connect(&s.address, Duration::from_secs(30)).map_err(|e| e.to_string())?;
-        Ok((s.address.clone(), device))
+    let connect = |s: &ServerProcess| -> Result<(String, Device), String> {
+        let device = vdm::remote::connect(s.address(), Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        Ok((s.address().to_string(), device))
     };
     let remote = [connect(&servers[0])?, connect(&servers[1])?];
     let flex = |name: &str| (name.to_string(), Device::flex());

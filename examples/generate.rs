@@ -13,9 +13,10 @@
 //! `examples/train.rs`, shipped in `crates/vdm/models/`; see `docs/embedded-model.md`).
 //! `--model-dir` is a diffusers pipeline folder (`TextToVideoSDPipeline` or
 //! `AnimateDiffPipeline`; see `docs/real-checkpoints.md`). Every argument is checked before any
-//! model is loaded; nothing is written unless the whole video is. Ctrl-C stops at the next
-//! denoising (or decoding) step, says so, writes nothing and exits with status 130; a second
-//! Ctrl-C exits at once.
+//! model is loaded; nothing is written unless the whole video is, or, with `--keep-partial`,
+//! the frames finished before the run stopped. Ctrl-C stops at the next denoising (or
+//! decoding) step, says so, writes nothing (or those frames) and exits with status 130; a
+//! second Ctrl-C exits at once.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use vdm::burn::tensor::Tensor;
 use vdm::core::SeededNoise;
 use vdm::longvideo::co_denoising::{CoDenoising, CoWeights};
 use vdm::longvideo::fifo::Fifo;
@@ -39,7 +41,7 @@ use vdm::longvideo::text2video_zero::Text2VideoZero;
 use vdm::models::chunking::Chunking;
 use vdm::models::clip::LongPrompt;
 use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPipeline};
-use vdm::video::{GifOptions, GifPalette, WriteOptions, check_output};
+use vdm::video::{GifOptions, GifPalette, Video, WriteOptions, check_output};
 use vdm_examples::interrupt;
 
 /// Text to video with vdm: load a diffusers text-to-video folder, sample, write a video file.
@@ -180,6 +182,15 @@ struct Args {
     #[arg(long)]
     no_finite_checks: bool,
 
+    /// When the run stops early (Ctrl-C, a device or a `vdm-serve` server that fails), write
+    /// the frames finished so far instead of nothing, and print each piece as it is finished.
+    /// `--long fifo` finishes frames one by one and `--long extend` window by window while
+    /// sampling goes on; the other methods finish every frame at the end, so only a stop
+    /// while decoding keeps frames. The exit status still says the run stopped (130 for
+    /// Ctrl-C, 2 otherwise).
+    #[arg(long)]
+    keep_partial: bool,
+
     /// Spread the UNet over these devices, comma separated: `flex`, `ndarray`, `wgpu`,
     /// `wgpu:N`, `cuda:N`, `ws://host:port` (a `vdm-serve` server; needs `--features
     /// remote`). Each holds a replica; every model call is split along the batch, so with
@@ -290,22 +301,41 @@ enum PaletteArg {
     Global,
 }
 
+/// Why `run` stopped, and what it wrote of the video before (with `--keep-partial`).
+struct Stopped {
+    message: String,
+    kept: Option<String>,
+}
+
+impl From<String> for Stopped {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            kept: None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) if interrupt::requested() => {
-            eprintln!("interrupted ({message}): nothing written");
+        Err(Stopped { message, kept }) if interrupt::requested() => {
+            let kept = kept.unwrap_or_else(|| "nothing written".into());
+            eprintln!("interrupted ({message}): {kept}");
             ExitCode::from(interrupt::EXIT_STATUS)
         }
-        Err(message) => {
+        Err(Stopped { message, kept }) => {
             eprintln!("error: {message}");
+            if let Some(kept) = kept {
+                eprintln!("{kept}");
+            }
             ExitCode::from(2)
         }
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args) -> Result<(), Stopped> {
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -371,55 +401,103 @@ fn run(args: &Args) -> Result<(), String> {
         settings.frames,
     );
 
-    // From here on Ctrl-C stops at the next step boundary (and writes nothing).
+    // From here on Ctrl-C stops at the next step boundary (and writes nothing, or the frames
+    // finished so far).
     interrupt::install()?;
-    println!("sampling (Ctrl-C stops at the next step and writes nothing)");
+    let keeps = if args.keep_partial {
+        "the frames finished so far"
+    } else {
+        "nothing"
+    };
+    println!("sampling (Ctrl-C stops at the next step and writes {keeps})");
     let bar = progress_bar();
     let mut step_times = Vec::new();
     let mut last = Instant::now();
     let mut noise = SeededNoise::new(seed);
-    let result = pipe.generate_with(&settings, &mut noise, &mut |p| {
-        if interrupt::requested() {
-            return Control::Cancel;
-        }
-        match p {
-            PipelineProgress::Denoise(p) => {
-                step_times.push(last.elapsed());
-                last = Instant::now();
-                if fifo.is_some() {
-                    // Pass 0: the warm-up clip's levels; pass 1: the frames.
-                    bar.set_length(p.num_steps as u64);
-                    bar.set_position((p.step + 1) as u64);
-                    bar.set_message(if p.iteration == 0 {
-                        "FIFO warm-up clip"
+    let mut pieces = Vec::new();
+    let result = pipe.generate_frames(
+        &settings,
+        &mut noise,
+        &mut |p| {
+            if interrupt::requested() {
+                return Control::Cancel;
+            }
+            match p {
+                PipelineProgress::Denoise(p) => {
+                    step_times.push(last.elapsed());
+                    last = Instant::now();
+                    if fifo.is_some() {
+                        // Pass 0: the warm-up clip's levels; pass 1: the frames.
+                        bar.set_length(p.num_steps as u64);
+                        bar.set_position((p.step + 1) as u64);
+                        bar.set_message(if p.iteration == 0 {
+                            "FIFO warm-up clip"
+                        } else {
+                            "FIFO frames"
+                        });
+                        return Control::Continue;
+                    }
+                    bar.set_length((p.num_steps * p.iterations) as u64);
+                    bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
+                    bar.set_message(if p.iterations > 1 {
+                        let pass = if settings.long_video.extension.is_some() {
+                            "window"
+                        } else {
+                            "FreeInit pass"
+                        };
+                        format!("denoising ({pass} {}/{})", p.iteration + 1, p.iterations)
                     } else {
-                        "FIFO frames"
+                        "denoising".into()
                     });
-                    return Control::Continue;
                 }
-                bar.set_length((p.num_steps * p.iterations) as u64);
-                bar.set_position((p.iteration * p.num_steps + p.step + 1) as u64);
-                bar.set_message(if p.iterations > 1 {
-                    format!(
-                        "denoising (FreeInit pass {}/{})",
-                        p.iteration + 1,
-                        p.iterations
-                    )
+                PipelineProgress::Decode { done, total } => {
+                    bar.set_message("decoding");
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                }
+            }
+            Control::Continue
+        },
+        &mut |first, piece| {
+            if args.keep_partial {
+                let line = format!(
+                    "finished frames {first}..{} of {}",
+                    first + piece.num_frames(),
+                    settings.frames
+                );
+                if bar.is_hidden() {
+                    println!("{line}");
                 } else {
-                    "denoising".into()
-                });
+                    bar.println(line);
+                }
             }
-            PipelineProgress::Decode { done, total } => {
-                bar.set_message("decoding");
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-        }
-        Control::Continue
-    });
+            pieces.push(piece.frames);
+            Ok(())
+        },
+    );
     bar.finish_and_clear();
-    let video = result.map_err(|e| e.to_string())?;
-
+    let whole = |pieces: Vec<_>| Video::new(Tensor::cat(pieces, 0)).map_err(|e| e.to_string());
+    if let Err(e) = result {
+        let message = e.to_string();
+        if !args.keep_partial || pieces.is_empty() {
+            return Err(message.into());
+        }
+        let partial = whole(pieces)?;
+        let kept = match partial.write(&args.out, &write_options) {
+            Ok(_) => format!(
+                "wrote the {} finished frames of {} to {}",
+                partial.num_frames(),
+                settings.frames,
+                args.out.display()
+            ),
+            Err(e) => format!("writing the finished frames failed: {e}"),
+        };
+        return Err(Stopped {
+            message,
+            kept: Some(kept),
+        });
+    }
+    let video = whole(pieces)?;
     video
         .write(&args.out, &write_options)
         .map_err(|e| e.to_string())?;

@@ -149,6 +149,15 @@ impl Denoiser for ShardedDenoiser {
         let shape = input.shape()?;
         let ranges = split_batch(shape.batch, self.shards.len());
         let input = &input;
+        if let [range] = ranges.as_slice() {
+            // One part (batch 1, or one shard): no thread to spawn; a panic still becomes the
+            // shard's error.
+            let shard = &self.shards[0];
+            return catch_unwind(AssertUnwindSafe(|| {
+                run_shard(shard, input, range.clone(), &self.output_device)
+            }))
+            .unwrap_or_else(|panic| Err(shard_error(shard, panic_message(&*panic))));
+        }
         let results: Vec<Result<Tensor<5>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .shards
@@ -156,14 +165,11 @@ impl Denoiser for ShardedDenoiser {
                 .zip(&ranges)
                 .map(|(shard, range)| {
                     let range = range.clone();
-                    scope.spawn(move || {
-                        catch_unwind(AssertUnwindSafe(|| {
-                            run_shard(shard, input, range, &self.output_device)
-                        }))
-                        .unwrap_or_else(|panic| Err(shard_error(shard, panic_message(&*panic))))
-                    })
+                    scope.spawn(move || run_shard(shard, input, range, &self.output_device))
                 })
                 .collect();
+            // Every handle is joined here, so a shard's panic comes back as its `Err` payload
+            // (the scope itself does not panic).
             handles
                 .into_iter()
                 .zip(&self.shards)
@@ -338,9 +344,10 @@ mod tests {
 
     #[test]
     fn a_failing_or_panicking_shard_is_an_error_naming_it() {
-        for kind in ["error", "panic"] {
+        // One shard runs on the caller's thread, two on their own: both paths name the shard.
+        for (kind, shards) in [("error", 1), ("panic", 1), ("error", 2), ("panic", 2)] {
             let (x, cond, ts) = input_parts(2);
-            let err = sharded(2, Some(kind))
+            let err = sharded(shards, Some(kind))
                 .predict(DenoiserInput::new(x, ts, cond))
                 .unwrap_err();
             let message = err.to_string();

@@ -210,12 +210,11 @@ impl<'a> ExtensionSampler<'a> {
     /// each window of `window` frames keeps the last `context` frames so far as known and adds
     /// `window − context` new ones (the last window fewer). `conditioning` is shared, or per
     /// frame of the extended video (each window gets its frames' slice). Progress counts the
-    /// windows as passes.
+    /// windows as passes. Returns the whole video (`clip` first); see
+    /// [`extend_parts`](Self::extend_parts) for the new frames as each window finishes them.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `context` (0, or not below `window` or the clip's frames)
-    /// or `frames` (not above the clip's); the errors of
-    /// [`sample_window`](Self::sample_window).
+    /// As [`extend_parts`](Self::extend_parts).
     #[allow(clippy::too_many_arguments)]
     pub fn extend(
         &mut self,
@@ -228,6 +227,46 @@ impl<'a> ExtensionSampler<'a> {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(Progress<'_>) -> Control,
     ) -> Result<Tensor<5>> {
+        let mut parts = vec![clip.clone()];
+        self.extend_parts(
+            clip,
+            frames,
+            window,
+            context,
+            conditioning,
+            num_inference_steps,
+            noise,
+            progress,
+            &mut |part| {
+                parts.push(part);
+                Ok(())
+            },
+        )?;
+        Ok(Tensor::cat(parts, 2))
+    }
+
+    /// [`extend`](Self::extend), handing each window's new frames (`[B, C, n, H, W]`, clean
+    /// latents, in order) to `on_part` as soon as the window is sampled, and keeping only the
+    /// last `context` frames: the memory does not grow with `frames`, and the frames finished
+    /// before a failure or a cancel have been handed over.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `context` (0, or not below `window` or the clip's frames)
+    /// or `frames` (not above the clip's); the errors of
+    /// [`sample_window`](Self::sample_window); those of `on_part`, which stop the extension.
+    #[allow(clippy::too_many_arguments)]
+    pub fn extend_parts(
+        &mut self,
+        clip: Tensor<5>,
+        frames: usize,
+        window: usize,
+        context: usize,
+        conditioning: Conditioning,
+        num_inference_steps: usize,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(Progress<'_>) -> Control,
+        on_part: &mut dyn FnMut(Tensor<5>) -> Result<()>,
+    ) -> Result<()> {
         let start = VideoShape::of("clip", &clip)?.frames;
         if context == 0 || context >= window || context > start {
             return Err(Error::invalid(
@@ -256,12 +295,12 @@ impl<'a> ExtensionSampler<'a> {
         let device = clip.device();
         let step = window - context;
         let passes = (frames - start).div_ceil(step);
-        let mut video = clip;
+        // The last `context` frames so far: the next window's known frames.
+        let mut known = clip.narrow(2, start - context, context);
+        let mut have = start;
         let mut pass = 0;
-        while video.dims()[2] < frames {
-            let have = video.dims()[2];
+        while have < frames {
             let new = step.min(frames - have);
-            let known = video.clone().narrow(2, have - context, context);
             let part = self.sample_window(
                 known,
                 context + new,
@@ -277,10 +316,14 @@ impl<'a> ExtensionSampler<'a> {
                     })
                 },
             )?;
-            video = Tensor::cat(vec![video, part.narrow(2, context, new)], 2);
+            // The window is frames `have − context .. have + new`: its last `context` ones
+            // are the video's last so far.
+            known = part.clone().narrow(2, new, context);
+            on_part(part.narrow(2, context, new))?;
+            have += new;
             pass += 1;
         }
-        Ok(video)
+        Ok(())
     }
 }
 
@@ -569,6 +612,67 @@ mod tests {
         assert!(run(11, 4, 0).contains("context"));
         assert!(run(11, 8, 5).contains("context"));
         assert!(run(4, 4, 2).contains("frames"));
+    }
+
+    #[test]
+    fn extension_parts_are_handed_over_as_windows_finish() {
+        let device = Device::flex();
+        let model = Mixing(0.1, 0.3);
+        let clip: Tensor<5> = draw(&mut SeededNoise::new(3), [1, 2, 4, 3, 2], &device).unwrap();
+        let run = |cancel_in_window: Option<usize>| {
+            let mut parts = Vec::new();
+            let outcome = ExtensionSampler::new(&model, from_config_json(DDIM).unwrap(), 1.0)
+                .extend_parts(
+                    clip.clone(),
+                    11,
+                    5,
+                    2,
+                    Conditioning::None,
+                    3,
+                    &mut SeededNoise::new(4),
+                    &mut |p| match cancel_in_window {
+                        Some(w) if p.iteration == w => Control::Cancel,
+                        _ => Control::Continue,
+                    },
+                    &mut |part| {
+                        parts.push(part);
+                        Ok(())
+                    },
+                );
+            (outcome, parts)
+        };
+        // 7 new frames, 3 per window: parts of 3, 3 and 1 frames, together the whole video.
+        let (outcome, parts) = run(None);
+        outcome.unwrap();
+        let lengths: Vec<usize> = parts.iter().map(|p| p.dims()[2]).collect();
+        assert_eq!(lengths, [3, 3, 1]);
+        let whole = ExtensionSampler::new(&model, from_config_json(DDIM).unwrap(), 1.0)
+            .extend(
+                clip.clone(),
+                11,
+                5,
+                2,
+                Conditioning::None,
+                3,
+                &mut SeededNoise::new(4),
+                &mut |_| Control::Continue,
+            )
+            .unwrap();
+        let mut joined = vec![clip.clone()];
+        joined.extend(parts);
+        assert_eq!(host(Tensor::cat(joined, 2)), host(whole.clone()));
+        // Cancelled in the third window: the first two windows' frames were handed over.
+        let (outcome, parts) = run(Some(2));
+        assert!(
+            matches!(outcome, Err(Error::Cancelled { .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(parts.len(), 2);
+        assert_eq!(
+            host(Tensor::cat(parts, 2)),
+            host(whole.narrow(2, 4, 6)),
+            "the parts before the cancel are the video's frames 4..10"
+        );
     }
 
     #[test]

@@ -26,16 +26,20 @@ pub fn parse_devices(list: &str, connect_timeout: Duration) -> Result<Vec<(Strin
     if entries.iter().any(|e| e.is_empty()) {
         return Err(invalid(format!("`{list}` has an empty entry")));
     }
-    let mut devices: Vec<(String, Device)> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        if devices.iter().any(|(name, _)| name == entry) {
-            return Err(invalid(format!(
-                "`{entry}` is listed twice (a device holds one replica)"
-            )));
-        }
-        devices.push((entry.to_string(), parse_device(entry, connect_timeout)?));
+    // The whole list is checked before any device is probed (a remote one costs a handshake).
+    if let Some((_, entry)) = entries
+        .iter()
+        .enumerate()
+        .find(|(i, e)| entries[..*i].contains(e))
+    {
+        return Err(invalid(format!(
+            "`{entry}` is listed twice (a device holds one replica)"
+        )));
     }
-    Ok(devices)
+    entries
+        .into_iter()
+        .map(|entry| Ok((entry.to_string(), parse_device(entry, connect_timeout)?)))
+        .collect()
 }
 
 /// The device of one entry of [`parse_devices`]' list, probed.
@@ -135,6 +139,9 @@ mod tests {
             ("", "empty entry"),
             ("flex,,flex", "empty entry"),
             ("flex, flex", "listed twice"),
+            // Repeats are found before any entry is probed or connected to.
+            ("tpu, tpu", "listed twice"),
+            ("ws://127.0.0.1:1,ws://127.0.0.1:1", "listed twice"),
             ("tpu", "unknown device `tpu`"),
             ("cuda:x", "`x` is not a device index"),
             ("flex:1", "takes no device index"),

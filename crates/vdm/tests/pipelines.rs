@@ -497,6 +497,45 @@ fn long_video_methods_run_through_the_pipeline() {
     for (a, b) in frames[..first.len()].iter().zip(&first) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
+    // Piece by piece: the first clip when it is sampled, then each window's new frames; a
+    // run cancelled in the second window has handed over the first clip's frames.
+    let streamed = |cancel_at: Option<usize>| {
+        let (mut pieces, mut streamed, mut steps) = (Vec::new(), Vec::new(), 0);
+        let outcome = pipe.generate_frames(
+            &extended,
+            &mut vdm::core::SeededNoise::new(extended.seed),
+            &mut |p| {
+                if let PipelineProgress::Denoise(_) = p {
+                    steps += 1;
+                    if Some(steps) == cancel_at {
+                        return Control::Cancel;
+                    }
+                }
+                Control::Continue
+            },
+            &mut |first, piece| {
+                pieces.push((first, piece.num_frames()));
+                streamed.extend(values(piece.frames));
+                Ok(())
+            },
+        );
+        (outcome, pieces, streamed)
+    };
+    let (outcome, pieces, streamed_frames) = streamed(None);
+    outcome.unwrap();
+    assert_eq!(pieces, vec![(0, 4), (4, 2)]);
+    assert_eq!(streamed_frames.len(), frames.len());
+    for (a, b) in streamed_frames.iter().zip(&frames) {
+        // The same latents, decoded in two VAE calls instead of one.
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let (outcome, pieces, kept) = streamed(Some(3));
+    assert!(
+        matches!(outcome, Err(vdm::core::Error::Cancelled { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(pieces, vec![(0, 4)]);
+    assert_eq!(kept, streamed_frames[..kept.len()]);
     let e = pipe
         .generate(&extended.clone().freelong(FreeLong::new(2)))
         .unwrap_err();

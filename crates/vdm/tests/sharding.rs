@@ -4,9 +4,9 @@
 //!
 //! Locally: two shards on the flex device. With the `remote` feature: two Burn remote servers
 //! on the loopback address, each this test binary run again as a child process (the ignored
-//! test `child_serves_until_killed`, selected by the environment variable [`CHILD_ADDRESS`]);
-//! then one server is killed mid-run and the run must stop with a typed error naming it. Every
-//! wait on a child or a run is bounded.
+//! test `child_serves_until_killed`, which serves only where the variable `CHILD` names is set);
+//! then one server is killed mid-run and the run must stop with a typed error naming it,
+//! having handed over the frames it finished before. Every wait on a child or a run is bounded.
 
 use burn::tensor::Device;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
@@ -71,97 +71,67 @@ fn an_empty_device_list_is_refused() {
     assert!(err.to_string().contains("devices"), "{err}");
 }
 
-#[cfg(feature = "remote")]
+/// A build whose Burn fusion is on (the `wgpu` or `cuda` feature) refuses remote devices with
+/// the reason, before connecting: Burn 0.22's fused remote client breaks its servers.
+#[cfg(all(feature = "remote", any(feature = "wgpu", feature = "cuda")))]
+#[test]
+fn a_fused_build_refuses_remote_devices_naming_the_reason() {
+    let err =
+        vdm::remote::connect("ws://127.0.0.1:1", std::time::Duration::from_secs(1)).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, vdm::core::Error::Device { .. }), "{message}");
+    assert!(message.contains("fusion"), "{message}");
+    assert!(message.contains("without `wgpu`"), "{message}");
+}
+
+/// Remote servers, in a build without Burn's fusion (see
+/// `a_fused_build_refuses_remote_devices_naming_the_reason`).
+#[cfg(all(feature = "remote", not(any(feature = "wgpu", feature = "cuda"))))]
 mod remote {
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     use burn::tensor::Device;
     use vdm::core::{Error, SeededNoise};
+    use vdm::longvideo::reconstruction::Extension;
     use vdm::longvideo::sampler::Control;
     use vdm::pipeline::PipelineProgress;
-    use vdm::video::Video;
+    use vdm::remote::ServerProcess;
 
     use super::*;
 
-    /// The variable naming the file a child server writes its `ws://` address to.
-    const CHILD_ADDRESS: &str = "VDM_SHARDING_SERVER_ADDRESS";
+    /// Set for the child servers: the ignored test that serves runs only there.
+    const CHILD: &str = "VDM_SHARDING_CHILD_SERVER";
 
     /// Far beyond what a child needs to start or a short run needs to end when it works, so
     /// only a hang reaches it.
     const LIMIT: Duration = Duration::from_secs(240);
 
-    /// The child's side: serves the flex device on a free loopback port, its address written
-    /// to [`CHILD_ADDRESS`] (under a temporary name, then renamed: the parent never reads half
-    /// an address), until killed.
+    /// The child's side: serves the flex device on a free loopback port, printing its address
+    /// as `vdm-serve` does, until killed.
     #[test]
-    #[ignore = "not a test alone: the server process that the remote sharding tests start (with --ignored --exact), so CI covers it through them"]
+    #[ignore = "not a test alone: the server process that the remote sharding tests start (with --ignored --exact)"]
     fn child_serves_until_killed() {
-        let target = PathBuf::from(std::env::var_os(CHILD_ADDRESS).expect("run by the parent"));
+        assert!(std::env::var_os(CHILD).is_some(), "run by the parent");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = format!("ws://{}", listener.local_addr().unwrap());
-        let temporary = target.with_extension("tmp");
-        std::fs::write(&temporary, &address).unwrap();
-        std::fs::rename(&temporary, &target).unwrap();
+        println!("serving flex on ws://{}", listener.local_addr().unwrap());
         vdm::remote::serve(listener, Device::flex()).unwrap();
     }
 
-    /// A child server, killed when dropped (so no process outlives a failed test).
-    struct Server {
-        child: Child,
-        address: String,
+    /// This test binary again, as a server (killed when dropped).
+    fn start_server() -> ServerProcess {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--ignored", "--exact", "--nocapture"])
+            .arg("remote::child_serves_until_killed")
+            .env(CHILD, "1");
+        ServerProcess::spawn(command, LIMIT).unwrap()
     }
 
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Server {
-        /// Starts a child server and waits (bounded) for its address.
-        fn start(dir: &Path, name: &str) -> Server {
-            let file = dir.join(name);
-            let child = Command::new(std::env::current_exe().unwrap())
-                .args(["--ignored", "--exact", "remote::child_serves_until_killed"])
-                .env(CHILD_ADDRESS, &file)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let mut server = Server {
-                child,
-                address: String::new(),
-            };
-            let started = Instant::now();
-            while !file.is_file() {
-                if let Some(status) = server.child.try_wait().unwrap() {
-                    panic!("the server {name} exited at start: {status}");
-                }
-                assert!(
-                    started.elapsed() < LIMIT,
-                    "the server {name} never listened"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            server.address = std::fs::read_to_string(&file).unwrap();
-            server
-        }
-
-        fn device(&self) -> (String, Device) {
-            let device = vdm::remote::connect(&self.address, Duration::from_secs(30)).unwrap();
-            (self.address.clone(), device)
-        }
-    }
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("vdm-sharding-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn device(server: &ServerProcess) -> (String, Device) {
+        let device = vdm::remote::connect(server.address(), Duration::from_secs(30)).unwrap();
+        (server.address().to_string(), device)
     }
 
     /// `work` on another thread, failing the test if it does not finish within [`LIMIT`] (a
@@ -171,8 +141,13 @@ mod remote {
         std::thread::spawn(move || {
             let _ = tx.send(work());
         });
-        rx.recv_timeout(LIMIT)
-            .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+        match rx.recv_timeout(LIMIT) {
+            Ok(value) => value,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("{what} did not finish within {LIMIT:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked (see above)"),
+        }
     }
 
     #[test]
@@ -203,9 +178,8 @@ mod remote {
 
     #[test]
     fn two_remote_servers_make_the_single_device_video() {
-        let dir = scratch("servers");
-        let servers = [Server::start(&dir, "a"), Server::start(&dir, "b")];
-        let devices: Vec<(String, Device)> = servers.iter().map(Server::device).collect();
+        let servers = [start_server(), start_server()];
+        let devices: Vec<(String, Device)> = servers.iter().map(device).collect();
         let one = frames(&pipeline());
         let sharded = bounded("the sharded runs", move || {
             frames(&pipeline().with_devices(&devices).unwrap())
@@ -218,46 +192,64 @@ mod remote {
             assert!(diff <= 2e-4, "case {case}: frames differ by {diff}");
         }
         drop(servers);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The frames finished before a server dies are not lost: an extended video (a first clip
+    /// of 16 frames, then windows of 8 new ones) is streamed with `generate_frames`, the
+    /// server is killed in the first window after the clip, and the run stops with a typed
+    /// error naming it after handing over the clip's 16 frames.
     #[test]
     fn a_server_killed_mid_run_is_an_error_naming_it() {
-        let dir = scratch("killed");
-        let servers = [Server::start(&dir, "a"), Server::start(&dir, "b")];
-        let devices: Vec<(String, Device)> = servers.iter().map(Server::device).collect();
-        let victim = servers[1].address.clone();
+        let servers = [start_server(), start_server()];
+        let devices: Vec<(String, Device)> = servers.iter().map(device).collect();
+        let victim = servers[1].address().to_string();
         let [first, second] = servers;
-        let pid = second.child.id();
+        let pid = second.id();
+        const STEPS: usize = 4;
         let outcome = bounded("the run with a killed server", move || {
             let pipe = pipeline().with_devices(&devices).unwrap();
+            // Weight 0: the replacement method (no gradient through the remote replicas).
             let settings = vdm::embedded::generation("a red circle moving right")
-                .steps(6)
-                .seed(5);
+                .frames(32)
+                .steps(STEPS)
+                .seed(5)
+                .extension(Extension::new(16, 8, 0.0));
             let mut noise = SeededNoise::new(5);
-            let mut killed = false;
-            pipe.generate_with(&settings, &mut noise, &mut |p| {
-                if let PipelineProgress::Denoise(step) = p
-                    && step.step >= 2
-                    && !killed
-                {
-                    // SIGKILL: the server dies without a word, mid-run.
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                    killed = true;
-                }
-                Control::Continue
-            })
-            .map(|video: Video| video.frames.dims())
+            let (mut steps, mut kept) = (0, Vec::new());
+            let result = pipe.generate_frames(
+                &settings,
+                &mut noise,
+                &mut |p| {
+                    if let PipelineProgress::Denoise(_) = p {
+                        steps += 1;
+                        if steps == STEPS + 2 {
+                            // SIGKILL: the server dies without a word, in the second window.
+                            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        }
+                    }
+                    Control::Continue
+                },
+                &mut |first, piece| {
+                    kept.push((first, piece.num_frames()));
+                    Ok(())
+                },
+            );
+            (result, kept)
         });
         // Killed here too (and reaped) in case the run ended before it could kill it: this wait
-        // must not depend on the run having reached step 2.
+        // must not depend on the run having reached the window.
         drop(second);
-        let err = outcome.expect_err("a run whose server died must fail");
+        let (result, kept) = outcome;
+        let err = result.expect_err("a run whose server died must fail");
         let message = err.to_string();
-        println!("{message}");
+        println!("{message}; frames handed over: {kept:?}");
         assert!(matches!(err, Error::Shard { .. }), "{message}");
         assert!(message.contains(&victim), "{message}");
+        assert_eq!(
+            kept,
+            [(0, 16)],
+            "the first clip's frames, decoded before the failure"
+        );
         drop(first);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

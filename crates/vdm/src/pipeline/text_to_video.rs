@@ -5,6 +5,7 @@
 //! scheduler with classifier-free guidance on the batch `[uncond, cond]`, decode every frame with
 //! the VAE and map it to `[0, 1]`.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
@@ -19,7 +20,7 @@ use vdm_longvideo::freenoise::{
     FreeNoiseHook, Lerp, NoiseRescheduling, NoiseType, travelling_conditioning,
 };
 use vdm_longvideo::keyframes::KeyframeSampler;
-use vdm_longvideo::reconstruction::ExtensionSampler;
+use vdm_longvideo::reconstruction::{Extension, ExtensionSampler};
 use vdm_longvideo::reuse_diffuse::ReuseDiffuseSampler;
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
@@ -309,6 +310,15 @@ impl TextToVideoPipeline {
     ) -> Result<Tensor<5>> {
         let request = self.request(settings)?;
         let mut progress = |p: Progress<'_>| progress(PipelineProgress::Denoise(p));
+        // The long-video methods exclude each other (`Generation::validate`).
+        if let Some(plan) = settings.long_video.extension {
+            let mut parts = Vec::new();
+            self.extension_parts(settings, plan, request, noise, &mut progress, &mut |part| {
+                parts.push(part);
+                Ok(())
+            })?;
+            return Ok(Tensor::cat(parts, 2));
+        }
         let (shape, cond, device) = (request.shape, request.conditioning, &self.device);
         if let Some(plan) = settings.long_video.fifo {
             let mut sampler = FifoSampler::new(self.denoiser(), request.scheduler, plan)
@@ -333,42 +343,6 @@ impl TextToVideoPipeline {
                 sampler = sampler.with_guidance(g);
             }
             return sampler.sample(shape, cond, settings.steps, noise, device, &mut progress);
-        }
-        if let Some(plan) = settings.long_video.extension {
-            // The first clip directly, then window after window from its last frames.
-            let first = plan.window.min(shape.frames);
-            let mut direct = LongVideoSampler::new(self.denoiser(), request.scheduler.clone())
-                .with_finite_checks(settings.finite_checks);
-            if let Some(g) = &request.guidance {
-                direct = direct.with_guidance(g.clone());
-            }
-            let clip = direct.sample(
-                shape.with_frames(first),
-                cond.frames(0, first),
-                settings.steps,
-                noise,
-                device,
-                &mut progress,
-            )?;
-            if first == shape.frames {
-                return Ok(clip);
-            }
-            let mut sampler =
-                ExtensionSampler::new(self.denoiser(), request.scheduler, plan.weight)
-                    .with_finite_checks(settings.finite_checks);
-            if let Some(g) = request.guidance {
-                sampler = sampler.with_guidance(g);
-            }
-            return sampler.extend(
-                clip,
-                shape.frames,
-                plan.window,
-                plan.context,
-                cond,
-                settings.steps,
-                noise,
-                &mut progress,
-            );
         }
         if let Some(plan) = settings.long_video.text2video_zero {
             let mut sampler = Text2VideoZeroSampler::new(self.denoiser(), request.scheduler, plan)
@@ -408,12 +382,64 @@ impl TextToVideoPipeline {
         sampler.sample(shape, cond, settings.steps, noise, device, &mut progress)
     }
 
+    /// Autoregressive extension: the first clip (`plan.window` frames) sampled directly, then
+    /// window after window from its last frames; the clip and each window's new frames (clean
+    /// latents `[1, C, n, h, w]`, in order) go to `on_part` as soon as they exist.
+    fn extension_parts(
+        &self,
+        settings: &Generation,
+        plan: Extension,
+        request: Request,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(Progress<'_>) -> Control,
+        on_part: &mut dyn FnMut(Tensor<5>) -> Result<()>,
+    ) -> Result<()> {
+        let (shape, cond, device) = (request.shape, request.conditioning, &self.device);
+        let first = plan.window.min(shape.frames);
+        let mut direct = LongVideoSampler::new(self.denoiser(), request.scheduler.clone())
+            .with_finite_checks(settings.finite_checks);
+        if let Some(g) = &request.guidance {
+            direct = direct.with_guidance(g.clone());
+        }
+        let clip = direct.sample(
+            shape.with_frames(first),
+            cond.frames(0, first),
+            settings.steps,
+            noise,
+            device,
+            progress,
+        )?;
+        on_part(clip.clone())?;
+        if first == shape.frames {
+            return Ok(());
+        }
+        let mut sampler = ExtensionSampler::new(self.denoiser(), request.scheduler, plan.weight)
+            .with_finite_checks(settings.finite_checks);
+        if let Some(g) = request.guidance {
+            sampler = sampler.with_guidance(g);
+        }
+        sampler.extend_parts(
+            clip,
+            shape.frames,
+            plan.window,
+            plan.context,
+            cond,
+            settings.steps,
+            noise,
+            progress,
+            on_part,
+        )
+    }
+
     /// Generates a video piece by piece: every decoded piece (a [`Video`] of one frame with
     /// FIFO-Diffusion, of up to [`Generation::decode_chunk_size`] frames otherwise) goes to
     /// `on_frames` with the index of its first frame as soon as it exists, so the decoded
     /// video is never held whole. With FIFO-Diffusion frames come out while sampling goes on
-    /// and the memory does not grow with the length; the other methods sample every latent
-    /// first (small beside the frames), then decode.
+    /// and the memory does not grow with the length; with autoregressive extension each
+    /// window's new frames come out when the window is sampled; the other methods sample every
+    /// latent first (small beside the frames), then decode. Either way, when the run stops
+    /// early (a cancel, a failing device), the frames handed over so far are the finished
+    /// frames of the video it would have made.
     ///
     /// # Errors
     /// As [`generate_with`](Self::generate_with); the errors of `on_frames`, which stop the
@@ -425,14 +451,49 @@ impl TextToVideoPipeline {
         progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
         on_frames: &mut dyn FnMut(usize, Video) -> Result<()>,
     ) -> Result<()> {
+        let (chunk, checks) = (settings.decode_chunk_size, settings.finite_checks);
+        if let (None, Some(plan)) = (settings.long_video.fifo, settings.long_video.extension) {
+            let request = self.request(settings)?;
+            let total = request.shape.frames;
+            // The sampler reports denoising and the decoder decoding through the one callback,
+            // never at the same time.
+            let progress = RefCell::new(progress);
+            let mut done = 0;
+            return self.extension_parts(
+                settings,
+                plan,
+                request,
+                noise,
+                &mut |p| (*progress.borrow_mut())(PipelineProgress::Denoise(p)),
+                &mut |part| {
+                    let n = part.dims()[2];
+                    self.decode_pieces(
+                        part,
+                        chunk,
+                        checks,
+                        &mut |p| match p {
+                            PipelineProgress::Decode { done: piece, .. } => {
+                                (*progress.borrow_mut())(PipelineProgress::Decode {
+                                    done: done + piece,
+                                    total,
+                                })
+                            }
+                            other => (*progress.borrow_mut())(other),
+                        },
+                        &mut |i, v| on_frames(done + i, v),
+                    )?;
+                    done += n;
+                    Ok(())
+                },
+            );
+        }
         let Some(plan) = settings.long_video.fifo else {
             let latents = self.sample_latents(settings, noise, progress)?;
-            let (chunk, checks) = (settings.decode_chunk_size, settings.finite_checks);
             return self.decode_pieces(latents, chunk, checks, progress, on_frames);
         };
         let request = self.request(settings)?;
-        let mut sampler = FifoSampler::new(self.denoiser(), request.scheduler, plan)
-            .with_finite_checks(settings.finite_checks);
+        let mut sampler =
+            FifoSampler::new(self.denoiser(), request.scheduler, plan).with_finite_checks(checks);
         if let Some(g) = request.guidance {
             sampler = sampler.with_guidance(g);
         }
@@ -445,7 +506,7 @@ impl TextToVideoPipeline {
             self.decode_pieces(
                 latent?,
                 Some(1),
-                settings.finite_checks,
+                checks,
                 &mut |_| Control::Continue,
                 &mut |_, v| on_frames(done, v),
             )?;
