@@ -125,6 +125,12 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     context_stride: usize,
 
+    /// Co-denoising: windows stacked into one model call (the same video; larger products, more
+    /// memory per call). With --devices, each call's batch (2 per window with guidance) is
+    /// split over the devices, so N windows per call keep up to 2N devices busy.
+    #[arg(long, default_value_t = 1)]
+    windows_per_call: usize,
+
     /// FIFO-Diffusion partitions: --context-length × this many noise levels, and this many
     /// model calls per frame (twice with lookahead).
     #[arg(long, default_value_t = 4)]
@@ -575,7 +581,8 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         let plan = CoDenoising {
             weights: CoWeights::Pyramid,
             ..CoDenoising::new(args.context_length, args.context_stride)
-        };
+        }
+        .windows_per_call(args.windows_per_call);
         settings = settings.co_denoising(plan);
     }
     if args.long.contains(&LongArg::Freelong) {

@@ -111,6 +111,10 @@ pub enum Error {
         shard: String,
         /// What went wrong there.
         reason: String,
+        /// The shard model's own error, when it returned one (`None` for a panic); also
+        /// [`std::error::Error::source`].
+        #[source]
+        source: Option<Box<Error>>,
     },
 }
 

@@ -214,10 +214,11 @@ fn run_shard(
         call =
             call.with_block_conditioning(conditioning_items(conditioning, items, device), blocks);
     }
-    let output = shard
-        .model
-        .predict(call)
-        .map_err(|e| shard_error(shard, e.to_string()))?;
+    let output = shard.model.predict(call).map_err(|e| Error::Shard {
+        shard: shard.name.clone(),
+        reason: e.to_string(),
+        source: Some(Box::new(e)),
+    })?;
     // Moving the output here (a read, for a remote device) makes a lost device fail on this
     // shard's thread, where it is named, not later on the sampler's.
     Ok(output.to_device(home))
@@ -252,10 +253,12 @@ fn conditioning_items(
     }
 }
 
+/// The error of a shard that panicked (its backend's panic, e.g. a lost remote connection).
 fn shard_error(shard: &Shard, reason: String) -> Error {
     Error::Shard {
         shard: shard.name.clone(),
         reason,
+        source: None,
     }
 }
 
@@ -351,9 +354,19 @@ mod tests {
                 .predict(DenoiserInput::new(x, ts, cond))
                 .unwrap_err();
             let message = err.to_string();
-            assert!(matches!(err, Error::Shard { .. }), "{message}");
             assert!(message.contains("the broken one"), "{message}");
             assert!(message.contains("always"), "{message}");
+            // The model's own error is kept as the source; a panic has none.
+            let Error::Shard { source, .. } = err else {
+                panic!("not a shard error: {message}")
+            };
+            match kind {
+                "error" => assert!(
+                    matches!(source.as_deref(), Some(Error::Unsupported(_))),
+                    "{source:?}"
+                ),
+                _ => assert!(source.is_none(), "{source:?}"),
+            }
         }
     }
 

@@ -7,7 +7,9 @@
 //! `x_{t−1}` is the per-frame weighted average of the windows' results: the least-squares
 //! solution of `min_x Σ_i ‖W_i ⊙ (F_i(x) − x^i_{t−1})‖²` of the paper. FreeNoise fuses features
 //! inside the model instead; co-denoising needs nothing from the model but the
-//! [`Denoiser`] trait, at one model call per window per step.
+//! [`Denoiser`] trait, at one model call per window per step, or several windows stacked
+//! along the batch in one call ([`CoDenoising::windows_per_call`]: larger products, and the
+//! windows spread over the devices of a [`ShardedDenoiser`](vdm_core::ShardedDenoiser)).
 //!
 //! Unlike the reference code:
 //! - every window keeps **its own scheduler state** (a clone), so multistep solvers
@@ -25,13 +27,14 @@
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, VideoShape};
+use vdm_core::{Conditioning, Denoiser, Error, NoiseSource, Result, Timesteps, VideoShape};
 use vdm_schedulers::Scheduler;
 
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
 use crate::sampler::{
-    At, Control, Guidance, GuidedModel, Progress, Routing, check_request, report,
+    At, Control, Guidance, Progress, Routing, check_model_output, check_request, guided_prediction,
+    report,
 };
 
 /// How the windows' results are weighted frame by frame before averaging.
@@ -58,6 +61,12 @@ pub struct CoDenoising {
     pub weights: CoWeights,
     /// Windows wrap around the end, so the last frames blend into the first (cyclic videos).
     pub looped: bool,
+    /// Windows denoised together in one model call, stacked along the batch (1: one call per
+    /// window, the reference). More per call means larger matrix products and, on a model
+    /// spread over devices ([`ShardedDenoiser`](vdm_core::ShardedDenoiser) splits calls along
+    /// the batch), windows running on several devices at once; the results are the same
+    /// (each batch item is computed alone), the memory of a call grows with it.
+    pub windows_per_call: usize,
 }
 
 /// One window: its frames as one or two (when it wraps) contiguous ranges, in window order.
@@ -82,6 +91,16 @@ impl CoDenoising {
             stride,
             weights: CoWeights::Flat,
             looped: false,
+            windows_per_call: 1,
+        }
+    }
+
+    /// The same plan denoising `n` windows per model call (see
+    /// [`windows_per_call`](Self::windows_per_call)).
+    pub fn windows_per_call(self, n: usize) -> Self {
+        Self {
+            windows_per_call: n,
+            ..self
         }
     }
 
@@ -310,19 +329,33 @@ impl<'a> CoDenoisingSampler<'a> {
                 ),
             ));
         }
+        let per_call = self.plan.windows_per_call;
+        if per_call == 0 {
+            return Err(Error::invalid("windows_per_call", "must be ≥ 1"));
+        }
         let weights = self.plan.normalized_weights(&windows, shape.frames);
-        let per_window: Vec<Conditioning> = windows
+        // The windows in groups of `per_call` (the last may be smaller), each group one model
+        // call: its conditioning is the windows' own stacked after their negatives when
+        // guidance applies (`[negatives; owns]`, as the guided call expects).
+        let groups: Vec<Range<usize>> = (0..windows.len())
+            .step_by(per_call)
+            .map(|start| start..(start + per_call).min(windows.len()))
+            .collect();
+        let group_conditioning: Vec<Conditioning> = groups
             .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let own = match &self.window_prompts {
-                    Some(p) => p[i].clone(),
-                    None => window_conditioning(&conditioning, w),
-                };
-                match &guided {
-                    Some(g) => Conditioning::cat(vec![window_conditioning(&g.negative, w), own]),
-                    None => Ok(own),
-                }
+            .map(|group| {
+                let owns = windows[group.clone()].iter().enumerate().map(|(k, w)| {
+                    match &self.window_prompts {
+                        Some(p) => p[group.start + k].clone(),
+                        None => window_conditioning(&conditioning, w),
+                    }
+                });
+                let negatives = guided.iter().flat_map(|g| {
+                    windows[group.clone()]
+                        .iter()
+                        .map(|w| window_conditioning(&g.negative, w))
+                });
+                Conditioning::cat(negatives.chain(owns).collect())
             })
             .collect::<Result<_>>()?;
         let weight_tensors: Vec<Tensor<5>> = weights
@@ -337,40 +370,58 @@ impl<'a> CoDenoisingSampler<'a> {
             .sample(shape, noise, device)?
             .mul_scalar(self.scheduler.init_noise_sigma() as f32);
         let timesteps = self.scheduler.timesteps().to_vec();
-        let model = GuidedModel {
-            denoiser: self.denoiser,
-            guidance: guided.as_ref(),
-            finite_checks: self.finite_checks,
-        };
         for (step, &t) in timesteps.iter().enumerate() {
+            let at = At::new(step, timesteps.len(), t);
             let mut fused = Tensor::<5>::zeros(shape.dims(), device);
-            for (i, window) in windows.iter().enumerate() {
-                let x = gather(&latents, window, 2);
-                let prev = model
-                    .step(
-                        schedulers[i].as_mut(),
-                        x,
-                        At::new(step, timesteps.len(), t),
-                        &per_window[i],
-                        Routing::default(),
-                        noise,
-                    )?
-                    .prev_sample
-                    .mul(weight_tensors[i].clone());
-                let mut offset = 0;
-                for r in &window.pieces {
-                    let len = r.end - r.start;
-                    let part = prev.clone().narrow(2, offset, len);
-                    let ranges = [
-                        0..shape.batch,
-                        0..shape.channels,
-                        r.clone(),
-                        0..shape.height,
-                        0..shape.width,
-                    ];
-                    let current = fused.clone().slice(ranges.clone());
-                    fused = fused.slice_assign(ranges, current + part);
-                    offset += len;
+            for (group, cond) in groups.iter().zip(&group_conditioning) {
+                let xs: Vec<Tensor<5>> = windows[group.clone()]
+                    .iter()
+                    .map(|w| gather(&latents, w, 2))
+                    .collect();
+                let inputs = xs
+                    .iter()
+                    .zip(&schedulers[group.clone()])
+                    .map(|(x, s)| s.scale_model_input(x.clone(), t))
+                    .collect::<Result<Vec<_>>>()?;
+                let input = if inputs.len() == 1 {
+                    inputs.into_iter().next().expect("one window")
+                } else {
+                    Tensor::cat(inputs, 0)
+                };
+                let output = guided_prediction(
+                    self.denoiser,
+                    input,
+                    Timesteps::Shared(t),
+                    cond,
+                    Routing::default(),
+                    guided.as_ref(),
+                )?;
+                check_model_output(self.finite_checks, &output, at)?;
+                for (k, (i, x)) in group.clone().zip(xs).enumerate() {
+                    let own = if group.len() == 1 {
+                        output.clone()
+                    } else {
+                        output.clone().narrow(0, k * shape.batch, shape.batch)
+                    };
+                    let prev = schedulers[i]
+                        .step(own, t, x, noise)?
+                        .prev_sample
+                        .mul(weight_tensors[i].clone());
+                    let mut offset = 0;
+                    for r in &windows[i].pieces {
+                        let len = r.end - r.start;
+                        let part = prev.clone().narrow(2, offset, len);
+                        let ranges = [
+                            0..shape.batch,
+                            0..shape.channels,
+                            r.clone(),
+                            0..shape.height,
+                            0..shape.width,
+                        ];
+                        let current = fused.clone().slice(ranges.clone());
+                        fused = fused.slice_assign(ranges, current + part);
+                        offset += len;
+                    }
                 }
             }
             latents = fused;
@@ -637,6 +688,66 @@ mod tests {
         }
     }
 
+    /// Windows stacked into one model call (2, 3, or more than there are windows) make the
+    /// video of one call per window, bit for bit (the toy model computes each batch item
+    /// alone): with guidance, a multistep and an ancestral solver (whose noise is drawn in
+    /// the same window order), window prompts and looped windows. 0 per call is refused.
+    #[test]
+    fn windows_per_call_do_not_change_the_video() {
+        const ANCESTRAL: &str = r#"{"_class_name": "EulerAncestralDiscreteScheduler"}"#;
+        let device = Device::flex();
+        let shape = VideoShape::new([1, 2, 10, 2, 2]);
+        let guidance = Guidance {
+            scale: 3.0,
+            negative: context(&[0.0; 10], &device),
+        };
+        // Windows of 4 every 3 frames: 4 windows (5 when looped).
+        let prompts = |n: usize| -> Vec<Conditioning> {
+            (0..n)
+                .map(|i| context(&[0.1 * i as f32 + 0.05; 4], &device))
+                .collect()
+        };
+        for config in [DPMPP, ANCESTRAL] {
+            for looped in [false, true] {
+                let run = |per_call: usize| {
+                    let plan = CoDenoising {
+                        weights: CoWeights::Pyramid,
+                        looped,
+                        ..CoDenoising::new(4, 3)
+                    }
+                    .windows_per_call(per_call);
+                    let windows = plan.windows(shape.frames).unwrap().len();
+                    let mut s = CoDenoisingSampler::new(
+                        &FrameLocal,
+                        from_config_json(config).unwrap(),
+                        plan,
+                    )
+                    .with_guidance(guidance.clone())
+                    .with_window_prompts(prompts(windows));
+                    s.sample(
+                        shape,
+                        Conditioning::None,
+                        5,
+                        &mut SeededNoise::new(9),
+                        &device,
+                        &mut |_| Control::Continue,
+                    )
+                    .map(|v| host(&v))
+                };
+                let one = run(1).unwrap();
+                for per_call in [2, 3, 8] {
+                    assert_eq!(
+                        run(per_call).unwrap(),
+                        one,
+                        "{config} looped {looped} {per_call}"
+                    );
+                }
+                let e = run(0).unwrap_err();
+                assert!(e.to_string().contains("windows_per_call"), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn window_prompts_must_match_the_windows() {
         let device = Device::flex();
@@ -673,7 +784,7 @@ mod tests {
             kind in 0usize..3,
         ) {
             let weights = [CoWeights::Flat, CoWeights::Pyramid, CoWeights::OverlapLinear][kind];
-            let plan = CoDenoising { window, stride, weights, looped };
+            let plan = CoDenoising { window, stride, weights, looped, windows_per_call: 1 };
             prop_assume!(window <= frames && stride <= window);
             let windows = plan.windows(frames).unwrap();
             let w = plan.normalized_weights(&windows, frames);

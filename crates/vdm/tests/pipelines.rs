@@ -328,6 +328,34 @@ fn long_video_methods_run_through_the_pipeline() {
         })
         .unwrap();
     assert_eq!((video.num_frames(), calls), (40, 1));
+    // Windows stacked two per model call: the same video (each batch item computed alone; the
+    // larger products may round differently); none per call is refused before model work.
+    let stacked = settings()
+        .frames(40)
+        .steps(1)
+        .co_denoising(CoDenoising::new(16, 8).windows_per_call(2));
+    let stacked = values(
+        anim.generate_with(&stacked, &mut vdm::core::SeededNoise::new(3), &mut |_| {
+            Control::Continue
+        })
+        .unwrap()
+        .frames,
+    );
+    let single = values(video.frames.clone());
+    let most = stacked
+        .iter()
+        .zip(&single)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(most < 1e-5, "windows per call 2 vs 1: {most}");
+    let e = anim
+        .generate(
+            &settings()
+                .frames(40)
+                .co_denoising(CoDenoising::new(16, 8).windows_per_call(0)),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("windows_per_call"), "{e}");
     let e = anim
         .generate(&co.clone().freenoise(FreeNoiseConfig::new(16, 4)))
         .unwrap_err();
