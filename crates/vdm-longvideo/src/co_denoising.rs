@@ -108,10 +108,14 @@ impl CoDenoising {
     /// with the end (not looped), or `s = 0, S, …` below `F`, wrapping (looped).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `window` (0 or longer than the video) or `stride`
-    /// (0 or longer than the window).
+    /// [`Error::InvalidConfig`] naming `window` (0 or longer than the video), `stride`
+    /// (0 or longer than the window) or `windows_per_call` (0): the plan's one check, which
+    /// the sampler and `Generation::validate` both reach through here.
     #[allow(clippy::single_range_in_vec_init)] // a window is a list of one or two ranges
     pub fn windows(&self, num_frames: usize) -> Result<Vec<Window>> {
+        if self.windows_per_call == 0 {
+            return Err(Error::invalid("windows_per_call", "must be ≥ 1"));
+        }
         if self.window == 0 || self.window > num_frames {
             return Err(Error::invalid(
                 "window",
@@ -330,9 +334,6 @@ impl<'a> CoDenoisingSampler<'a> {
             ));
         }
         let per_call = self.plan.windows_per_call;
-        if per_call == 0 {
-            return Err(Error::invalid("windows_per_call", "must be ≥ 1"));
-        }
         let weights = self.plan.normalized_weights(&windows, shape.frames);
         // The windows in groups of `per_call` (the last may be smaller), each group one model
         // call: its conditioning is the windows' own stacked after their negatives when
@@ -714,9 +715,9 @@ mod tests {
                         weights: CoWeights::Pyramid,
                         looped,
                         ..CoDenoising::new(4, 3)
-                    }
-                    .windows_per_call(per_call);
+                    };
                     let windows = plan.windows(shape.frames).unwrap().len();
+                    let plan = plan.windows_per_call(per_call);
                     let mut s = CoDenoisingSampler::new(
                         &FrameLocal,
                         from_config_json(config).unwrap(),

@@ -348,9 +348,6 @@ impl Generation {
                 ));
             }
             plan.windows(self.frames)?;
-            if plan.windows_per_call == 0 {
-                return Err(Error::invalid("windows_per_call", "must be ≥ 1"));
-            }
         }
         if let Some(plan) = &self.long_video.fifo {
             let long = &self.long_video;
