@@ -125,9 +125,10 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     context_stride: usize,
 
-    /// Co-denoising: windows stacked into one model call (the same video; larger products, more
-    /// memory per call). With --devices, each call's batch (2 per window with guidance) is
-    /// split over the devices, so N windows per call keep up to 2N devices busy.
+    /// Co-denoising and FIFO-Diffusion: windows stacked into one model call (the same video;
+    /// larger products, more memory per call). With --devices, each call's batch (2 per window
+    /// with guidance) is split over the devices, so N windows per call keep up to 2N devices
+    /// busy.
     #[arg(long, default_value_t = 1)]
     windows_per_call: usize,
 
@@ -620,6 +621,7 @@ fn settings(args: &Args, seed: u64) -> Result<Generation, String> {
         settings = settings.fifo(Fifo {
             lookahead: !args.fifo_no_lookahead,
             ..Fifo::new(args.context_length, args.fifo_partitions)
+                .windows_per_call(args.windows_per_call)
         });
     }
     if args.long.contains(&LongArg::Freeinit) {

@@ -388,6 +388,24 @@ fn long_video_methods_run_through_the_pipeline() {
     let want: Vec<(usize, usize)> = [(0, 8); 8].into_iter().chain([(1, 12); 12]).collect();
     assert_eq!(passes, want);
     assert!(values(video.frames.clone()).iter().all(|v| v.is_finite()));
+    // Its two windows per frame stacked into one model call: the same video (the larger
+    // products may round differently).
+    let stacked = settings()
+        .frames(12)
+        .fifo(Fifo::new(8, 1).windows_per_call(2));
+    let stacked = values(
+        anim.generate_with(&stacked, &mut vdm::core::SeededNoise::new(3), &mut |_| {
+            Control::Continue
+        })
+        .unwrap()
+        .frames,
+    );
+    let most = stacked
+        .iter()
+        .zip(&values(video.frames.clone()))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(most < 1e-5, "FIFO windows per call 2 vs 1: {most}");
     // Frame by frame, as they leave the queue: the same video, one frame per piece.
     let mut pieces = Vec::new();
     let mut frames = Vec::new();

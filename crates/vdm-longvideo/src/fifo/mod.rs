@@ -17,6 +17,11 @@
 //! its second half, so every frame is denoised with `window/2` less noisy frames before it.
 //! It doubles the model calls (`2·partitions` per frame instead of `partitions`).
 //!
+//! **Windows per call.** The windows of one iteration read only what the iteration started
+//! from (each writes frames no later window reads), so [`Fifo::windows_per_call`] of them can
+//! be stacked along the batch into one model call, the same video (tested): a model spread over
+//! several devices by its batch then keeps more of them busy.
+//!
 //! **Start.** As the reference: a `window`-frame clip is first sampled by ordinary DDIM over
 //! the same `S` timesteps; queue position `i` is that clip's frame `max(0, i − (S − window))`
 //! noised to level `i` (the lookahead context holds its clean frame 0). The first `S − window`
@@ -64,6 +69,9 @@ pub struct Fifo {
     pub lookahead: bool,
     /// DDIM `η`: 0 deterministic, 1 (the reference) DDPM-like noise at every update.
     pub eta: f64,
+    /// Windows denoised together in one model call, stacked along the batch (1: one call per
+    /// window, as the reference; the same video for any value, larger batches per call).
+    pub windows_per_call: usize,
 }
 
 impl Fifo {
@@ -75,11 +83,21 @@ impl Fifo {
             partitions,
             lookahead: true,
             eta: 1.0,
+            windows_per_call: 1,
+        }
+    }
+
+    /// The plan with `n` windows stacked into each model call (see
+    /// [`windows_per_call`](Self::windows_per_call)).
+    pub fn windows_per_call(self, n: usize) -> Self {
+        Self {
+            windows_per_call: n,
+            ..self
         }
     }
 
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `window`, `partitions` or `eta`.
+    /// [`Error::InvalidConfig`] naming `window`, `partitions`, `eta` or `windows_per_call`.
     pub fn validate(&self) -> Result<()> {
         if self.window == 0 {
             return Err(Error::invalid("window", "must be ≥ 1"));
@@ -95,6 +113,9 @@ impl Fifo {
         }
         if self.partitions == 0 {
             return Err(Error::invalid("partitions", "must be ≥ 1"));
+        }
+        if self.windows_per_call == 0 {
+            return Err(Error::invalid("windows_per_call", "must be ≥ 1"));
         }
         ensure_non_negative("eta", self.eta)?;
         Ok(())
@@ -115,8 +136,8 @@ impl Fifo {
         self.context() + self.num_levels()
     }
 
-    /// Model calls (each on `window` frames, twice the batch with guidance) per video frame.
-    pub fn calls_per_frame(&self) -> usize {
+    /// Windows denoised per video frame: `partitions`, twice that with lookahead.
+    pub fn windows_per_frame(&self) -> usize {
         if self.lookahead {
             2 * self.partitions
         } else {
@@ -124,16 +145,23 @@ impl Fifo {
         }
     }
 
+    /// Model calls per video frame: the windows in groups of `windows_per_call` (each call on
+    /// `window` frames of up to `windows_per_call` stacked batches, twice that with guidance).
+    pub fn calls_per_frame(&self) -> usize {
+        self.windows_per_frame()
+            .div_ceil(self.windows_per_call.max(1))
+    }
+
     /// The windows of one iteration in the order they run (back to front), as queue positions
     /// `(start, write_from, end)`: the model sees `start..end`, the update is kept for
     /// `write_from..end`.
     pub fn windows(&self) -> Vec<(usize, usize, usize)> {
-        let (count, step) = if self.lookahead {
-            (2 * self.partitions, self.window / 2)
+        let step = if self.lookahead {
+            self.window / 2
         } else {
-            (self.partitions, self.window)
+            self.window
         };
-        (0..count)
+        (0..self.windows_per_frame())
             .rev()
             .map(|r| {
                 let start = r * step;
@@ -259,6 +287,14 @@ impl FifoSampler<'_> {
     }
 }
 
+/// One window of a model call: its latents `[B, C, w, H, W]`, the level of each of its frames
+/// and the video frame each becomes (for per-frame conditioning).
+struct WindowInput {
+    x: Tensor<5>,
+    levels: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
 /// The frames of a FIFO-Diffusion video, produced as they leave the queue (an [`Iterator`] of
 /// `[B, C, 1, H, W]` clean latents; [`FifoStream::next_frame`] also reports progress).
 pub struct FifoStream<'s> {
@@ -352,7 +388,11 @@ impl FifoStream<'_> {
             .collect();
         for (step, level) in (0..levels).rev().enumerate() {
             let frame_levels = vec![level; plan.window];
-            let output = self.predict(clip.clone(), &frame_levels, &outputs)?;
+            let output = self.predict(&[WindowInput {
+                x: clip.clone(),
+                levels: frame_levels.clone(),
+                outputs: outputs.clone(),
+            }])?;
             clip = self.update(clip, output, &frame_levels)?;
             report(
                 progress,
@@ -389,26 +429,43 @@ impl FifoStream<'_> {
         Ok(Tensor::cat(parts, 2))
     }
 
-    /// One iteration: every level denoised once (windows back to front), the head dequeued
-    /// and fresh noise enqueued. Returns the dequeued (clean) frame.
+    /// One iteration: every level denoised once (windows back to front, `windows_per_call`
+    /// per model call), the head dequeued and fresh noise enqueued. Returns the dequeued
+    /// (clean) frame.
     fn iterate(&mut self) -> Result<Tensor<5>> {
         let plan = self.plan;
         let mut queue = self.queue.take().expect("warmed up");
-        for (start, write_from, end) in plan.windows() {
-            let x = queue.clone().narrow(2, start, end - start);
-            let positions: Vec<usize> = (start..end).collect();
-            let frame_levels: Vec<usize> = positions.iter().map(|&p| plan.level_of(p)).collect();
-            let outputs: Vec<usize> = positions.iter().map(|&p| self.output_frame(p)).collect();
-            let output = self.predict(x.clone(), &frame_levels, &outputs)?;
-            let keep = write_from - start;
-            let written = end - write_from;
-            let updated = self.update(
-                x.narrow(2, keep, written),
-                output.narrow(2, keep, written),
-                &frame_levels[keep..],
-            )?;
-            let [b, c, _, h, w] = queue.dims();
-            queue = queue.slice_assign([0..b, 0..c, write_from..end, 0..h, 0..w], updated);
+        let batch = self.shape.batch;
+        for group in plan.windows().chunks(plan.windows_per_call) {
+            // Every window of the group reads the queue before any of them writes: no window
+            // reads the frames another of the iteration writes (see `Fifo::windows`).
+            let windows: Vec<WindowInput> = group
+                .iter()
+                .map(|&(start, _, end)| WindowInput {
+                    x: queue.clone().narrow(2, start, end - start),
+                    levels: (start..end).map(|p| plan.level_of(p)).collect(),
+                    outputs: (start..end).map(|p| self.output_frame(p)).collect(),
+                })
+                .collect();
+            let output = self.predict(&windows)?;
+            for (k, (window, &(start, write_from, end))) in
+                windows.into_iter().zip(group).enumerate()
+            {
+                let own = if group.len() == 1 {
+                    output.clone()
+                } else {
+                    output.clone().narrow(0, k * batch, batch)
+                };
+                let keep = write_from - start;
+                let written = end - write_from;
+                let updated = self.update(
+                    window.x.narrow(2, keep, written),
+                    own.narrow(2, keep, written),
+                    &window.levels[keep..],
+                )?;
+                let [b, c, _, h, w] = queue.dims();
+                queue = queue.slice_assign([0..b, 0..c, write_from..end, 0..h, 0..w], updated);
+            }
         }
         let head = plan.context();
         let frame = queue.clone().narrow(2, head, 1);
@@ -426,25 +483,37 @@ impl FifoStream<'_> {
         frame.clamp(0, self.shape.frames as i64 - 1) as usize
     }
 
-    /// The guided model output for `x` (`[B, C, w, H, W]`), frame `j` at level
-    /// `frame_levels[j]` with the conditioning of video frame `outputs[j]`.
-    fn predict(
-        &self,
-        x: Tensor<5>,
-        frame_levels: &[usize],
-        outputs: &[usize],
-    ) -> Result<Tensor<5>> {
-        let frames = frame_levels.len();
-        let values: Vec<f64> = (0..self.shape.batch)
-            .flat_map(|_| frame_levels.iter().map(|&l| self.timesteps[l]))
+    /// The guided model output of `windows` stacked along the batch in one call
+    /// (`[k·B, C, w, H, W]` for `k` windows, window after window): in each, frame `j` at level
+    /// `levels[j]` with the conditioning of video frame `outputs[j]`.
+    fn predict(&self, windows: &[WindowInput]) -> Result<Tensor<5>> {
+        let frames = windows[0].levels.len();
+        let values: Vec<f64> = windows
+            .iter()
+            .flat_map(|w| {
+                (0..self.shape.batch).flat_map(|_| w.levels.iter().map(|&l| self.timesteps[l]))
+            })
             .collect();
         let timesteps = Timesteps::PerFrame { frames, values };
-        let own = select_frames(&self.conditioning, outputs, &self.device);
-        let conditioning = match &self.guidance {
-            Some(g) => {
-                Conditioning::cat(vec![select_frames(&g.negative, outputs, &self.device), own])?
-            }
-            None => own,
+        // `[negatives; owns]` when guided, as the guided call expects.
+        let negatives = self.guidance.iter().flat_map(|g| {
+            windows
+                .iter()
+                .map(|w| select_frames(&g.negative, &w.outputs, &self.device))
+        });
+        let owns = windows
+            .iter()
+            .map(|w| select_frames(&self.conditioning, &w.outputs, &self.device));
+        let parts: Vec<Conditioning> = negatives.chain(owns).collect();
+        let conditioning = if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Conditioning::cat(parts)?
+        };
+        let x = if windows.len() == 1 {
+            windows[0].x.clone()
+        } else {
+            Tensor::cat(windows.iter().map(|w| w.x.clone()).collect(), 0)
         };
         let output = guided_prediction(
             self.denoiser,
@@ -455,8 +524,9 @@ impl FifoStream<'_> {
             self.guidance.as_ref(),
         )?;
         if self.finite_checks {
-            let (lo, hi) = frame_levels
+            let (lo, hi) = windows
                 .iter()
+                .flat_map(|w| &w.levels)
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &l| {
                     (lo.min(self.timesteps[l]), hi.max(self.timesteps[l]))
                 });

@@ -264,6 +264,94 @@ fn the_stream_is_the_sample_and_one_seed_gives_one_video() {
     assert!(a.iter().all(|v| v.is_finite()));
 }
 
+/// A model that mixes the frames of each batch item (`ε` of [`FrameLocal`] plus `0.3·` the
+/// item's mean over frames), so lookahead's context frames change the output; records the
+/// batch of every call.
+#[derive(Default)]
+struct FrameMixing {
+    local: FrameLocal,
+    batches: Mutex<Vec<usize>>,
+}
+
+impl Denoiser for FrameMixing {
+    fn prediction_type(&self) -> PredictionType {
+        PredictionType::Epsilon
+    }
+    fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+        let [b, _, f, _, _] = input.latents.dims();
+        self.batches.lock().unwrap().push(b);
+        let mix = input.latents.clone().mean_dim(2).mul_scalar(0.3);
+        let local = self.local.predict(input)?;
+        Ok(local + mix.repeat_dim(2, f))
+    }
+}
+
+/// Windows stacked into one model call (2, 3, or more than an iteration has) give the video
+/// of one call per window, bit for bit, with and without lookahead and guidance, with
+/// per-frame prompts and `η = 1` (the noise is drawn in the same order); the calls per frame
+/// drop to `⌈windows / windows_per_call⌉`, each `windows_per_call` batches wide.
+#[test]
+fn windows_per_call_do_not_change_the_video() {
+    let device = Device::flex();
+    let frames = 9;
+    let shape = VideoShape::new([1, 2, frames, 2, 3]);
+    let contexts: Vec<f32> = (0..frames).map(|f| 0.07 * f as f32 - 0.3).collect();
+    for lookahead in [false, true] {
+        for guided in [false, true] {
+            let run = |per_call: usize| {
+                let model = FrameMixing::default();
+                let plan = Fifo {
+                    lookahead,
+                    ..Fifo::new(4, 3).windows_per_call(per_call)
+                };
+                let mut sampler = FifoSampler::new(&model, from_config_json(DDIM).unwrap(), plan);
+                if guided {
+                    sampler = sampler.with_guidance(guidance(&device));
+                }
+                let video = sampler
+                    .sample(
+                        shape,
+                        per_frame_context(&contexts, &device),
+                        &mut SeededNoise::new(11),
+                        &device,
+                        &mut |_| Control::Continue,
+                    )
+                    .unwrap();
+                let batches = model.batches.lock().unwrap().clone();
+                (host(&video), plan, batches)
+            };
+            let (want, _, one) = run(1);
+            assert!(want.iter().all(|v| v.is_finite()));
+            for per_call in [2, 3, 64] {
+                let (got, plan, batches) = run(per_call);
+                assert_eq!(
+                    got, want,
+                    "lookahead {lookahead}, guided {guided}, {per_call}"
+                );
+                let windows = plan.windows_per_frame();
+                assert_eq!(plan.calls_per_frame(), windows.div_ceil(per_call));
+                let width = if guided { 2 } else { 1 };
+                let levels = plan.num_levels();
+                // The warm-up's calls are one window each; then every iteration's windows in
+                // groups of `per_call`, the last group the rest.
+                assert!(batches[..levels].iter().all(|&b| b == width));
+                let iterations = (batches.len() - levels) / plan.calls_per_frame();
+                assert_eq!(batches.len() - levels, iterations * plan.calls_per_frame());
+                assert_eq!(
+                    batches.len() - levels,
+                    (one.len() - levels) / windows * plan.calls_per_frame()
+                );
+                let mut group: Vec<usize> = (0..windows)
+                    .step_by(per_call)
+                    .map(|s| width * (windows - s).min(per_call))
+                    .collect();
+                group = group.repeat(iterations);
+                assert_eq!(&batches[levels..], &group[..]);
+            }
+        }
+    }
+}
+
 #[test]
 fn progress_sees_the_warm_up_and_every_frame_and_may_cancel() {
     let device = Device::flex();
@@ -325,6 +413,8 @@ fn bad_requests_are_named_before_any_model_call() {
     assert!(try_plan(Fifo::new(3, 2), DDIM, none()).contains("window"));
     assert!(try_plan(Fifo::new(0, 2), DDIM, none()).contains("window"));
     assert!(try_plan(Fifo::new(4, 0), DDIM, none()).contains("partitions"));
+    let stacked = Fifo::new(4, 2).windows_per_call(0);
+    assert!(try_plan(stacked, DDIM, none()).contains("windows_per_call"));
     for eta in [-1.0, f64::NAN] {
         let plan = Fifo {
             eta,
