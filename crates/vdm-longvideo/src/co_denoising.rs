@@ -235,6 +235,23 @@ fn gather<const D: usize>(x: &Tensor<D>, window: &Window, dim: usize) -> Tensor<
     }
 }
 
+/// `fused + window_frames` at the frames of `window` (the inverse of [`gather`] on latents
+/// `[B, C, F, H, W]`: `window_frames` is `[B, C, w, H, W]`, its frames in window order).
+fn scatter_add(fused: Tensor<5>, window_frames: Tensor<5>, window: &Window) -> Tensor<5> {
+    let [b, c, _, h, w] = fused.dims();
+    let mut fused = fused;
+    let mut offset = 0;
+    for r in &window.pieces {
+        let len = r.end - r.start;
+        let part = window_frames.clone().narrow(2, offset, len);
+        let ranges = [0..b, 0..c, r.clone(), 0..h, 0..w];
+        let current = fused.clone().slice(ranges.clone());
+        fused = fused.slice_assign(ranges, current + part);
+        offset += len;
+    }
+    fused
+}
+
 /// `conditioning` for the frames of `window` (per-frame contexts are sliced; shared ones are
 /// kept).
 fn window_conditioning(conditioning: &Conditioning, window: &Window) -> Conditioning {
@@ -408,21 +425,7 @@ impl<'a> CoDenoisingSampler<'a> {
                         .step(own, t, x, noise)?
                         .prev_sample
                         .mul(weight_tensors[i].clone());
-                    let mut offset = 0;
-                    for r in &windows[i].pieces {
-                        let len = r.end - r.start;
-                        let part = prev.clone().narrow(2, offset, len);
-                        let ranges = [
-                            0..shape.batch,
-                            0..shape.channels,
-                            r.clone(),
-                            0..shape.height,
-                            0..shape.width,
-                        ];
-                        let current = fused.clone().slice(ranges.clone());
-                        fused = fused.slice_assign(ranges, current + part);
-                        offset += len;
-                    }
+                    fused = scatter_add(fused, prev, &windows[i]);
                 }
             }
             latents = fused;

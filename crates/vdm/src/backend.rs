@@ -7,8 +7,17 @@
 //! itself (a two-value tensor created, summed and read back) under `catch_unwind`, and turns a
 //! panic into [`Error::Device`] naming the backend, what it reported and what to install or
 //! choose instead, before any model work.
+//!
+//! The backend's own reason is often not the caller's panic: Burn's wgpu backend fails in its
+//! device thread ("Unable to acquire wgpu device: AdapterUnavailable ..."), and the caller's
+//! thread then panics with only "RecvError". So during the probe a panic hook records every
+//! panic instead of printing it, and the error names the first one: the root cause. The hook is
+//! the process's (Rust has no per-thread hook): it is installed for the probe alone and the
+//! previous one restored, probes take turns, and a panic of another thread during those
+//! milliseconds is recorded, not printed (it unwinds as before).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::tensor::{Device, Tensor};
 use vdm_core::{Error, Result};
@@ -78,14 +87,16 @@ pub fn try_device() -> Result<Device> {
 /// [`Error::Device`] naming `backend`, with the first line of the backend's panic message (or
 /// the wrong value it computed) and a hint of what to install or choose instead.
 pub fn probe_device(backend: &str, make: impl FnOnce() -> Device) -> Result<Device> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let device = make();
-        let sum = Tensor::<1>::from_floats([1.0, 2.0], &device)
-            .sum()
-            .into_data()
-            .try_to_vec::<f32>();
-        (device, sum)
-    }));
+    let (outcome, panics) = with_recorded_panics(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            let device = make();
+            let sum = Tensor::<1>::from_floats([1.0, 2.0], &device)
+                .sum()
+                .into_data()
+                .try_to_vec::<f32>();
+            (device, sum)
+        }))
+    });
     let error = |reason: String| Error::Device {
         backend: backend.to_string(),
         reason,
@@ -95,13 +106,40 @@ pub fn probe_device(backend: &str, make: impl FnOnce() -> Device) -> Result<Devi
         Ok((device, Ok(sum))) if sum == [3.0] => Ok(device),
         Ok((_, Ok(sum))) => Err(error(format!("1 + 2 computed as {sum:?}"))),
         Ok((_, Err(e))) => Err(error(format!("reading a tensor back failed: {e:?}"))),
-        Err(panic) => Err(error(panic_message(panic.as_ref()))),
+        Err(panic) => {
+            let first = panics
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| vdm_core::error::panic_message(panic.as_ref()));
+            Err(error(first_line(&first)))
+        }
     }
 }
 
-/// The first line of a panic's message.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = vdm_core::error::panic_message(payload);
+/// Runs `f` (which must not unwind: it catches its own panics) with a panic hook that records
+/// each panic's message, in the order they happen on any thread, instead of printing it; the
+/// previous hook is restored before returning.
+fn with_recorded_panics<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    /// Probes take turns, so each restores the hook it found.
+    static TURN: Mutex<()> = Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&recorded);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = vdm_core::error::panic_message(info.payload());
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
+    }));
+    let out = f();
+    std::panic::set_hook(previous);
+    let messages = std::mem::take(&mut *recorded.lock().unwrap_or_else(PoisonError::into_inner));
+    (out, messages)
+}
+
+/// The first line of `text`.
+fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
 }
 
@@ -150,5 +188,23 @@ mod tests {
         let line = err.to_string();
         assert!(!line.contains('\n'), "one line: {line}");
         assert!(line.starts_with("cannot use the wgpu device: No adapter found; "));
+    }
+
+    /// As Burn's wgpu backend fails: its device thread panics with the reason, then the
+    /// caller's thread with a bare `RecvError`; the error names the device thread's reason.
+    #[test]
+    fn the_reason_is_the_first_panic_of_any_thread() {
+        let err = probe_device("wgpu", || {
+            let device_thread = std::thread::spawn(|| {
+                panic!("Unable to acquire wgpu device: AdapterUnavailable\nbacktrace")
+            });
+            assert!(device_thread.join().is_err());
+            panic!("called `Result::unwrap()` on an `Err` value: RecvError")
+        })
+        .unwrap_err();
+        let Error::Device { reason, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(reason, "Unable to acquire wgpu device: AdapterUnavailable");
     }
 }

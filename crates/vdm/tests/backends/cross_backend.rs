@@ -36,7 +36,7 @@ fn cases() -> [(&'static str, Generation); 2] {
 
 /// The embedded model on `device`.
 fn pipeline(device: &Device) -> TextToVideoPipeline {
-    TextToVideoPipeline::from_dir(&vdm::embedded::moving_shapes_dir(), device).unwrap()
+    TextToVideoPipeline::from_dir(vdm::embedded::moving_shapes_dir(), device).unwrap()
 }
 
 /// The frames of `settings`, as values in `[0, 1]`.
