@@ -8,21 +8,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use vdm_examples::harness::process::example_binary;
 
-/// Kills the child when the test ends early (a failed assertion), so no process outlives it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+// The facade's bounded child-process helper: one copy for every test that runs a child.
+#[path = "../../crates/vdm/tests/common/child.rs"]
+mod child;
+use child::Supervised;
 
 /// An empty scratch folder of this test process.
 fn scratch(name: &str) -> PathBuf {
@@ -33,17 +28,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// `generate` with `args`, writing to `out`, and the lines of its stdout as they come.
-fn start(args: &[&str], out: &Path) -> (KillOnDrop, Receiver<String>) {
-    let child = Command::new(example_binary("generate"))
-        .args(["--prompt", "a red circle moving right", "--seed", "1"])
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+fn start(args: &[&str], out: &Path) -> (Supervised, Receiver<String>) {
+    let mut child = Supervised::spawn(
+        Command::new(example_binary("generate"))
+            .args(["--prompt", "a red circle moving right", "--seed", "1"])
+            .args(args)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let stdout = child.0.stdout.take().unwrap();
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
@@ -74,23 +68,13 @@ fn wait_for(lines: &Receiver<String>, needle: &str, seconds: u64) -> String {
 }
 
 /// Sends Ctrl-C (SIGINT) and waits (at most 60 s) for the child to end: its status and stderr.
-fn interrupt(child: &mut KillOnDrop) -> (ExitStatus, String) {
+fn interrupt(child: &mut Supervised) -> (ExitStatus, String) {
     // SAFETY: `kill` sends SIGINT to our own child process, which is still running.
     assert_eq!(
         unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGINT) },
         0
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "generate did not stop within 60 s of Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child.wait_within(Duration::from_secs(60), "generate after Ctrl-C");
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
     (status, stderr)

@@ -102,6 +102,17 @@ pub enum Error {
         hint: String,
     },
 
+    /// A tensor could not be read back from its device (a GPU buffer that could not be
+    /// allocated, a lost device): Burn's read-back error, in one line
+    /// ([`readback`](crate::readback)).
+    #[error("reading {what} back from the device failed: {reason}")]
+    ReadBack {
+        /// What was being read (e.g. `the latents at step 3`).
+        what: String,
+        /// What the backend reported.
+        reason: String,
+    },
+
     /// One shard of a model spread over several devices failed
     /// ([`ShardedDenoiser`](crate::shard::ShardedDenoiser)): its model's error, or the panic of
     /// its backend (a remote server that went away).

@@ -21,6 +21,7 @@
 
 use burn::tensor::Tensor;
 
+use crate::readback::{read_f32, read_f32_scalar};
 use crate::{Error, Result};
 
 /// Whether every value of `tensor` is finite.
@@ -29,7 +30,8 @@ use crate::{Error, Result};
 /// terms is. The converse does not hold (finite values near `f32::MAX` can overflow the sum),
 /// but latents, model outputs and pixels are many orders of magnitude below that; should the
 /// sum still overflow, the values are counted on the host before the tensor is called
-/// non-finite, so the answer is exact either way.
+/// non-finite, so the answer is exact either way. A tensor that cannot be read back counts as
+/// not finite ([`ensure_all_finite`] tells the two apart).
 pub fn all_finite<const D: usize>(tensor: &Tensor<D>) -> bool {
     ensure_all_finite(tensor, String::new, "").is_ok()
 }
@@ -39,22 +41,29 @@ pub fn all_finite<const D: usize>(tensor: &Tensor<D>) -> bool {
 /// values and ends with `hint` (what produced them, what to try).
 ///
 /// # Errors
-/// [`Error::NonFinite`], as above.
+/// [`Error::NonFinite`], as above; [`Error::ReadBack`] when the backend cannot read the tensor
+/// back.
 pub fn ensure_all_finite<const D: usize>(
     tensor: &Tensor<D>,
     what: impl FnOnce() -> String,
     hint: &str,
 ) -> Result<()> {
-    let sum = tensor.clone().sum().into_scalar::<f32>();
-    if sum.is_finite() {
-        return Ok(());
+    let sum = match read_f32_scalar(tensor.clone().sum(), "") {
+        Ok(sum) if sum.is_finite() => return Ok(()),
+        Ok(_) => None,
+        Err(Error::ReadBack { reason, .. }) => Some(reason),
+        Err(e) => return Err(e),
+    };
+    let what = what();
+    if let Some(reason) = sum {
+        return Err(Error::ReadBack { what, reason });
     }
-    let (nan, inf) = count_non_finite(tensor);
+    let (nan, inf) = count_non_finite(tensor, &what)?;
     if nan == 0 && inf == 0 {
         return Ok(()); // finite values whose sum overflowed
     }
     Err(Error::NonFinite {
-        what: what(),
+        what,
         reason: format!(
             "{nan} NaN and {inf} infinite of {} values; {hint}",
             tensor.shape().num_elements()
@@ -63,14 +72,14 @@ pub fn ensure_all_finite<const D: usize>(
 }
 
 /// `(NaN count, infinite count)` of `tensor`, read back to the host (the slow path).
-fn count_non_finite<const D: usize>(tensor: &Tensor<D>) -> (usize, usize) {
-    let data = tensor.clone().into_data().convert::<f32>();
-    data.iter::<f32>().fold((0, 0), |(nan, inf), v| {
+fn count_non_finite<const D: usize>(tensor: &Tensor<D>, what: &str) -> Result<(usize, usize)> {
+    let values = read_f32(tensor.clone(), what)?;
+    Ok(values.iter().fold((0, 0), |(nan, inf), v| {
         (
             nan + usize::from(v.is_nan()),
             inf + usize::from(v.is_infinite()),
         )
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl HostF32 {
             }
         }
         Ok(Self {
-            repr: Repr::Data(t.into_data()),
+            repr: Repr::Data(crate::readback::read_data(t, "a tensor for a CPU kernel")?),
         })
     }
 

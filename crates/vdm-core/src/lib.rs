@@ -42,6 +42,7 @@ pub mod host;
 pub mod layout;
 pub mod noise;
 pub mod prediction;
+pub mod readback;
 pub mod shard;
 pub mod temporal;
 

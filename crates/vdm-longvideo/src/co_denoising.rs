@@ -33,8 +33,8 @@ use vdm_schedulers::Scheduler;
 use crate::freenoise::context_windows;
 use crate::noise_prior::{Gaussian, InitialNoise};
 use crate::sampler::{
-    At, Control, Guidance, Progress, Routing, check_model_output, check_request, guided_prediction,
-    report,
+    At, Control, Guidance, Progress, check_model_output, check_request, report,
+    stacked_conditioning, stacked_guided_prediction,
 };
 
 /// How the windows' results are weighted frame by frame before averaging.
@@ -373,7 +373,7 @@ impl<'a> CoDenoisingSampler<'a> {
                         .iter()
                         .map(|w| window_conditioning(&g.negative, w))
                 });
-                Conditioning::cat(negatives.chain(owns).collect())
+                stacked_conditioning(negatives, owns)
             })
             .collect::<Result<_>>()?;
         let weight_tensors: Vec<Tensor<5>> = weights
@@ -401,26 +401,16 @@ impl<'a> CoDenoisingSampler<'a> {
                     .zip(&schedulers[group.clone()])
                     .map(|(x, s)| s.scale_model_input(x.clone(), t))
                     .collect::<Result<Vec<_>>>()?;
-                let input = if inputs.len() == 1 {
-                    inputs.into_iter().next().expect("one window")
-                } else {
-                    Tensor::cat(inputs, 0)
-                };
-                let output = guided_prediction(
+                let output = stacked_guided_prediction(
                     self.denoiser,
-                    input,
+                    inputs,
                     Timesteps::Shared(t),
                     cond,
-                    Routing::default(),
                     guided.as_ref(),
                 )?;
-                check_model_output(self.finite_checks, &output, at)?;
+                check_model_output(self.finite_checks, output.all(), at)?;
                 for (k, (i, x)) in group.clone().zip(xs).enumerate() {
-                    let own = if group.len() == 1 {
-                        output.clone()
-                    } else {
-                        output.clone().narrow(0, k * shape.batch, shape.batch)
-                    };
+                    let own = output.window(k);
                     let prev = schedulers[i]
                         .step(own, t, x, noise)?
                         .prev_sample

@@ -33,7 +33,7 @@
 //! [`AllFrames`]: vdm_core::AllFrames
 
 use burn::tensor::{Bool, Device, Tensor, TensorData};
-use vdm_core::denoiser::data_to_f32;
+use vdm_core::readback::read_f32;
 use vdm_core::temporal::{FrameWindow, TemporalHook, TemporalSite, TemporalStages, run_chain};
 use vdm_core::{Error, Result};
 
@@ -128,10 +128,9 @@ fn spectral_blend(
     let device = global.device();
     let volumes = |t: Tensor<3>| -> Result<Vec<f32>> {
         // [B·H·W, F, C] → [B, C, F, H, W]: one (F, H, W) volume per (batch, channel).
-        data_to_f32(
-            &t.reshape([b, h, w, f, c])
-                .permute([0, 4, 3, 1, 2])
-                .into_data(),
+        read_f32(
+            t.reshape([b, h, w, f, c]).permute([0, 4, 3, 1, 2]),
+            "FreeLong's attention outputs",
         )
     };
     let mut mixed = volumes(global)?;
@@ -194,7 +193,7 @@ mod tests {
     }
 
     fn host(t: Tensor<3>) -> Vec<f32> {
-        data_to_f32(&t.into_data()).unwrap()
+        read_f32(t, "t").unwrap()
     }
 
     fn tokens(seed: u64, dims: [usize; 3]) -> Tensor<3> {

@@ -4,6 +4,7 @@
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vdm_core::error::ensure_positive;
+use vdm_core::readback::read_f32;
 use vdm_core::{Error, Result};
 
 /// The `x̂₀` clipping fields of DDIM / DDPM / LCM / DPM-Solver configs.
@@ -82,11 +83,7 @@ pub fn dynamic_threshold(x0: Tensor<5>, ratio: f64, max_value: f64) -> Result<Te
     let dims = x0.dims();
     let batch = dims[0];
     let per_item = x0.shape().num_elements() / batch;
-    let values = x0
-        .to_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::Unsupported(format!("reading x0: {e:?}")))?;
+    let values = read_f32(x0.clone(), "x0 for dynamic thresholding")?;
     let thresholds: Vec<f32> = values
         .chunks(per_item)
         .map(|item| {

@@ -9,12 +9,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::tensor::Device;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::models::chunking::Chunking;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
+
+#[path = "common/child.rs"]
+mod child;
+use child::Supervised;
 
 /// The variable naming the file a child writes its frames to.
 const CHILD_OUT: &str = "VDM_DETERMINISM_OUT";
@@ -126,17 +130,10 @@ fn frames_in_child(threads: Option<usize>, out: &Path) -> Vec<u8> {
         Some(n) => command.env("RAYON_NUM_THREADS", n.to_string()),
         None => command.env_remove("RAYON_NUM_THREADS"),
     };
-    let mut child = command.spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the child with {threads:?} threads ran past 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output = Supervised::spawn(&mut command).output_within(
+        Duration::from_secs(300),
+        &format!("the child with {threads:?} threads"),
+    );
     assert!(
         output.status.success(),
         "child with {threads:?} threads: {}",

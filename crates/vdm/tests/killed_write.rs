@@ -7,11 +7,15 @@
 //! parent kills it once a temporary file is being filled. Every wait is bounded.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use vdm::video::{GifOptions, GifPalette, Video, WriteOptions, read_frames};
+
+#[path = "common/child.rs"]
+mod child;
+use child::Supervised;
 
 /// The variable naming the child's destination file.
 const CHILD_TARGET: &str = "VDM_KILLED_WRITE_TARGET";
@@ -62,16 +66,6 @@ fn child_writes_until_killed() {
     }
 }
 
-/// Kills the child when the test ends early (a failed assertion), so no process outlives it.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The temporary files next to `target` (`.<name>.tmp-<pid>-<n>`) and their sizes.
 fn temporaries(target: &Path) -> Vec<(PathBuf, u64)> {
     let name = target.file_name().unwrap().to_string_lossy().to_string();
@@ -98,14 +92,13 @@ fn a_killed_write_leaves_the_previous_file_or_a_whole_one() {
         .unwrap();
     let previous = std::fs::read(&target).unwrap();
 
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_writes_until_killed", "--exact", "--ignored"])
-        .env(CHILD_TARGET, &target)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
+    let mut child = Supervised::spawn(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["child_writes_until_killed", "--exact", "--ignored"])
+            .env(CHILD_TARGET, &target)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
 
     // Kill it while a temporary file is being filled (present and not empty: its first
     // buffer was flushed, so its write is under way and far from the rename).
@@ -115,7 +108,7 @@ fn a_killed_write_leaves_the_previous_file_or_a_whole_one() {
             start.elapsed() < Duration::from_secs(120),
             "no temporary file was being written within 120 s"
         );
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.ended() {
             panic!("the writer exited by itself: {status}");
         }
         if let Some((path, size)) = temporaries(&target).into_iter().find(|(_, s)| *s > 0) {

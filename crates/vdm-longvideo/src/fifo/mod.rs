@@ -51,8 +51,8 @@ use vdm_core::{
 use vdm_schedulers::prediction::{Scales, to_x0_and_eps};
 
 use crate::sampler::{
-    Control, Guidance, MethodSampler, Progress, Routing, check_model_output, guided_prediction,
-    report, select_frames,
+    Control, Guidance, MethodSampler, Progress, StackedOutput, check_model_output, report,
+    select_frames, stacked_conditioning, stacked_guided_prediction,
 };
 
 /// The FIFO-Diffusion plan: the model's clip length, the number of partitions, lookahead and
@@ -393,7 +393,7 @@ impl FifoStream<'_> {
                 levels: frame_levels.clone(),
                 outputs: outputs.clone(),
             }])?;
-            clip = self.update(clip, output, &frame_levels)?;
+            clip = self.update(clip, output.window(0), &frame_levels)?;
             report(
                 progress,
                 Progress {
@@ -435,7 +435,6 @@ impl FifoStream<'_> {
     fn iterate(&mut self) -> Result<Tensor<5>> {
         let plan = self.plan;
         let mut queue = self.queue.take().expect("warmed up");
-        let batch = self.shape.batch;
         for group in plan.windows().chunks(plan.windows_per_call) {
             // Every window of the group reads the queue before any of them writes: no window
             // reads the frames another of the iteration writes (see `Fifo::windows`).
@@ -451,11 +450,7 @@ impl FifoStream<'_> {
             for (k, (window, &(start, write_from, end))) in
                 windows.into_iter().zip(group).enumerate()
             {
-                let own = if group.len() == 1 {
-                    output.clone()
-                } else {
-                    output.clone().narrow(0, k * batch, batch)
-                };
+                let own = output.window(k);
                 let keep = write_from - start;
                 let written = end - write_from;
                 let updated = self.update(
@@ -486,7 +481,7 @@ impl FifoStream<'_> {
     /// The guided model output of `windows` stacked along the batch in one call
     /// (`[k·B, C, w, H, W]` for `k` windows, window after window): in each, frame `j` at level
     /// `levels[j]` with the conditioning of video frame `outputs[j]`.
-    fn predict(&self, windows: &[WindowInput]) -> Result<Tensor<5>> {
+    fn predict(&self, windows: &[WindowInput]) -> Result<StackedOutput> {
         let frames = windows[0].levels.len();
         let values: Vec<f64> = windows
             .iter()
@@ -495,7 +490,6 @@ impl FifoStream<'_> {
             })
             .collect();
         let timesteps = Timesteps::PerFrame { frames, values };
-        // `[negatives; owns]` when guided, as the guided call expects.
         let negatives = self.guidance.iter().flat_map(|g| {
             windows
                 .iter()
@@ -504,23 +498,12 @@ impl FifoStream<'_> {
         let owns = windows
             .iter()
             .map(|w| select_frames(&self.conditioning, &w.outputs, &self.device));
-        let parts: Vec<Conditioning> = negatives.chain(owns).collect();
-        let conditioning = if parts.len() == 1 {
-            parts.into_iter().next().expect("one part")
-        } else {
-            Conditioning::cat(parts)?
-        };
-        let x = if windows.len() == 1 {
-            windows[0].x.clone()
-        } else {
-            Tensor::cat(windows.iter().map(|w| w.x.clone()).collect(), 0)
-        };
-        let output = guided_prediction(
+        let conditioning = stacked_conditioning(negatives, owns)?;
+        let output = stacked_guided_prediction(
             self.denoiser,
-            x,
+            windows.iter().map(|w| w.x.clone()).collect(),
             timesteps,
             &conditioning,
-            Routing::default(),
             self.guidance.as_ref(),
         )?;
         if self.finite_checks {
@@ -531,7 +514,7 @@ impl FifoStream<'_> {
                     (lo.min(self.timesteps[l]), hi.max(self.timesteps[l]))
                 });
             let at = format!("the per-frame timesteps {lo}..={hi} of a FIFO window");
-            check_model_output(true, &output, at)?;
+            check_model_output(true, output.all(), at)?;
         }
         Ok(output)
     }

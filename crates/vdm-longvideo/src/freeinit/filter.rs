@@ -315,7 +315,7 @@ impl FrequencyMask {
     /// read back to the host as `f32`.
     pub fn from_tensor(mask: Tensor<3>) -> Result<Self> {
         let dims = mask.dims();
-        let values = super::spectral::host_f32(mask.into_data(), "frequency mask")?;
+        let values = vdm_core::readback::read_f32(mask, "the frequency mask")?;
         Self::from_values(dims, values)
     }
 

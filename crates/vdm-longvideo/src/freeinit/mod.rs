@@ -90,6 +90,7 @@ pub use filter::{FilterMethod, FrequencyMask, LowPassFilter};
 pub use spectral::{FftPrecision, SpectralMixer, apply_frequency_filter};
 
 use burn::tensor::Tensor;
+use vdm_core::readback::{read_data, read_f32};
 use vdm_core::{Error, NoiseSource, Result};
 use vdm_schedulers::Scheduler;
 
@@ -283,7 +284,7 @@ impl FreeInit {
             )));
         }
         let z_r = spectral::f32_data(z_r, "fresh noise")?;
-        let mut out = spectral::f32_data(z_t.into_data(), "z_t")?;
+        let mut out = spectral::f32_data(read_data(z_t, "z_t")?, "z_t")?;
         let values = spectral::f32_slice_mut(&mut out, "z_t")?;
         if to_vp != 1.0 {
             let k = to_vp as f32;
@@ -396,9 +397,7 @@ fn add_noise_coefficients(
 ) -> Result<[f64; 2]> {
     let one = Tensor::<5>::ones([1, 1, 1, 1, 1], device);
     let zero = Tensor::<5>::zeros([1, 1, 1, 1, 1], device);
-    let read = |x: Tensor<5>| -> Result<f64> {
-        Ok(spectral::host_f32(x.into_data(), "add_noise probe")?[0] as f64)
-    };
+    let read = |x: Tensor<5>| -> Result<f64> { Ok(read_f32(x, "the add_noise probe")?[0] as f64) };
     let a = read(scheduler.add_noise(one.clone(), zero.clone(), t)?)?;
     let s = read(scheduler.add_noise(zero, one, t)?)?;
     Ok([a, s])

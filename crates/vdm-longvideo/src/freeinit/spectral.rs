@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use burn::tensor::{Tensor, TensorData};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftNum, FftPlanner};
+use vdm_core::readback::read_data;
 use vdm_core::{Error, Result};
 
 use super::filter::FrequencyMask;
@@ -494,8 +495,8 @@ impl SpectralMixer {
             ));
         }
         let (device, dtype) = (x.device(), x.dtype());
-        let mut xs = f32_data(x.into_data(), "x")?;
-        let ns = f32_data(noise.into_data(), "noise")?;
+        let mut xs = f32_data(read_data(x, "x")?, "x")?;
+        let ns = f32_data(read_data(noise, "noise")?, "noise")?;
         self.mix_in_place(f32_slice_mut(&mut xs, "x")?, f32_slice(&ns, "noise")?)?;
         Ok(Tensor::from_data(xs, (&device, dtype)))
     }
@@ -514,12 +515,6 @@ pub fn apply_frequency_filter(
     mask: &FrequencyMask,
 ) -> Result<Tensor<5>> {
     SpectralMixer::new(mask).mix(x, noise)
-}
-
-/// Host `f32` values of `data`, converting other float dtypes.
-pub(crate) fn host_f32(data: TensorData, what: &str) -> Result<Vec<f32>> {
-    data.try_into_vec_as::<f32>()
-        .map_err(|e| Error::Unsupported(format!("reading `{what}` back as f32 values: {e}")))
 }
 
 /// `data` as `f32` host data (converted only if it holds another dtype), to borrow with

@@ -123,6 +123,76 @@ pub(crate) fn guided_prediction(
     }
 }
 
+/// The conditioning of several windows stacked along the batch for one guided model call:
+/// `[negatives of every window; own conditionings of every window]` (`negatives` is empty
+/// without guidance), as [`stacked_guided_prediction`] expects. One part is returned as it is.
+pub(crate) fn stacked_conditioning(
+    negatives: impl IntoIterator<Item = Conditioning>,
+    owns: impl IntoIterator<Item = Conditioning>,
+) -> Result<Conditioning> {
+    let mut parts: Vec<Conditioning> = negatives.into_iter().chain(owns).collect();
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    Conditioning::cat(parts)
+}
+
+/// The guided outputs of several windows from one model call, their inputs stacked along the
+/// batch (window after window); [`StackedOutput::window`] takes each window's part back out.
+///
+/// `conditioning` is [`stacked_conditioning`] of the same windows in the same order; the
+/// timesteps are those of the stacked batch. Co-denoising and FIFO-Diffusion call the model
+/// this way so that a model spread over devices runs several windows at once.
+///
+/// # Shapes
+/// - `inputs`: `k` tensors `[B, C, F, H, W]` (the same shape)
+/// - output: `[k·B, C, F, H, W]`
+pub(crate) fn stacked_guided_prediction(
+    denoiser: &dyn Denoiser,
+    inputs: Vec<Tensor<5>>,
+    timesteps: Timesteps,
+    conditioning: &Conditioning,
+    guidance: Option<&Guidance>,
+) -> Result<StackedOutput> {
+    let windows = inputs.len();
+    let input = if windows == 1 {
+        inputs.into_iter().next().expect("one window")
+    } else {
+        Tensor::cat(inputs, 0)
+    };
+    let output = guided_prediction(
+        denoiser,
+        input,
+        timesteps,
+        conditioning,
+        Routing::default(),
+        guidance,
+    )?;
+    Ok(StackedOutput { output, windows })
+}
+
+/// The output of [`stacked_guided_prediction`]: `windows` windows stacked along the batch.
+pub(crate) struct StackedOutput {
+    output: Tensor<5>,
+    windows: usize,
+}
+
+impl StackedOutput {
+    /// Every window's output, stacked (`[k·B, C, F, H, W]`).
+    pub fn all(&self) -> &Tensor<5> {
+        &self.output
+    }
+
+    /// The output of window `k` (`[B, C, F, H, W]`).
+    pub fn window(&self, k: usize) -> Tensor<5> {
+        if self.windows == 1 {
+            return self.output.clone();
+        }
+        let batch = self.output.dims()[0] / self.windows;
+        self.output.clone().narrow(0, k * batch, batch)
+    }
+}
+
 /// `conditioning` batched after the negative one when guidance applies (`[negative; positive]`,
 /// as [`guided_prediction`] expects).
 pub(crate) fn with_negative(

@@ -28,7 +28,10 @@ mod progress;
 mod tests;
 
 pub use guidance::Guidance;
-pub(crate) use guidance::{GuidedModel, Routing, guided_prediction, select_frames, with_negative};
+pub(crate) use guidance::{
+    GuidedModel, Routing, StackedOutput, guided_prediction, select_frames, stacked_conditioning,
+    stacked_guided_prediction, with_negative,
+};
 pub use method::MethodSampler;
 pub(crate) use method::{check_request, require_variance_preserving};
 pub(crate) use progress::{At, check_model_output, report};

@@ -439,9 +439,7 @@ impl CLIPTextModel {
                 &[b, l],
             ));
         }
-        let ids: Vec<i64> = input_ids
-            .clone()
-            .into_data()
+        let ids: Vec<i64> = vdm_core::readback::read_data(input_ids.clone(), "input_ids")?
             .convert::<i64>()
             .try_into_vec::<i64>()
             .map_err(|e| Error::invalid("input_ids", format!("unreadable ids: {e:?}")))?;

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
+use vdm_core::Result;
+use vdm_core::readback::read_f32_scalar;
 
 /// The ids and paths of a module's float parameters.
 #[derive(Default)]
@@ -43,14 +45,21 @@ struct GradPass<'a> {
     grads: &'a mut GradientsParams,
     scale: Option<f32>,
     sum_squares: f64,
+    /// The first gradient that could not be read back (the visitor cannot return it).
+    error: Option<vdm_core::Error>,
 }
 
 impl ModuleVisitor for GradPass<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         match self.scale {
             None => {
-                if let Some(g) = self.grads.get::<D>(param.id) {
-                    self.sum_squares += f64::from(g.powi_scalar(2).sum().into_scalar::<f32>());
+                if let Some(g) = self.grads.get::<D>(param.id)
+                    && self.error.is_none()
+                {
+                    match read_f32_scalar(g.powi_scalar(2).sum(), "a gradient's squared norm") {
+                        Ok(v) => self.sum_squares += f64::from(v),
+                        Err(e) => self.error = Some(e),
+                    }
                 }
             }
             Some(scale) => {
@@ -65,17 +74,24 @@ impl ModuleVisitor for GradPass<'_> {
 /// The global L2 norm of the gradients, and (if `max_norm` is given and exceeded) the
 /// gradients scaled to that norm, as PyTorch's `clip_grad_norm_` (scale
 /// `max_norm / (norm + 1e-6)`). Returns the norm before clipping.
+///
+/// # Errors
+/// [`vdm_core::Error::ReadBack`] when a gradient cannot be read back from its device.
 pub fn clip_grad_norm<M: Module>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: Option<f32>,
-) -> f32 {
+) -> Result<f32> {
     let mut pass = GradPass {
         grads,
         scale: None,
         sum_squares: 0.0,
+        error: None,
     };
     module.visit(&mut pass);
+    if let Some(e) = pass.error {
+        return Err(e);
+    }
     let norm = pass.sum_squares.sqrt() as f32;
     if let Some(max) = max_norm {
         let scale = max / (norm + 1e-6);
@@ -84,7 +100,7 @@ pub fn clip_grad_norm<M: Module>(
             module.visit(&mut pass);
         }
     }
-    norm
+    Ok(norm)
 }
 
 /// Drops the gradients of parameters whose path contains none of the patterns.

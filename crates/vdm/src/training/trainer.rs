@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use vdm_core::readback::{read_data, read_f32_scalar};
 use vdm_core::{
     Conditioning, Denoiser, DenoiserInput, Error, NoiseSource, Result, SeededNoise, Timesteps,
 };
@@ -198,7 +199,7 @@ impl<M: Module + Denoiser> Trainer<M> {
         let loss = self
             .objective
             .loss(prediction, batch.target, &batch.weights);
-        let loss_value: f32 = loss.clone().into_scalar();
+        let loss_value = read_f32_scalar(loss.clone(), "the training loss")?;
         if !loss_value.is_finite() {
             return Err(Error::invalid(
                 "loss",
@@ -209,7 +210,7 @@ impl<M: Module + Denoiser> Trainer<M> {
         if self.config.temporal_only {
             keep_only(&self.model, &mut grads, &self.config.temporal_patterns);
         }
-        let grad_norm = clip_grad_norm(&self.model, &mut grads, self.config.grad_clip_norm);
+        let grad_norm = clip_grad_norm(&self.model, &mut grads, self.config.grad_clip_norm)?;
         let learning_rate = self.config.learning_rate_at(step);
         let model = self.model.clone();
         self.model = self.optimizer.step(learning_rate, model, grads);
@@ -233,7 +234,10 @@ impl<M: Module + Denoiser> Trainer<M> {
         for caption in captions {
             if !self.embeddings.contains_key(caption) {
                 let embedding = self.prompts.embed(caption, PromptOptions::default())?;
-                self.embeddings.insert(caption.clone(), embedding.to_data());
+                self.embeddings.insert(
+                    caption.clone(),
+                    read_data(embedding, "a caption's embedding")?,
+                );
             }
             parts.push(Tensor::<3>::from_data(
                 self.embeddings[caption].clone(),

@@ -143,14 +143,9 @@ impl Video {
     /// The frames as `f32` values on the host, `[F, 3, H, W]` row-major.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the tensor data cannot be read as `f32`.
+    /// [`Error::ReadBack`] when the frames cannot be read back from their device as `f32`.
     pub fn to_values(&self) -> Result<Vec<f32>> {
-        self.frames
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::Unsupported(format!("reading frames: {e:?}")))
+        vdm_core::readback::read_f32(self.frames.clone(), "the video frames")
     }
 
     /// The frames as 8-bit RGB images (`round(255 · x)`, values clamped to `[0, 1]` first).
