@@ -7,8 +7,7 @@
 //! `child_writes_frames`, selected by the environment variable [`CHILD_OUT`]); every wait on a
 //! child is bounded.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use burn::tensor::Device;
@@ -18,7 +17,7 @@ use vdm::pipeline::{Generation, TextToVideoPipeline};
 
 #[path = "common/child.rs"]
 mod child;
-use child::Supervised;
+use child::child_test_output;
 
 /// The variable naming the file a child writes its frames to.
 const CHILD_OUT: &str = "VDM_DETERMINISM_OUT";
@@ -119,35 +118,23 @@ fn child_writes_frames() {
 
 /// Runs [`child_writes_frames`] with `RAYON_NUM_THREADS` = `threads` (`None`: unset) and
 /// returns its frames (at most 300 s).
-fn frames_in_child(threads: Option<usize>, out: &Path) -> Vec<u8> {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["child_writes_frames", "--exact", "--ignored"])
-        .env(CHILD_OUT, out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    match threads {
-        Some(n) => command.env("RAYON_NUM_THREADS", n.to_string()),
-        None => command.env_remove("RAYON_NUM_THREADS"),
-    };
-    let output = Supervised::spawn(&mut command).output_within(
+fn frames_in_child(threads: Option<usize>) -> Vec<u8> {
+    child_test_output(
+        "child_writes_frames",
+        CHILD_OUT,
         Duration::from_secs(300),
-        &format!("the child with {threads:?} threads"),
-    );
-    assert!(
-        output.status.success(),
-        "child with {threads:?} threads: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    std::fs::read(out).unwrap()
+        |command| {
+            match threads {
+                Some(n) => command.env("RAYON_NUM_THREADS", n.to_string()),
+                None => command.env_remove("RAYON_NUM_THREADS"),
+            };
+        },
+    )
 }
 
 #[test]
 fn thread_counts_give_the_same_frames() {
-    let dir = std::env::temp_dir().join(format!("vdm-determinism-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let reference = frames_in_child(Some(1), &dir.join("threads-1.bin"));
+    let reference = frames_in_child(Some(1));
     assert!(!reference.is_empty());
     let values = |bytes: &[u8]| -> Vec<f32> {
         bytes
@@ -156,13 +143,11 @@ fn thread_counts_give_the_same_frames() {
             .collect()
     };
     for threads in [Some(2), None] {
-        let name = format!("threads-{threads:?}.bin");
-        let other = frames_in_child(threads, &dir.join(name));
+        let other = frames_in_child(threads);
         assert_bitwise(
             &format!("RAYON_NUM_THREADS={threads:?} against 1"),
             &values(&reference),
             &values(&other),
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

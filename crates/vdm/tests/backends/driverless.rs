@@ -11,10 +11,11 @@
 //! process (the other tests of this binary need a working wgpu device).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vdm::core::Error;
+
+use crate::child::child_test_output;
 
 /// Where the child writes the error's one line.
 const CHILD_OUT: &str = "VDM_DRIVERLESS_CHILD_OUT";
@@ -41,41 +42,21 @@ fn child_probes_the_default_device() {
 
 #[test]
 fn a_wgpu_device_without_any_driver_is_a_typed_error_with_a_hint() {
-    let dir = std::env::temp_dir().join(format!("vdm-driverless-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("error.txt");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "driverless::child_probes_the_default_device",
-            "--exact",
-            "--ignored",
-        ])
-        .env(CHILD_OUT, &out)
-        .env("VK_ICD_FILENAMES", NO_DRIVER)
-        .env("VK_DRIVER_FILES", NO_DRIVER)
-        .env("__EGL_VENDOR_LIBRARY_FILENAMES", NO_DRIVER)
-        .env_remove("VK_ADD_DRIVER_FILES")
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the driverless probe ran past 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the child failed: {stderr}");
-    let line = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let line = child_test_output(
+        "driverless::child_probes_the_default_device",
+        CHILD_OUT,
+        Duration::from_secs(120),
+        |command| {
+            command
+                .env("VK_ICD_FILENAMES", NO_DRIVER)
+                .env("VK_DRIVER_FILES", NO_DRIVER)
+                .env("__EGL_VENDOR_LIBRARY_FILENAMES", NO_DRIVER)
+                .env_remove("VK_ADD_DRIVER_FILES")
+                .env_remove("DISPLAY")
+                .env_remove("WAYLAND_DISPLAY");
+        },
+    );
+    let line = String::from_utf8(line).unwrap();
     println!("without a driver: {line}");
     assert!(!line.contains('\n'), "one line: {line}");
     // The reason is the backend's own (its device thread's panic), not the caller thread's

@@ -3,7 +3,8 @@
 //! FreeInit) run again on Burn's `wgpu` backend, against the same diffusers 0.42.1 / transformers
 //! vectors and the same tolerances as on flex; and one seed gives the same video on flex, ndarray
 //! and wgpu within a stated tolerance ([`cross_backend`]); and a wgpu device on a machine
-//! without any graphics driver is a typed error, not a panic ([`driverless`]).
+//! without any graphics driver ([`driverless`]) and a tensor the device cannot hold
+//! ([`readback`]) are typed errors, not panics.
 //!
 //! The parity modules are the crates' own test files, mounted here with `#[path]`, so one copy of
 //! each check serves every backend: they take their device from [`test_device`]. Not mounted:
@@ -15,8 +16,11 @@
 
 #![cfg(all(feature = "wgpu", feature = "ndarray"))]
 
+#[path = "../common/child.rs"]
+mod child;
 mod cross_backend;
 mod driverless;
+mod readback;
 
 /// The device of the mounted parity modules: Burn's wgpu backend on the first adapter (lavapipe
 /// in CI, the GPU where there is one).

@@ -6,7 +6,8 @@
 #![allow(dead_code)] // each test binary uses the part it needs
 
 use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,4 +76,42 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
         }
         bytes
     })
+}
+
+/// Runs the ignored test `test` of this test binary again as a child process (`--exact
+/// --ignored`), with the environment variable `out_var` naming a file for it to write and
+/// `configure` applied to its command (more variables); waits at most `limit`, checks that it
+/// passed (its stderr in the panic message otherwise) and returns what it wrote.
+pub fn child_test_output(
+    test: &str,
+    out_var: &str,
+    limit: Duration,
+    configure: impl FnOnce(&mut Command),
+) -> Vec<u8> {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vdm-child-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out");
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([test, "--exact", "--ignored"])
+        .env(out_var, &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    configure(&mut command);
+    let what = format!("the child test `{test}`");
+    let output = Supervised::spawn(&mut command).output_within(limit, &what);
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = std::fs::read(&out).unwrap_or_else(|e| panic!("{what} wrote nothing: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    written
 }
