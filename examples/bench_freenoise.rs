@@ -1,7 +1,11 @@
 //! Benchmark: the cost of FreeNoise window fusion against direct inference **at the same frame
 //! count**, on the "bench-size" AnimateDiff model of `shared/bench/BASELINE.md` §3 (MOTION_U2 +
 //! MOTION_MA: SD-1.5 layout with channels / 10, 13.3 M parameters, random weights), latent
-//! `[1, 4, F, 32, 32]` and text `[1, 77, 128]` from seeded host noise, timestep 500.
+//! `[1, 4, F, 32, 32]` (`--size S`: `S × S`) and text `[1, 77, 128]` from seeded host noise,
+//! timestep 500. On a GPU backend (`--features wgpu`) every forward ends with a read-back, so
+//! its wall time is the device's work; the stage / fusion split is then only the host's side
+//! (Mesa's lavapipe needs `--size 16`: at 32 × 32 the forward asks for a 512 MiB buffer, past
+//! what it allocates).
 //!
 //! For every `F` the variants run in this process with the same weights and inputs: `direct`
 //! ([`AllFrames`]: every motion module attends over all `F` frames) and `freenoise`
@@ -23,7 +27,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench_freenoise [-- [--rounds N] [--frames 16,24,32]
-//!     [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown] [--attention]]
+//!     [--size 32] [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown]
+//!     [--attention]]
 //! ```
 //!
 //! Compare with diffusers (same model config and the pipeline's own FreeNoise code, PyTorch
@@ -266,6 +271,7 @@ impl Bench<'_> {
 struct Args {
     rounds: usize,
     frames: Vec<usize>,
+    size: usize,
     batchings: Vec<(String, WindowBatching)>,
     per_stage: bool,
     breakdown: bool,
@@ -289,6 +295,7 @@ fn args() -> Args {
     let mut a = Args {
         rounds: 7,
         frames: vec![16, 24, 32],
+        size: 32,
         batchings: Vec::new(),
         per_stage: false,
         breakdown: false,
@@ -306,6 +313,7 @@ fn args() -> Args {
                     .map(|s| s.parse().expect("--frames 16,24,32"))
                     .collect()
             }
+            "--size" => a.size = value().parse().expect("--size S (latent side)"),
             "--batching" => {
                 a.batchings = value()
                     .split(',')
@@ -328,7 +336,7 @@ fn args() -> Args {
                 continue;
             }
             other => panic!(
-                "unknown argument {other}; usage: [--rounds N] [--frames 16,24,32] \
+                "unknown argument {other}; usage: [--rounds N] [--frames 16,24,32] [--size 32] \
                  [--batching stacked,stacked:2,sequential] [--per-stage] [--breakdown] \
                  [--attention]"
             ),
@@ -412,10 +420,12 @@ fn main() -> Result<()> {
         ));
     }
     println!(
-        "FreeNoise vs direct, bench-size UNetMotionModel ({:.2} M params incl. the {}-row positional tables), backend {}, {} rounds; \
+        "FreeNoise vs direct, bench-size UNetMotionModel ({:.2} M params incl. the {}-row positional tables), latents {}×{}, backend {}, {} rounds; \
          freenoise = {}/{} {:?}, default batching {:?}; threads available: {}",
         model.num_params() as f64 / 1e6,
         config.motion_max_seq_length,
+        args.size,
+        args.size,
         vdm::backend_name(),
         args.rounds,
         default.context_length,
@@ -436,7 +446,7 @@ fn main() -> Result<()> {
     for &f in &args.frames {
         let load0 = load_average(1);
         let mut noise = SeededNoise::new(8100);
-        let x: Tensor<5> = draw(&mut noise, [1, 4, f, 32, 32], &device)?;
+        let x: Tensor<5> = draw(&mut noise, [1, 4, f, args.size, args.size], &device)?;
         let windows = if f > default.context_length {
             FreeNoiseHook::new(default)?.plan(f)?.windows().len()
         } else {
