@@ -311,8 +311,8 @@ impl FrequencyMask {
     /// A mask from a `[F, H, W]` tensor (any float dtype; read back as `f32`).
     ///
     /// # Errors
-    /// [`Error::Shape`] when a size is 0; [`Error::Unsupported`] when the tensor cannot be
-    /// read back to the host as `f32`.
+    /// [`Error::Shape`] when a size is 0; [`Error::ReadBack`] when the tensor cannot be read
+    /// back to the host as `f32`.
     pub fn from_tensor(mask: Tensor<3>) -> Result<Self> {
         let dims = mask.dims();
         let values = vdm_core::readback::read_f32(mask, "the frequency mask")?;

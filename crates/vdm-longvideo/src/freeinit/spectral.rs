@@ -476,7 +476,8 @@ impl SpectralMixer {
     ///
     /// # Errors
     /// [`Error::Shape`] when `noise` differs from `x` in shape or `x`'s `[F, H, W]` differs from
-    /// the mask's; [`Error::Unsupported`] when a tensor cannot be read back as `f32`.
+    /// the mask's; [`Error::ReadBack`] when a tensor cannot be read back from its device;
+    /// [`Error::Unsupported`] when its values cannot be converted to `f32`.
     pub fn mix(&self, x: Tensor<5>, noise: Tensor<5>) -> Result<Tensor<5>> {
         let dims = x.dims();
         let [f, h, w] = self.dims();

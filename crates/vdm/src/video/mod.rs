@@ -151,7 +151,7 @@ impl Video {
     /// The frames as 8-bit RGB images (`round(255 · x)`, values clamped to `[0, 1]` first).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the tensor data cannot be read as `f32`.
+    /// [`Error::ReadBack`] when the frames cannot be read back from their device as `f32`.
     pub fn to_rgb_images(&self) -> Result<Vec<RgbImage>> {
         let [f, _, h, w] = self.frames.dims();
         let values = self.to_values()?;
