@@ -22,6 +22,7 @@ use std::time::Instant;
 use vdm::burn::tensor::Tensor;
 use vdm::core::Result;
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_data;
 use vdm::longvideo::freeinit::{
     FftPrecision, LowPassFilter, SpectralMixer, apply_frequency_filter,
 };
@@ -69,7 +70,7 @@ fn main() -> Result<()> {
             let m = ms(t0);
             let t0 = Instant::now();
             let y = apply_frequency_filter(x.clone(), noise.clone(), &mask)?;
-            let _ = y.into_data();
+            read_data(y, "the filtered latents")?;
             let a = ms(t0);
 
             let t0 = Instant::now();

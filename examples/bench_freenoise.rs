@@ -43,6 +43,7 @@ use std::time::Instant;
 use vdm::burn::module::Module;
 use vdm::burn::tensor::{Bool, Device, Tensor};
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::{read_data, read_f32_scalar};
 use vdm::core::temporal::{
     AllFrames, AttentionStage, FrameWindow, TemporalHook, TemporalSite, TemporalStages,
 };
@@ -214,7 +215,7 @@ impl Bench<'_> {
         let c0 = process_cpu_seconds();
         let t0 = Instant::now();
         let y = self.model.forward(self.input(x, &timed))?;
-        let y = Tensor::<5>::from_data(y.into_data(), &x.device());
+        let y = Tensor::<5>::from_data(read_data(y, "the model output")?, &x.device());
         let wall = t0.elapsed().as_secs_f64();
         let cpu = process_cpu_seconds() - c0;
         let (hook, stages) = self.clock.take();
@@ -258,7 +259,7 @@ impl Bench<'_> {
                 last = now;
             },
         )?;
-        let _ = y.into_data();
+        read_data(y, "the model output")?;
         let (hook, stages) = self.clock.take();
         let motion = kinds.get("motion modules").copied().unwrap_or(0.0);
         kinds.insert("motion modules".into(), motion - hook);
@@ -457,13 +458,14 @@ fn main() -> Result<()> {
         for (_, hook) in &variants {
             outputs.push(bench.run(&x, hook.as_ref())?.1);
         }
-        let diff: f32 = (outputs[0].clone() - outputs[1].clone())
-            .abs()
-            .max()
-            .into_scalar();
-        let finite = outputs
-            .iter()
-            .all(|y| y.clone().sum().into_scalar::<f32>().is_finite());
+        let diff = read_f32_scalar(
+            (outputs[0].clone() - outputs[1].clone()).abs().max(),
+            "the largest difference of the variants",
+        )?;
+        let mut finite = true;
+        for y in &outputs {
+            finite &= read_f32_scalar(y.clone().sum(), "the sum of an output")?.is_finite();
+        }
         drop(outputs);
 
         let n = variants.len();

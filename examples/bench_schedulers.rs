@@ -12,6 +12,7 @@ use std::time::Instant;
 use vdm::burn::tensor::Tensor;
 use vdm::core::Result;
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_f32_scalar;
 use vdm::schedulers::from_config_json;
 use vdm_examples::catalogue::schedulers;
 use vdm_examples::measure::median;
@@ -60,7 +61,7 @@ fn main() -> Result<()> {
                     .prev_sample;
             }
             // Make sure the work is done before stopping the clock.
-            let _ = x.sum().into_scalar::<f32>();
+            read_f32_scalar(x.sum(), "the sum of the latents")?;
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             if r > 0 {
                 loops.push(ms);

@@ -34,6 +34,7 @@ use vdm::burn::tensor::activation::silu;
 use vdm::burn::tensor::{Device, Tensor};
 use vdm::core::layout::{batch_to_frames, frames_to_batch};
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_f32_scalar;
 use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
 use vdm::models::attention::{Attention, BasicTransformerBlock, FeedForward};
 use vdm::models::embeddings::TimestepProjection;
@@ -390,7 +391,7 @@ fn profile(m: &UNet3DConditionModel, frames: usize, size: usize, runs: usize) ->
     // Warm-up, then `runs` profiled forwards.
     let mut p = Prof::default();
     let got = profiled_forward(&mut p, m, sample.clone(), text.clone(), &device)?;
-    let diff: f32 = (got - want).abs().max().into_scalar();
+    let diff = read_f32_scalar((got - want).abs().max(), "the largest difference")?;
     let mut p = Prof::default();
     let t0 = Instant::now();
     for _ in 0..runs {
@@ -486,7 +487,10 @@ fn main() -> Result<()> {
         for r in 0..args.warmup + args.repeats {
             let t0 = Instant::now();
             let out = model.forward(sample.clone(), &timesteps, &conditioning, &AllFrames)?;
-            let _: f32 = out.slice([0..1, 0..1, 0..1, 0..1, 0..1]).into_scalar();
+            read_f32_scalar(
+                out.slice([0..1, 0..1, 0..1, 0..1, 0..1]),
+                "one output value",
+            )?;
             if r >= args.warmup {
                 times.push(t0.elapsed().as_secs_f64());
             }

@@ -32,6 +32,7 @@ use std::time::Instant;
 use vdm::burn::module::Module;
 use vdm::burn::tensor::Tensor;
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::{read_data, read_f32_scalar};
 use vdm::core::{Conditioning, Denoiser, DenoiserInput, Result, Timesteps};
 use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook, WindowBatching};
 use vdm::models::chunking::Chunking;
@@ -151,7 +152,7 @@ fn measure(o: &Options, frames: usize) -> Result<()> {
         Timesteps::Shared(500.0),
         Conditioning::Shared(text.clone()),
     );
-    let _ = model.predict(warm)?.into_data();
+    read_data(model.predict(warm)?, "the warm-up output")?;
     let rss_built = status_mib("VmRSS");
     let reset = reset_hwm();
     let load_before = load_average(1);
@@ -174,7 +175,7 @@ fn measure(o: &Options, frames: usize) -> Result<()> {
             blocks.push(serde_json::json!([path, status_mib("VmRSS").round()]));
         }
     })?;
-    let sum: f32 = y.sum().into_scalar();
+    let sum = read_f32_scalar(y.sum(), "the sum of the output")?;
     let seconds = t0.elapsed().as_secs_f64();
     let peak = status_mib("VmHWM");
     if peak > hwm + 0.5 {

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use vdm::burn::tensor::Tensor;
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_f32_scalar;
 use vdm::core::{AllFrames, Conditioning, Result, Timesteps};
 use vdm::models::chunking::Chunking;
 use vdm::models::loading::LoadOptions;
@@ -65,16 +66,17 @@ fn measure(frames: usize, chunk: Option<(usize, usize)>) -> Result<()> {
     let mut noise = SeededNoise::new(7100);
     let warm: Tensor<5> = draw(&mut noise, [1, 4, 2, SIZE, SIZE], &device)?;
     let sample: Tensor<5> = draw(&mut noise, [1, 4, frames, SIZE, SIZE], &device)?;
-    let _: f32 = model
-        .forward(warm, &timesteps, &conditioning, &AllFrames)?
-        .sum()
-        .into_scalar();
+    let warm = model.forward(warm, &timesteps, &conditioning, &AllFrames)?;
+    read_f32_scalar(warm.sum(), "the sum of the warm-up output")?;
 
     let (_, before) = rss_mib();
     let reset = reset_hwm();
     let t0 = Instant::now();
     let out = model.forward(sample, &timesteps, &conditioning, &AllFrames)?;
-    let _: f32 = out.slice([0..1, 0..1, 0..1, 0..1, 0..1]).into_scalar();
+    read_f32_scalar(
+        out.slice([0..1, 0..1, 0..1, 0..1, 0..1]),
+        "one output value",
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let (hwm, _) = rss_mib();
     println!(

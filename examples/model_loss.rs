@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vdm::burn::tensor::{Device, Tensor};
+use vdm::core::readback::read_f32_scalar;
 use vdm::core::{Conditioning, Denoiser, DenoiserInput, NoiseSource, SeededNoise, Timesteps};
 use vdm::models::clip::PromptOptions;
 use vdm::pipeline::{FrameDecoder, TextToVideoPipeline};
@@ -53,8 +54,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn mse(a: Tensor<5>, b: Tensor<5>) -> f32 {
-    (a - b).powf_scalar(2.0).mean().into_scalar()
+fn mse(a: Tensor<5>, b: Tensor<5>) -> vdm::Result<f32> {
+    read_f32_scalar((a - b).powf_scalar(2.0).mean(), "a mean squared error")
 }
 
 fn run(args: &Args) -> vdm::Result<()> {
@@ -106,14 +107,17 @@ fn run(args: &Args) -> vdm::Result<()> {
             ))?;
             let (x0_hat, _) =
                 to_x0_and_eps(prediction, output.clone(), batch.noisy.clone(), scales)?;
-            let x0_error = mse(patchify.decode(x0_hat)?, patchify.decode(x0.clone())?);
-            row.push((mse(output, batch.target.clone()), x0_error));
+            let x0_error = mse(patchify.decode(x0_hat)?, patchify.decode(x0.clone())?)?;
+            row.push((mse(output, batch.target.clone())?, x0_error));
         }
-        let zero: f32 = batch.target.clone().powf_scalar(2.0).mean().into_scalar();
+        let zero = read_f32_scalar(
+            batch.target.clone().powf_scalar(2.0).mean(),
+            "the mean square of the target",
+        )?;
         let bg = mse(
             patchify.decode(background.expand(x0.dims()))?,
             patchify.decode(x0.clone())?,
-        );
+        )?;
         println!(
             "| {t} | {:.4} | {zero:.4} | {:.4} | {bg:.4} | {:.4} |",
             row[0].0, row[0].1, row[1].1

@@ -69,11 +69,11 @@ fn main() -> Result<()> {
     for (name, config, steps) in runs {
         let start = Instant::now();
         let run = from_config_json(&config)
-            .and_then(|mut scheduler| sample_mixture(scheduler.as_mut(), steps, seed, shape));
+            .and_then(|mut scheduler| sample_mixture(scheduler.as_mut(), steps, seed, shape))
+            .and_then(|(video, model, calls)| Ok((model.nearest(&video)?, calls)));
         let ms = start.elapsed().as_secs_f64() * 1e3;
         match run {
-            Ok((video, model, calls)) => {
-                let (k, rms) = model.nearest(&video);
+            Ok(((k, rms), calls)) => {
                 println!(
                     "| {name:<38} | {steps:>5} | {calls:>11} | {:<18} | {rms:>12.2e} | {ms:>8.1} |",
                     NAMES[k]

@@ -13,6 +13,7 @@
 
 use vdm::burn::tensor::{Device, Tensor, TensorData};
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_f32_scalar;
 use vdm::core::{Conditioning, Denoiser, DenoiserInput, Error, PredictionType, Result, Timesteps};
 use vdm::schedulers::Scheduler;
 
@@ -79,20 +80,20 @@ impl MixtureDenoiser {
     }
 
     /// Index of the component closest to `video`, and the RMS distance to it.
-    pub fn nearest(&self, video: &Tensor<5>) -> (usize, f64) {
+    ///
+    /// # Errors
+    /// [`Error::ReadBack`] when a distance cannot be read back from the device.
+    pub fn nearest(&self, video: &Tensor<5>) -> Result<(usize, f64)> {
         let n = video.shape().num_elements() as f64;
-        self.components
-            .iter()
-            .map(|c| {
-                let d = (video.clone() - c.clone())
-                    .powi_scalar(2)
-                    .sum()
-                    .into_scalar::<f32>();
-                (d as f64 / n).sqrt()
-            })
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .expect("at least one component")
+        let mut nearest = (0, f64::INFINITY);
+        for (k, c) in self.components.iter().enumerate() {
+            let d = (video.clone() - c.clone()).powi_scalar(2).sum();
+            let rms = (read_f32_scalar(d, "a squared distance")? as f64 / n).sqrt();
+            if rms < nearest.1 {
+                nearest = (k, rms);
+            }
+        }
+        Ok(nearest)
     }
 }
 
@@ -109,17 +110,17 @@ impl Denoiser for MixtureDenoiser {
             let x = input.latents.clone().narrow(0, b, 1);
             let (alpha, sigma) = self.scales(t)?;
             // Log-weights −‖x − α x_k‖² / 2σ², normalised on the host.
-            let logits: Vec<f64> = self
+            let logits = self
                 .components
                 .iter()
                 .map(|c| {
                     let d = (x.clone() - c.clone().mul_scalar(alpha as f32))
                         .powi_scalar(2)
-                        .sum()
-                        .into_scalar::<f32>() as f64;
-                    -d / (2.0 * sigma * sigma)
+                        .sum();
+                    let d = read_f32_scalar(d, "a squared distance")? as f64;
+                    Ok(-d / (2.0 * sigma * sigma))
                 })
-                .collect();
+                .collect::<Result<Vec<f64>>>()?;
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
             let total: f64 = w.iter().sum();

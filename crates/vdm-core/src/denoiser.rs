@@ -372,10 +372,17 @@ impl<T: Denoiser + ?Sized> Denoiser for &T {
 }
 
 /// Converts host data to a `Vec<f32>`, for tests and host-side algorithms.
+///
+/// Kept for downstream code: read a tensor with [`crate::readback::read_f32`] instead, which
+/// reads it back from the device as a typed [`Error::ReadBack`] where Burn's `into_data`
+/// would panic, and converts with the same rules.
+#[deprecated(
+    since = "0.1.0",
+    note = "read the tensor with `vdm_core::readback::read_f32`, which also turns a failed \
+            read-back into `Error::ReadBack`"
+)]
 pub fn data_to_f32(data: &TensorData) -> Result<Vec<f32>> {
-    data.clone()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
+    data.try_to_vec_as::<f32>()
         .map_err(|e| Error::Unsupported(format!("reading tensor data: {e:?}")))
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use vdm::burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm::core::noise::{SeededNoise, draw};
+use vdm::core::readback::read_f32_scalar;
 use vdm::core::{AllFrames, Conditioning, DenoiserInput, Result, Timesteps, VideoShape};
 use vdm::longvideo::freeinit::{LowPassFilter, apply_frequency_filter};
 use vdm::longvideo::freenoise::{FreeNoiseConfig, FreeNoiseHook};
@@ -27,8 +28,12 @@ use crate::measure::rss_mib;
 
 /// Waits for a result by reading one of its values back to the host (every backend then has
 /// finished the work that produced it).
-fn finish<const D: usize>(t: Tensor<D>) {
-    let _: f32 = t.flatten::<1>(0, D - 1).slice(0..1).into_scalar();
+fn finish<const D: usize>(t: Tensor<D>) -> Result<()> {
+    read_f32_scalar(
+        t.flatten::<1>(0, D - 1).slice(0..1),
+        "one value of the result",
+    )?;
+    Ok(())
 }
 
 /// Runs `run` `warmup` times untimed, then `repeats` times timed.
@@ -80,7 +85,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
             let text = Conditioning::Shared(draw(&mut noise, [1, *text_len, dim], device)?);
             let t = Timesteps::Shared(500.0);
             time(case, || {
-                finish(model.forward(x.clone(), &t, &text, &AllFrames)?);
+                finish(model.forward(x.clone(), &t, &text, &AllFrames)?)?;
                 Ok(())
             })
         }
@@ -100,7 +105,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
                 } else {
                     input.with_temporal(&AllFrames)
                 };
-                finish(model.forward(input)?);
+                finish(model.forward(input)?)?;
                 Ok(())
             })
         }
@@ -111,7 +116,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
             let fresh: Tensor<5> = draw(&mut noise, *shape, device)?;
             time(case, || {
                 let mask = filter.mask(f, h, w)?;
-                finish(apply_frequency_filter(x.clone(), fresh.clone(), &mask)?);
+                finish(apply_frequency_filter(x.clone(), fresh.clone(), &mask)?)?;
                 Ok(())
             })
         }
@@ -127,7 +132,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
                 for t in s.timesteps().to_vec() {
                     x = s.step(eps.clone(), t, x, &mut step_noise)?.prev_sample;
                 }
-                finish(x);
+                finish(x)?;
                 Ok(())
             })
         }
@@ -136,7 +141,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
             let vae = AutoencoderKL::new(config, VaeParts::DecoderOnly, device)?;
             let z: Tensor<5> = draw(&mut noise, [1, 4, *frames, 32, 32], device)?;
             time(case, || {
-                finish(vae.decode_video(z.clone(), true)?);
+                finish(vae.decode_video(z.clone(), true)?)?;
                 Ok(())
             })
         }
@@ -146,7 +151,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
             let n = ids.len();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
             time(case, || {
-                finish(encoder.forward(ids.clone())?.last_hidden_state);
+                finish(encoder.forward(ids.clone())?.last_hidden_state)?;
                 Ok(())
             })
         }
@@ -170,7 +175,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
                     device,
                     &mut |_| Control::Continue,
                 )?;
-                finish(video);
+                finish(video)?;
                 Ok(())
             })
         }
@@ -178,7 +183,7 @@ pub fn run(case: &Case, device: &Device) -> Result<Measured> {
             let a: Tensor<2> = draw(&mut noise, [*n, *n], device)?;
             let b: Tensor<2> = draw(&mut noise, [*n, *n], device)?;
             time(case, || {
-                finish(a.clone().matmul(b.clone()));
+                finish(a.clone().matmul(b.clone()))?;
                 Ok(())
             })
         }
