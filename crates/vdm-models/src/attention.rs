@@ -14,7 +14,8 @@
 //!   `attention_processor.py`), with the host-kernel glue of the flex backend;
 //! - `attention/packed.rs`: the packed q/k/v API of [`Attention`] that temporal stages drive;
 //! - `attention/feed_forward.rs`: [`FeedForwardConfig`] and the GEGLU [`FeedForward`]
-//!   (`attention.py`, `activations.py`), fused on the flex backend by `attention/cpu_fused.rs`;
+//!   (`attention.py`, `activations.py`), fused on the flex backend by
+//!   `attention/feed_forward/cpu_fused.rs`;
 //! - `attention/transformer_block.rs`: [`BasicTransformerBlockConfig`] and
 //!   [`BasicTransformerBlock`] (`attention.py`);
 //! - `attention/temporal_stages.rs`: a temporal [`BasicTransformerBlock`] as
@@ -25,7 +26,6 @@
 //! here, where they used to be defined. The host kernels themselves are in their own layer,
 //! `crate::cpu`.
 
-mod cpu_fused;
 mod feed_forward;
 mod multi_head;
 mod packed;

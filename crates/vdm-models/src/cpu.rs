@@ -7,8 +7,8 @@
 //! [`conv_host`], and module-level forms of the tensor kernels), re-exports the Burn-free
 //! kernel items the blocks call, and keeps [`enabled`] with the test builds' `FORCE_BURN`
 //! switch to the plain Burn path. The glue that runs a whole model block on the kernels lives
-//! beside the block (`resnet/cpu_fused.rs` for `ResnetBlock2D`, `attention/cpu_fused.rs` for
-//! `FeedForward`).
+//! beside the block, as its child module (`resnet/cpu_fused.rs` for `ResnetBlock2D`,
+//! `attention/feed_forward/cpu_fused.rs` for `FeedForward`).
 
 use burn::nn::conv::{Conv2d, Conv3d};
 use burn::nn::{GroupNorm, LayerNorm, Linear, PaddingConfig2d};

@@ -57,7 +57,7 @@ impl Default for DdimConfig {
     }
 }
 
-crate::config::serde_over_defaults!(DdimConfig);
+crate::serde_defaults::serde_over_defaults!(DdimConfig);
 
 impl DdimConfig {
     /// Builds the scheduler.

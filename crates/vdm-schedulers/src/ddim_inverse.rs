@@ -74,7 +74,7 @@ impl Default for DdimInverseConfig {
     }
 }
 
-crate::config::serde_over_defaults!(DdimInverseConfig);
+crate::serde_defaults::serde_over_defaults!(DdimInverseConfig);
 
 impl DdimInverseConfig {
     /// The inverse of a DDIM sampler's configuration (the same betas, spacing, offset,

@@ -12,10 +12,11 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::options::{TimestepSpacing, VarianceType};
 use crate::prediction::{Scales, check_epsilon_timesteps, epsilon_without_signal};
-use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
+use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::discrete_timesteps;
 use crate::threshold::SampleClipping;
+use crate::torch_sqrt::torch_sqrt;
 
 /// The fields of a diffusers `DDPMScheduler` `scheduler_config.json`, with its defaults
 /// (linear betas 1e-4 → 0.02, `fixed_small` variance, `clip_sample = true`, `leading`
@@ -55,7 +56,7 @@ impl Default for DdpmConfig {
     }
 }
 
-crate::config::serde_over_defaults!(DdpmConfig);
+crate::serde_defaults::serde_over_defaults!(DdpmConfig);
 
 impl DdpmConfig {
     /// Builds the scheduler.

@@ -33,8 +33,9 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 
 use crate::euler::{EulerDiscrete, EulerDiscreteConfig, exhausted, predict_x0};
 use crate::options::TimestepSpacing;
-use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
+use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
+use crate::torch_sqrt::torch_sqrt;
 
 /// The fields of a diffusers `EulerAncestralDiscreteScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 1e-4 → 0.02, ε-prediction, `linspace` spacing).

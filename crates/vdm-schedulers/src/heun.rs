@@ -34,9 +34,10 @@ use crate::euler::{
     sigma_space_add_noise,
 };
 use crate::options::{BetaSchedule, TimestepSpacing};
-use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
+use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::threshold::SampleClipping;
+use crate::torch_sqrt::torch_sqrt;
 
 /// The fields of a diffusers `HeunDiscreteScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 0.00085 → 0.012, ε-prediction, `linspace` spacing). Keys missing from
@@ -89,7 +90,7 @@ impl Default for HeunDiscreteConfig {
     }
 }
 
-crate::config::serde_over_defaults!(HeunDiscreteConfig);
+crate::serde_defaults::serde_over_defaults!(HeunDiscreteConfig);
 
 impl HeunDiscreteConfig {
     /// The [`EulerDiscreteConfig`] with the same sigmas and timesteps.

@@ -26,8 +26,9 @@ use crate::euler::{
     sigma_space_add_noise,
 };
 use crate::options::{BetaSchedule, TimestepSpacing};
-use crate::schedule::{BetaConfig, NoiseSchedule, torch_sqrt};
+use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
+use crate::torch_sqrt::torch_sqrt;
 
 /// The fields of a diffusers `KDPM2DiscreteScheduler` `scheduler_config.json`, with its
 /// defaults (linear betas 0.00085 → 0.012, ε-prediction, `linspace` spacing).
@@ -73,7 +74,7 @@ impl Default for KDpm2DiscreteConfig {
     }
 }
 
-crate::config::serde_over_defaults!(KDpm2DiscreteConfig);
+crate::serde_defaults::serde_over_defaults!(KDpm2DiscreteConfig);
 
 impl KDpm2DiscreteConfig {
     /// The [`EulerDiscreteConfig`] with the same sigmas and timesteps.

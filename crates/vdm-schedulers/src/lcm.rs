@@ -16,11 +16,11 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 use crate::ddpm::predicted_x0;
 use crate::options::{BetaSchedule, TimestepSpacing};
 use crate::prediction::{Scales, check_epsilon_timesteps};
-use crate::schedule::torch_sqrt;
 use crate::schedule::{BetaConfig, NoiseSchedule};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::validate_steps;
 use crate::threshold::SampleClipping;
+use crate::torch_sqrt::torch_sqrt;
 
 /// `σ_data` of the consistency boundary condition (fixed at 0.5 in diffusers).
 const SIGMA_DATA: f32 = 0.5;
@@ -70,7 +70,7 @@ impl Default for LcmConfig {
     }
 }
 
-crate::config::serde_over_defaults!(LcmConfig);
+crate::serde_defaults::serde_over_defaults!(LcmConfig);
 
 impl LcmConfig {
     /// Checks the fields, naming the first bad one.

@@ -55,11 +55,13 @@ pub mod options;
 pub mod prediction;
 pub mod schedule;
 pub mod scheduler;
+mod serde_defaults;
 pub mod spacing;
 pub mod tcd;
 #[cfg(test)]
 mod test_support;
 pub mod threshold;
+mod torch_sqrt;
 pub mod unipc;
 
 pub use config::{SchedulerConfig, from_config_json};

@@ -11,7 +11,7 @@
 use burn::tensor::Tensor;
 use vdm_core::{Error, PredictionType, Result};
 
-use crate::schedule::torch_sqrt;
+use crate::torch_sqrt::torch_sqrt;
 
 /// Signal and noise scales at one timestep: `α = sqrt(ᾱ)`, `σ = sqrt(1 − ᾱ)` (variance
 /// preserving).
@@ -26,7 +26,7 @@ pub struct Scales {
 impl Scales {
     /// Scales for `ᾱ_t` (given in `f32`, as stored in the schedule), computed in `f32` like
     /// diffusers' `alpha_prod_t ** 0.5` and `(1 - alpha_prod_t) ** 0.5` on `f32` tensors, with
-    /// PyTorch's (MKL) square root (see `schedule::torch_sqrt`).
+    /// PyTorch's (MKL) square root (see `torch_sqrt`).
     pub fn from_alpha_cumprod(alpha_cumprod: f32) -> Self {
         Self {
             alpha: torch_sqrt(alpha_cumprod) as f64,

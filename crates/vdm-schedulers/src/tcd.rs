@@ -25,8 +25,9 @@ use vdm_core::{Error, NoiseSource, PredictionType, Result};
 use crate::ddpm::predicted_x0;
 use crate::lcm::{LcmConfig, lcm_timesteps};
 use crate::prediction::{Scales, check_epsilon_timesteps};
-use crate::schedule::{NoiseSchedule, torch_sqrt};
+use crate::schedule::NoiseSchedule;
 use crate::scheduler::{Scheduler, StepOutput};
+use crate::torch_sqrt::torch_sqrt;
 
 /// A diffusers `TCDScheduler` `scheduler_config.json`: exactly the keys and defaults of
 /// `LCMScheduler` (`scaled_linear` betas 0.00085 → 0.012, `original_inference_steps = 50`, no

@@ -1,6 +1,8 @@
 //! The GEGLU feed-forward, [`FeedForwardConfig`] and [`FeedForward`], mirroring diffusers'
 //! `FeedForward` (`models/attention.py`) with `GEGLU` (`models/activations.py`). Its fused
-//! flex-backend path is in `attention/cpu_fused.rs`.
+//! flex-backend path is in `attention/feed_forward/cpu_fused.rs`.
+
+mod cpu_fused;
 
 use burn::config::Config;
 use burn::module::Module;
@@ -9,7 +11,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 use vdm_core::Result;
 
-use super::{cpu_fused, ensure_nonzero};
+use super::ensure_nonzero;
 use crate::cpu;
 
 /// Configuration of a [`FeedForward`] (diffusers `FeedForward` with `activation_fn="geglu"`).
@@ -75,6 +77,22 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
+    /// `[x +] self(LN(x))` on the flex backend's fused kernels (`cpu_fused.rs`): the optional
+    /// pre-LayerNorm `norm` (with its epsilon) and the residual folded into row blocks whose
+    /// hidden activations stay in cache. Only call when [`cpu::enabled`].
+    ///
+    /// # Shapes
+    /// - `x`: `[..., dim]`
+    /// - output: `[..., dim_out]` (`dim_out = dim` with `residual`)
+    pub(super) fn forward_fused<const D: usize>(
+        &self,
+        norm: Option<(&burn::nn::LayerNorm, f64)>,
+        x: Tensor<D>,
+        residual: bool,
+    ) -> Tensor<D> {
+        cpu_fused::feed_forward(norm, self, x, residual)
+    }
+
     /// Applies the feed-forward to every token.
     ///
     /// # Shapes
@@ -82,7 +100,7 @@ impl FeedForward {
     /// - output: `[..., dim_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if cpu::enabled(&x.device(), x.dtype()) {
-            return cpu_fused::feed_forward(None, self, x, false);
+            return self.forward_fused(None, x, false);
         }
         let h = self.proj.forward(x);
         let hidden = h.dims()[D - 1] / 2;

@@ -14,8 +14,8 @@ use vdm_core::temporal::FrameWindow;
 use vdm_core::{Error, Result};
 
 use super::{
-    Attention, AttentionConfig, FeedForward, FeedForwardConfig, cpu_fused, ensure_eps,
-    ensure_nonzero, expect_tokens,
+    Attention, AttentionConfig, FeedForward, FeedForwardConfig, ensure_eps, ensure_nonzero,
+    expect_tokens,
 };
 use crate::cpu;
 use crate::embeddings::{SinusoidalPositionalEmbedding, SinusoidalPositionalEmbeddingConfig};
@@ -261,7 +261,9 @@ impl BasicTransformerBlock {
     /// - output: `[N, L, dim]`
     pub fn feed_forward(&self, x: Tensor<3>) -> Tensor<3> {
         if cpu::enabled(&x.device(), x.dtype()) {
-            return cpu_fused::feed_forward(Some((&self.norm3, self.norm_eps)), &self.ff, x, true);
+            return self
+                .ff
+                .forward_fused(Some((&self.norm3, self.norm_eps)), x, true);
         }
         x.clone() + self.ff.forward(self.norm3.forward(x))
     }

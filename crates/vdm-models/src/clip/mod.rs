@@ -6,7 +6,6 @@
 //! Both load the `tokenizer/` and `text_encoder/` folders of a diffusers pipeline unchanged.
 
 pub mod config;
-mod cpu_fused;
 pub mod prompt;
 pub mod text_model;
 pub mod tokenizer;

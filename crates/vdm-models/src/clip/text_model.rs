@@ -11,6 +11,8 @@
 //! with `text_model.`, which [`crate::keymap`] removes, and carry a `position_ids` buffer, which
 //! the loader ignores.
 
+mod cpu_fused;
+
 use std::path::Path;
 
 use burn::module::Module;
@@ -22,7 +24,6 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use vdm_core::{Error, Result};
 
 use super::config::{CLIPTextConfig, HiddenAct};
-use super::cpu_fused;
 use crate::cpu;
 use crate::keymap::{DIFFUSERS_KEY_REMAP, SKIP_ENUM_VARIANTS};
 use crate::loading::{KeyRemap, LoadOptions, LoadReport, find_weight_file, load_safetensors};

@@ -7,9 +7,7 @@ use std::io::Read;
 use std::path::Path;
 
 use burn::tensor::{BoolStore, DType};
-use vdm_core::Result;
-
-use super::{IN_MEMORY, file_error};
+use vdm_core::{Error, Result};
 
 /// Largest header the safetensors format allows (the reference implementation's limit).
 const MAX_HEADER_LEN: u64 = 100_000_000;
@@ -291,6 +289,17 @@ fn burn_dtype(dtype: &str) -> Option<DType> {
         "BOOL" => DType::Bool(BoolStore::Native),
         _ => return None,
     })
+}
+
+/// What [`Error::File`] names when the checkpoint came from memory rather than a path.
+pub(super) const IN_MEMORY: &str = "<in-memory safetensors>";
+
+/// [`Error::File`] naming the checkpoint at `path` (or [`IN_MEMORY`]).
+pub(super) fn file_error(path: &str, reason: String) -> Error {
+    Error::File {
+        path: path.to_string(),
+        reason,
+    }
 }
 
 #[cfg(test)]

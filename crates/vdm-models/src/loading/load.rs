@@ -10,11 +10,12 @@ use burn::module::Module;
 use burn::store::{ApplyError, ModuleSnapshot, SafetensorsStore};
 use vdm_core::{Error, Result};
 
+use super::header::{IN_MEMORY, file_error};
 use super::probe::{LayoutProbe, source_key};
 use super::remap::{OUTSIDE_PREFIX, build_remapper, compile_ignore_patterns};
 use super::{
-    IN_MEMORY, KeyRemap, LoadOptions, LoadReport, SafetensorsHeader, ShapeMismatch, TensorEntry,
-    file_error, parse_safetensors_header, read_safetensors_header,
+    KeyRemap, LoadOptions, LoadReport, SafetensorsHeader, ShapeMismatch, TensorEntry,
+    parse_safetensors_header, read_safetensors_header,
 };
 
 /// Loads the safetensors checkpoint at `path` into `module`.

@@ -8,7 +8,7 @@
 //! # What [`load_safetensors`] does
 //!
 //! 1. Reads and validates the safetensors header ([`read_safetensors_header`]); a truncated or
-//!    corrupt file is an [`Error::File`] naming the path and the problem.
+//!    corrupt file is an [`Error::File`](vdm_core::Error::File) naming the path and the problem.
 //! 2. Selects the keys under [`LoadOptions::prefix`] if one is set (stripping it), then renames
 //!    the keys with the caller's extra remaps ([`LoadOptions::remap`]) and the model's
 //!    [`KeyRemap`] table. Two file keys that end up with one name are an error rather than a
@@ -22,9 +22,10 @@
 //! 4. Collects every discrepancy at once: model parameters the file lacks (*missing*), file
 //!    tensors the model does not use (*unexpected*, minus the ones matching
 //!    [`LoadOptions::ignore_unexpected`]) and tensors of the wrong shape (*mismatched*, with the
-//!    expected and found shapes). Any of them is one [`Error::Weights`] unless
-//!    [`LoadOptions::allow_partial`] is set, in which case they are listed in the
-//!    [`LoadReport`] and the affected parameters keep their initial values.
+//!    expected and found shapes). Any of them is one
+//!    [`Error::Weights`](vdm_core::Error::Weights) unless [`LoadOptions::allow_partial`] is
+//!    set, in which case they are listed in the [`LoadReport`] and the affected parameters
+//!    keep their initial values.
 //!
 //! One idea per file, every item re-exported here:
 //! - `loading/options.rs`: [`KeyRemap`] and [`LoadOptions`];
@@ -93,8 +94,6 @@ mod save;
 #[cfg(test)]
 mod test_support;
 
-use vdm_core::Error;
-
 pub use files::find_weight_file;
 pub(crate) use files::read_config;
 pub use header::{
@@ -104,13 +103,3 @@ pub use load::{load_safetensors, load_safetensors_bytes};
 pub use options::{KeyRemap, LoadOptions};
 pub use report::{LoadReport, ShapeMismatch};
 pub use save::{save_safetensors, save_safetensors_as};
-
-/// What [`Error::File`] names when the checkpoint came from memory rather than a path.
-const IN_MEMORY: &str = "<in-memory safetensors>";
-
-fn file_error(path: &str, reason: String) -> Error {
-    Error::File {
-        path: path.to_string(),
-        reason,
-    }
-}

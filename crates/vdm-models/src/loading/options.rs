@@ -3,8 +3,6 @@
 
 use burn::tensor::FloatDType;
 
-use super::remap::escape_regex;
-
 /// One renaming rule from a checkpoint's key to the model's parameter path.
 ///
 /// `pattern` is a regular expression (Rust `regex` syntax) matched against the key,
@@ -152,7 +150,7 @@ impl LoadOptions {
 
     /// Ignores unused file tensors whose key starts with `prefix` (taken literally).
     pub fn ignore_prefix(self, prefix: &str) -> Self {
-        let pattern = format!("^{}", escape_regex(prefix));
+        let pattern = format!("^{}", regex::escape(prefix));
         self.ignore_unexpected(pattern)
     }
 

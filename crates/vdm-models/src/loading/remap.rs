@@ -23,7 +23,11 @@ pub(super) fn build_remapper(
         // The `regex` crate has no look-ahead, so "every key not under the prefix" is built in
         // two steps: mark every key, then strip the mark together with the prefix. What keeps
         // the mark can match no module path.
-        let strip = format!("^{}{}", escape_regex(OUTSIDE_PREFIX), escape_regex(prefix));
+        let strip = format!(
+            "^{}{}",
+            regex::escape(OUTSIDE_PREFIX),
+            regex::escape(prefix)
+        );
         for (pattern, replacement) in [("^", OUTSIDE_PREFIX), (strip.as_str(), "")] {
             remapper = remapper
                 .add_pattern(pattern, replacement)
@@ -64,18 +68,6 @@ pub(super) fn compile_ignore_patterns(patterns: &[String]) -> Result<KeyRemapper
                 )
             })
         })
-}
-
-/// Escapes the regular-expression metacharacters of `literal` (as `regex::escape` does).
-pub(super) fn escape_regex(literal: &str) -> String {
-    let mut escaped = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 #[cfg(test)]
@@ -232,8 +224,8 @@ mod tests {
     }
 
     #[test]
-    fn escape_regex_matches_literally() {
-        assert_eq!(escape_regex("a.b[0]"), r"a\.b\[0\]");
+    fn prefixes_are_matched_literally() {
+        assert_eq!(regex::escape("a.b[0]"), r"a\.b\[0\]");
         assert_eq!(
             LoadOptions::new()
                 .ignore_prefix("encoder.")

@@ -44,9 +44,10 @@ use crate::options::{
     BetaSchedule, FinalSigmasType, InterpolationType, TimestepSpacing, TimestepType,
 };
 use crate::prediction::{Scales, velocity};
-use crate::schedule::{BetaConfig, NoiseSchedule, linspace_f32, torch_sqrt};
+use crate::schedule::{BetaConfig, NoiseSchedule, linspace_f32};
 use crate::scheduler::{Scheduler, StepOutput};
 use crate::spacing::{discrete_timesteps, np_linspace, validate_steps};
+use crate::torch_sqrt::torch_sqrt;
 
 /// `ᾱ` of the last training timestep with zero terminal SNR: diffusers overwrites the exact 0
 /// with the smallest positive `f16` subnormal so that `σ_max = sqrt(2²⁴ − 1) ≈ 4096` is finite.

@@ -59,7 +59,7 @@ pub(crate) fn encode_gif(
     options: &GifOptions,
     what: &str,
 ) -> Result<()> {
-    let (w, h) = super::frame_size(frames, "a GIF")?;
+    let (w, h) = super::frame_size::frame_size(frames, "a GIF")?;
     let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
         (Ok(a), Ok(b)) => (a, b),
         _ => {

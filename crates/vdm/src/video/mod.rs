@@ -4,6 +4,8 @@
 //! all-or-nothing: files appear under their final name only when complete.
 
 mod atomic;
+mod format;
+mod frame_size;
 pub mod gif;
 pub mod mp4;
 pub mod png;
@@ -16,53 +18,13 @@ use image::RgbImage;
 use vdm_core::error::ensure_positive;
 use vdm_core::{Error, Result};
 
+use frame_size::frame_size;
+
+pub use format::VideoFormat;
 pub use gif::{GifOptions, GifPalette, gif_delay};
 pub use mp4::Mp4Options;
 pub use png::{contact_sheet, frame_file_name};
 pub use read::read_frames;
-
-/// The kinds of output, chosen from the path ([`VideoFormat::from_path`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum VideoFormat {
-    /// `*.mp4`: H.264 in an MP4 container.
-    Mp4,
-    /// `*.gif`: an animated GIF looping forever.
-    Gif,
-    /// `*.png`: one image with every frame in a grid.
-    ContactSheet,
-    /// A folder (a path ending in `/`, an existing folder, or no extension): one PNG per frame.
-    PngFrames,
-}
-
-impl VideoFormat {
-    /// The extensions accepted.
-    pub const EXTENSIONS: &'static [&'static str] =
-        &["gif", "png", "(none: a folder of PNG frames)"];
-
-    /// The format `path` asks for.
-    ///
-    /// # Errors
-    /// [`Error::UnknownVariant`] naming `out` for an unknown extension.
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let text = path.to_string_lossy();
-        if text.ends_with('/') || text.ends_with(std::path::MAIN_SEPARATOR) || path.is_dir() {
-            return Ok(Self::PngFrames);
-        }
-        match path.extension().map(|e| e.to_string_lossy().to_lowercase()) {
-            None => Ok(Self::PngFrames),
-            Some(ext) => match ext.as_str() {
-                "mp4" => Ok(Self::Mp4),
-                "gif" => Ok(Self::Gif),
-                "png" => Ok(Self::ContactSheet),
-                _ => Err(Error::unknown_variant(
-                    "out",
-                    format!("{} (extension .{ext})", path.display()),
-                    Self::EXTENSIONS,
-                )),
-            },
-        }
-    }
-}
 
 /// How [`Video::write`] writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -256,24 +218,6 @@ pub fn psnr(frames: &[RgbImage], reference: &[RgbImage]) -> Result<f64> {
         }
     }
     Ok(10.0 * (255.0f64 * 255.0 / (sum / n as f64)).log10())
-}
-
-/// The common `(width, height)` of `frames`, which `what` (a GIF, an MP4, …) is made of.
-///
-/// # Errors
-/// [`Error::InvalidConfig`] naming `frames` when there are none or their sizes differ.
-fn frame_size(frames: &[RgbImage], what: &str) -> Result<(u32, u32)> {
-    let first = frames
-        .first()
-        .ok_or_else(|| Error::invalid("frames", format!("{what} needs at least one frame")))?;
-    let size = first.dimensions();
-    if frames.iter().any(|f| f.dimensions() != size) {
-        return Err(Error::invalid(
-            "frames",
-            "every frame must have the same size",
-        ));
-    }
-    Ok(size)
 }
 
 /// `[0, 1]` → `0..=255`, rounding to nearest (NaN → 0).

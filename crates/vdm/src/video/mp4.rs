@@ -51,7 +51,7 @@ pub(crate) fn encode_mp4<W: Write + Seek>(
     options: &Mp4Options,
     what: &str,
 ) -> Result<()> {
-    let (w, h) = super::frame_size(frames, "an MP4")?;
+    let (w, h) = super::frame_size::frame_size(frames, "an MP4")?;
     if !w.is_multiple_of(2) || !h.is_multiple_of(2) || w > u16::MAX as u32 || h > u16::MAX as u32 {
         return Err(Error::invalid(
             "frames",

@@ -35,7 +35,7 @@ pub(crate) fn write_frames(dir: &Path, frames: &[RgbImage]) -> Result<()> {
 /// [`Error::InvalidConfig`] naming `columns` when it is 0, or `frames` when there are none or
 /// their sizes differ.
 pub fn contact_sheet(frames: &[RgbImage], columns: Option<usize>) -> Result<RgbImage> {
-    let (w, h) = super::frame_size(frames, "a contact sheet")?;
+    let (w, h) = super::frame_size::frame_size(frames, "a contact sheet")?;
     let columns = match columns {
         Some(0) => return Err(Error::invalid("columns", "must be ≥ 1")),
         Some(c) => c.min(frames.len()),

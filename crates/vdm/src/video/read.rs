@@ -8,8 +8,8 @@ use image::RgbImage;
 use openh264::formats::YUVSource;
 use vdm_core::{Error, Result};
 
-use super::VideoFormat;
 use super::atomic::file_error;
+use super::format::VideoFormat;
 
 /// The frames of an MP4 (H.264), a GIF, or a folder of PNG frames (in file-name order), chosen
 /// by the path as [`VideoFormat::from_path`].

@@ -9,7 +9,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::text_model::CLIPEncoderLayer;
+use super::CLIPEncoderLayer;
 use crate::cpu::{
     Activation, InitRows, activate_in_place, f32s, host, layer_norm, linear_rows, project_host,
     tensor,

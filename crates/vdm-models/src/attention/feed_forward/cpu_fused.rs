@@ -1,4 +1,4 @@
-//! The GEGLU feed-forward of [`FeedForward`](super::FeedForward) fused on the flex backend
+//! The GEGLU feed-forward of [`FeedForward`] fused on the flex backend
 //! ([`feed_forward`]): optional pre-LayerNorm, `proj`, GEGLU and `proj_out` (+ residual) in row
 //! blocks whose hidden activations stay in cache.
 //!
@@ -8,6 +8,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
+use super::FeedForward;
 use crate::cpu::{
     InitRows, Mat, MatMut, SharedOut, f32s, filled, geglu_rows, host, layer_norm_host, linear_host,
     parallel, sized, tensor, with_scratch,
@@ -17,9 +18,9 @@ use crate::cpu::{
 /// feed-forward, optional pre-LayerNorm and residual), in row blocks whose hidden activations
 /// stay in cache: the `[rows, 2·hidden]` and `[rows, hidden]` tensors are never allocated.
 /// Only call when [`enabled`].
-pub(crate) fn feed_forward<const D: usize>(
+pub(super) fn feed_forward<const D: usize>(
     norm: Option<(&burn::nn::LayerNorm, f64)>,
-    ff: &crate::attention::FeedForward,
+    ff: &FeedForward,
     x: Tensor<D>,
     residual: bool,
 ) -> Tensor<D> {

@@ -4,15 +4,18 @@
 //! the UNet: both encode the prompt pair, start from `randn · init_noise_sigma`, run the
 //! scheduler with classifier-free guidance on the batch `[uncond, cond]`, decode every frame with
 //! the VAE and map it to `[0, 1]`.
+//!
+//! This file samples; `loading.rs` reads the folder and `decoding.rs` turns latents into frames.
+
+mod decoding;
+mod loading;
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
-use vdm_core::finite::ensure_all_finite;
 use vdm_core::{
-    Conditioning, Denoiser, Error, NoiseSource, PredictionType, Result, SeededNoise, Shard,
-    ShardedDenoiser, VideoShape,
+    Conditioning, Denoiser, Error, NoiseSource, Result, SeededNoise, Shard, ShardedDenoiser,
+    VideoShape,
 };
 use vdm_longvideo::co_denoising::CoDenoisingSampler;
 use vdm_longvideo::fifo::FifoSampler;
@@ -25,19 +28,12 @@ use vdm_longvideo::reuse_diffuse::ReuseDiffuseSampler;
 use vdm_longvideo::sampler::{Control, Guidance, LongVideoSampler, Progress};
 use vdm_longvideo::text2video_zero::Text2VideoZeroSampler;
 use vdm_models::chunking::Chunking;
-use vdm_models::clip::{CLIPTextModel, CLIPTokenizer, PromptEncoder, PromptOptions};
-use vdm_models::loading::{LoadOptions, find_weight_file};
-use vdm_models::patchify::{Patchify, PatchifyConfig};
-use vdm_models::unet_motion::{
-    MotionAdapterConfig, UNet2DConditionConfig, UNetMotionConfig, UNetMotionModel,
-};
-use vdm_models::unet3d::{UNet3DConditionModel, WEIGHT_FILE_NAMES};
-use vdm_models::vae::{AutoencoderKL, VaeParts};
+use vdm_models::clip::{PromptEncoder, PromptOptions};
 use vdm_schedulers::config::config_value;
 use vdm_schedulers::{Scheduler, SchedulerConfig};
 
 pub use super::components::{FrameDecoder, VideoUNet};
-use super::folder::{PipelineClass, PipelineFolder};
+use super::folder::PipelineClass;
 use super::generation::{Generation, SchedulerChoice, check_side};
 use crate::video::Video;
 
@@ -99,92 +95,6 @@ pub struct TextToVideoPipeline {
 }
 
 impl TextToVideoPipeline {
-    /// Loads every component of a `TextToVideoSDPipeline` or `AnimateDiffPipeline` folder,
-    /// weights cast to the device's float dtype.
-    ///
-    /// AnimateDiff's `unet/` may be the merged `UNetMotionModel` that diffusers'
-    /// `save_pretrained` writes, or an SD 1.x `UNet2DConditionModel` with the
-    /// `motion_adapter/` folder beside it.
-    ///
-    /// # Errors
-    /// [`Error::File`] naming the missing or unreadable path; [`Error::UnknownVariant`] for an
-    /// unknown pipeline or component class; the loaders' config and weight errors.
-    pub fn from_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let options = LoadOptions::new().dtype(device.settings().float_dtype);
-        Self::from_dir_with(dir, device, &options)
-    }
-
-    /// [`from_dir`](Self::from_dir) with explicit load options (dtype, partial loads).
-    ///
-    /// # Errors
-    /// As [`from_dir`](Self::from_dir).
-    pub fn from_dir_with(
-        dir: impl AsRef<Path>,
-        device: &Device,
-        options: &LoadOptions,
-    ) -> Result<Self> {
-        let folder = PipelineFolder::open(dir)?;
-        let class = folder.class()?;
-        // Any scheduler class is accepted here (SD folders often carry PNDM, which vdm does not
-        // implement): a generation may pick another class on the same configuration.
-        let scheduler_path = folder
-            .component_any("scheduler")?
-            .join("scheduler_config.json");
-        let scheduler_config = read_text(&scheduler_path)?;
-        let prediction_type = config_value(&scheduler_config)
-            .and_then(
-                |value| match value.get("prediction_type").and_then(|v| v.as_str()) {
-                    Some(p) => PredictionType::parse(p),
-                    None => Ok(PredictionType::Epsilon),
-                },
-            )
-            .map_err(|e| in_file(&scheduler_path, e))?;
-        let tokenizer = CLIPTokenizer::from_dir(
-            folder.component("tokenizer", &["CLIPTokenizer", "CLIPTokenizerFast"])?,
-        )?;
-        let text_encoder = CLIPTextModel::from_pretrained(
-            folder.component("text_encoder", &["CLIPTextModel"])?,
-            options,
-            device,
-        )?;
-        let vae_dir = folder.component("vae", &["AutoencoderKL", "Patchify"])?;
-        let vae = if folder.index.class_of("vae") == Some("Patchify") {
-            FrameDecoder::Patchify(Patchify::new(PatchifyConfig::from_file(
-                vae_dir.join("config.json"),
-            )?)?)
-        } else {
-            let options = options.clone();
-            FrameDecoder::Vae(Box::new(
-                AutoencoderKL::from_pretrained_with(
-                    &vae_dir,
-                    VaeParts::DecoderOnly,
-                    &options,
-                    device,
-                )?
-                .0,
-            ))
-        };
-        let unet = match class {
-            PipelineClass::TextToVideoSD => {
-                let dir = folder.component("unet", &["UNet3DConditionModel"])?;
-                VideoUNet::UNet3D(UNet3DConditionModel::from_pretrained(dir, options, device)?)
-            }
-            PipelineClass::AnimateDiff => {
-                VideoUNet::Motion(load_motion_unet(&folder, options, device)?)
-            }
-        }
-        .with_prediction_type(prediction_type);
-        Ok(Self {
-            class,
-            prompt_encoder: PromptEncoder::new(tokenizer, text_encoder)?,
-            unet,
-            vae,
-            scheduler_config,
-            device: device.clone(),
-            shards: None,
-        })
-    }
-
     /// Sets the UNet's chunked inference ([`Chunking`]): spatial layers see at most
     /// `chunking.frames` frames per call, temporal layers `chunking.positions` positions, so
     /// activation memory stays bounded however many frames are generated.
@@ -597,100 +507,6 @@ impl TextToVideoPipeline {
         })
     }
 
-    /// Decodes latents `[1, C, F, h, w]` to frames in `[0, 1]`, `chunk` frames per VAE call
-    /// (default [`DEFAULT_DECODE_CHUNK`]). Every chunk the decoder returns is checked for NaN
-    /// and infinity before the `[0, 1]` clamp would hide them (one reduction and one host read
-    /// per chunk).
-    ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] naming `decode_chunk_size` when it is 0; the VAE's shape
-    /// errors; [`Error::NonFinite`] naming the VAE-decoded frames; [`Error::Cancelled`] when
-    /// `progress` cancels.
-    pub fn decode(
-        &self,
-        latents: Tensor<5>,
-        chunk: Option<usize>,
-        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
-    ) -> Result<Video> {
-        self.decode_video(latents, chunk, true, progress)
-    }
-
-    /// [`decode`](Self::decode), the finite check of the frames on or off.
-    fn decode_video(
-        &self,
-        latents: Tensor<5>,
-        chunk: Option<usize>,
-        finite_checks: bool,
-        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
-    ) -> Result<Video> {
-        let mut parts = Vec::new();
-        self.decode_pieces(latents, chunk, finite_checks, progress, &mut |_, piece| {
-            parts.push(piece.frames);
-            Ok(())
-        })?;
-        Video::new(Tensor::cat(parts, 0))
-    }
-
-    /// Decodes latents `[1, C, F, h, w]` `chunk` frames per VAE call, handing every piece to
-    /// `sink` with the index of its first frame (see [`decode`](Self::decode)); with
-    /// `finite_checks`, [`Error::NonFinite`] naming the frames when a piece holds NaN or
-    /// infinity.
-    fn decode_pieces(
-        &self,
-        latents: Tensor<5>,
-        chunk: Option<usize>,
-        finite_checks: bool,
-        progress: &mut dyn FnMut(PipelineProgress<'_>) -> Control,
-        sink: &mut dyn FnMut(usize, Video) -> Result<()>,
-    ) -> Result<()> {
-        let chunk = chunk.unwrap_or(DEFAULT_DECODE_CHUNK);
-        if chunk == 0 {
-            return Err(Error::invalid("decode_chunk_size", "must be ≥ 1"));
-        }
-        let shape = VideoShape::of("latents", &latents)?;
-        if shape.batch != 1 {
-            return Err(Error::shape("latents", "[1, C, F, h, w]", &latents.dims()));
-        }
-        let mut done = 0;
-        while done < shape.frames {
-            let n = chunk.min(shape.frames - done);
-            let images = self.vae.decode(latents.clone().narrow(2, done, n))?;
-            if finite_checks {
-                // Before the clamp below, which would turn NaN and infinity into plausible
-                // black or white pixels.
-                ensure_all_finite(
-                    &images,
-                    || {
-                        format!(
-                            "the VAE-decoded frames {done}..{} of {}",
-                            done + n,
-                            shape.frames
-                        )
-                    },
-                    "the decoder returned them from latents that were checked finite (unless \
-                     the sampler's checks were off); check the VAE's weights and dtype (f16 \
-                     overflows above 65504)",
-                )?;
-            }
-            // diffusers' VideoProcessor.postprocess_video: (x / 2 + 0.5).clamp(0, 1).
-            let images = images.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0);
-            let [_, c, f, h, w] = images.dims(); // [1, 3, n, H, W]
-            sink(
-                done,
-                Video::new(images.reshape([c, f, h, w]).swap_dims(0, 1))?,
-            )?;
-            done += n;
-            if progress(PipelineProgress::Decode {
-                done,
-                total: shape.frames,
-            }) == Control::Cancel
-            {
-                return Err(Error::Cancelled { step: done });
-            }
-        }
-        Ok(())
-    }
-
     /// The conditional and (with guidance) unconditional conditioning: one prompt shared by
     /// every frame, or prompt travel as per-frame embeddings.
     fn conditioning(
@@ -781,52 +597,5 @@ impl TextToVideoPipeline {
             ));
         }
         Ok(scheduler)
-    }
-}
-
-/// AnimateDiff's UNet: the merged `UNetMotionModel`, or `UNet2DConditionModel` +
-/// `motion_adapter/`.
-fn load_motion_unet(
-    folder: &PipelineFolder,
-    options: &LoadOptions,
-    device: &Device,
-) -> Result<UNetMotionModel> {
-    let dir = folder.component("unet", &["UNetMotionModel", "UNet2DConditionModel"])?;
-    let weights = find_weight_file(&dir, WEIGHT_FILE_NAMES, "UNet")?;
-    if folder.index.class_of("unet") == Some("UNetMotionModel") {
-        let config = UNetMotionConfig::from_json_file(dir.join("config.json"))?;
-        return Ok(UNetMotionModel::load(&config, weights, device, options)?.0);
-    }
-    let adapter_dir = folder.component("motion_adapter", &["MotionAdapter"])?;
-    let adapter_weights = find_weight_file(&adapter_dir, WEIGHT_FILE_NAMES, "MotionAdapter")?;
-    let config = UNetMotionConfig::from_unet2d(
-        &UNet2DConditionConfig::from_json_file(dir.join("config.json"))?,
-        &MotionAdapterConfig::from_json_file(adapter_dir.join("config.json"))?,
-    )?;
-    Ok(UNetMotionModel::load_unet2d_and_adapter(
-        &config,
-        weights,
-        adapter_weights,
-        device,
-        options,
-    )?
-    .0)
-}
-
-fn read_text(path: &PathBuf) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-/// Names `path` in a config error.
-fn in_file(path: &Path, error: Error) -> Error {
-    match error {
-        Error::File { .. } => error,
-        other => Error::File {
-            path: path.display().to_string(),
-            reason: other.to_string(),
-        },
     }
 }
