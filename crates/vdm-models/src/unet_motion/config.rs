@@ -12,11 +12,12 @@
 //! [`Error::Unsupported`](vdm_core::Error::Unsupported) naming the field; inconsistent values
 //! are [`Error::InvalidConfig`](vdm_core::Error::InvalidConfig) naming the field.
 //!
-//! One idea per file:
+//! One idea per file, each importing only the files above it (no two import each other):
 //! - `config/fields.rs`: [`PerBlock`], JSON reading and the messages naming a field;
-//! - `config/unet2d.rs`: [`UNet2DConditionConfig`] and its checks;
+//! - `config/unet2d.rs`: [`UNet2DConditionConfig`] and its field checks;
 //! - `config/motion_adapter.rs`: [`MotionAdapterConfig`] and its checks against the UNet;
-//! - `config/unet_motion.rs`: [`UNetMotionConfig`], its defaults and the `from_unet2d` merge;
+//! - `config/unet_motion.rs`: [`UNetMotionConfig`], its defaults, the `from_unet2d` merge and
+//!   [`UNet2DConditionConfig::validate`] (which checks the sizes on a merged config);
 //! - `config/resolved.rs`: the validation of a [`UNetMotionConfig`] and its expansion to
 //!   per-block settings (`Resolved`).
 

@@ -1,15 +1,14 @@
 //! [`AutoencoderKLConfig`]: the `config.json` of a diffusers `AutoencoderKL`
-//! (`models/autoencoders/autoencoder_kl.py`, `AutoencoderKL.__init__`).
+//! (`models/autoencoders/autoencoder_kl.py`, `AutoencoderKL.__init__`): parsing and
+//! validation only. `AutoencoderKLConfig::init`, which builds the model, lives beside the model
+//! in the parent module (burn-nn's layout), so this file imports nothing from it.
 
 use std::path::Path;
 
-use burn::tensor::Device;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize};
 use vdm_core::error::{ensure_finite, ensure_positive};
 use vdm_core::{Error, Result};
-
-use super::{AutoencoderKL, VaeParts};
 
 /// The only encoder block diffusers' `AutoencoderKL` checkpoints use (`unet_2d_blocks.py`).
 pub const DOWN_ENCODER_BLOCK: &str = "DownEncoderBlock2D";
@@ -326,18 +325,6 @@ impl AutoencoderKLConfig {
     /// How much smaller latents are than images: `2^(levels − 1)` (8 for the SD VAE).
     pub fn downsample_factor(&self) -> usize {
         1 << self.block_out_channels.len().saturating_sub(1)
-    }
-
-    /// Validates and builds the model: encoder and decoder ([`VaeParts::Full`]) or the
-    /// decoder alone ([`VaeParts::DecoderOnly`], all a text-to-video pipeline needs).
-    ///
-    /// Weights are freshly initialised; load a checkpoint with
-    /// [`AutoencoderKL::load_file`].
-    ///
-    /// # Errors
-    /// As [`AutoencoderKLConfig::validate`].
-    pub fn init(&self, parts: VaeParts, device: &Device) -> Result<AutoencoderKL> {
-        AutoencoderKL::new(self.clone(), parts, device)
     }
 }
 

@@ -101,6 +101,20 @@ pub struct AutoencoderKL {
     pub frames_per_chunk: Option<usize>,
 }
 
+impl AutoencoderKLConfig {
+    /// Validates and builds the model: encoder and decoder ([`VaeParts::Full`]) or the
+    /// decoder alone ([`VaeParts::DecoderOnly`], all a text-to-video pipeline needs).
+    ///
+    /// Weights are freshly initialised; load a checkpoint with
+    /// [`AutoencoderKL::load_file`].
+    ///
+    /// # Errors
+    /// As [`AutoencoderKLConfig::validate`].
+    pub fn init(&self, parts: VaeParts, device: &Device) -> Result<AutoencoderKL> {
+        AutoencoderKL::new(self.clone(), parts, device)
+    }
+}
+
 impl AutoencoderKL {
     /// Builds the model (prefer [`AutoencoderKLConfig::init`]).
     ///

@@ -1,16 +1,15 @@
 //! The configuration of the multistep DPM-Solver / DPM-Solver++ sampler: the fields of a
 //! diffusers `DPMSolverMultistepScheduler` `scheduler_config.json`
-//! (`scheduling_dpmsolver_multistep.py`) with their defaults, their checks and the scheduler
-//! they build.
+//! (`scheduling_dpmsolver_multistep.py`) with their defaults and their checks. `build`, which
+//! makes the scheduler, lives beside the scheduler in the parent module, so this file imports
+//! nothing from it.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vdm_core::error::ensure_positive;
 use vdm_core::{Error, PredictionType, Result};
 
-use super::DpmSolverMultistep;
 use crate::options::{AlgorithmType, BetaSchedule, FinalSigmasType, SolverType, TimestepSpacing};
 use crate::schedule::BetaConfig;
-use crate::scheduler::Scheduler;
 use crate::threshold::SampleClipping;
 
 /// The fields of a diffusers `DPMSolverMultistepScheduler` `scheduler_config.json`, with its
@@ -251,16 +250,6 @@ impl DpmSolverMultistepConfig {
             ));
         }
         Ok(())
-    }
-
-    /// Builds the scheduler.
-    pub fn build(&self) -> Result<DpmSolverMultistep> {
-        DpmSolverMultistep::new(self.clone())
-    }
-
-    /// Builds the scheduler, boxed.
-    pub fn build_boxed(&self) -> Result<Box<dyn Scheduler>> {
-        Ok(Box::new(self.build()?))
     }
 
     /// The thresholding fields as a [`SampleClipping`] (DPM-Solver has no `clip_sample`).

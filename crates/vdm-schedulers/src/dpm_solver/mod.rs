@@ -116,6 +116,18 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f32]) -> f64 {
     (1.0 - w) * low_idx as f64 + w * high_idx as f64
 }
 
+impl DpmSolverMultistepConfig {
+    /// Builds the scheduler.
+    pub fn build(&self) -> Result<DpmSolverMultistep> {
+        DpmSolverMultistep::new(self.clone())
+    }
+
+    /// Builds the scheduler, boxed.
+    pub fn build_boxed(&self) -> Result<Box<dyn Scheduler>> {
+        Ok(Box::new(self.build()?))
+    }
+}
+
 impl DpmSolverMultistep {
     /// A DPM-Solver scheduler for `config` (call [`Scheduler::set_timesteps`] before
     /// stepping).

@@ -5,8 +5,6 @@
 
 use vdm_core::{Error, Result};
 
-#[cfg(doc)]
-use super::FreeNoiseHook;
 use crate::freenoise::windows::WeightingScheme;
 #[cfg(doc)]
 use crate::freenoise::windows::WindowPlan;
@@ -64,7 +62,7 @@ impl Default for WindowBatching {
     }
 }
 
-/// Configuration of [`FreeNoiseHook`].
+/// Configuration of [`FreeNoiseHook`](super::FreeNoiseHook).
 ///
 /// Defaults are diffusers' `enable_free_noise()` defaults: `L = 16`, `S = 4`, pyramid weights,
 /// the `Chain` variant, the correct tail normaliser, one window per stage call.

@@ -122,3 +122,21 @@ impl MotionAdapterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pia_adapters_are_refused_naming_the_field() {
+        let adapter = MotionAdapterConfig {
+            conv_in_channels: Some(9),
+            ..Default::default()
+        };
+        let e = adapter
+            .validate_for(&UNet2DConditionConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conv_in_channels"), "{e}");
+    }
+}

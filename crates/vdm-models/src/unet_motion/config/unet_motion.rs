@@ -297,6 +297,19 @@ impl UNetMotionConfig {
     }
 }
 
+impl UNet2DConditionConfig {
+    /// Checks that the configuration describes an SD 1.x-family UNet that can become the
+    /// spatial part of a [`crate::unet_motion::UNetMotionModel`], naming the offending field.
+    ///
+    /// Defined here, beside the merge it uses: the sizes are checked on the configuration
+    /// merged with a default adapter that fits it.
+    pub fn validate(&self) -> Result<()> {
+        self.check_fields()?;
+        UNetMotionConfig::from_unet2d_unchecked(self, &MotionAdapterConfig::matching(self))
+            .validate()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
