@@ -18,6 +18,9 @@ mod tcd;
 mod two_stage;
 mod unipc;
 
+/// Every product case's trajectory is computed here (see `fixtures::computed_cases`).
+const COVER_PRODUCTS: bool = false;
+
 /// The device these parity tests run on. The facade's `backends` test mounts the same modules
 /// with a `test_device` of its own (wgpu, on Mesa lavapipe in CI).
 fn test_device() -> burn::tensor::Device {
