@@ -208,6 +208,8 @@ struct Graph<'a> {
     sources: &'a [Source],
     by_module: BTreeMap<(&'a str, Vec<String>), usize>,
     imports: Vec<Vec<Import>>,
+    /// Each file's code without its imports and comments (see [`imports`]).
+    code: Vec<String>,
 }
 
 impl<'a> Graph<'a> {
@@ -217,11 +219,12 @@ impl<'a> Graph<'a> {
             .enumerate()
             .map(|(i, s)| ((s.krate.as_str(), s.module.clone()), i))
             .collect();
-        let imports = sources.iter().map(|s| imports(&s.text).0).collect();
+        let (imports, code) = sources.iter().map(|s| imports(&s.text)).unzip();
         Self {
             sources,
             by_module,
             imports,
+            code,
         }
     }
 
@@ -275,10 +278,9 @@ impl<'a> Graph<'a> {
     fn edges(&self) -> BTreeSet<(usize, usize)> {
         let mut edges = BTreeSet::new();
         for (i, source) in self.sources.iter().enumerate() {
-            let code = imports(&source.text).1;
             for import in &self.imports[i] {
                 let name = import.path.last().unwrap();
-                if import.public && name != "*" && !names(&code, name) {
+                if import.public && name != "*" && !names(&self.code[i], name) {
                     continue;
                 }
                 let Some(mut target) = self.absolute(&source.krate, &source.module, &import.path)

@@ -413,7 +413,8 @@ pub fn run_product(
     let common = Vectors::load("sched_common.safetensors");
     let mut worst = 0.0f64;
     let cases = json["cases"].as_array().unwrap();
-    for case in computed_cases(cases) {
+    let computed = computed_cases(cases);
+    for &case in &computed {
         let prefix = case["prefix"].as_str().unwrap();
         let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
         let mut s = build(case);
@@ -432,7 +433,7 @@ pub fn run_product(
     }
     eprintln!(
         "{class}: {} of {} product cases, worst rel err {worst:e}",
-        computed_cases(cases).len(),
+        computed.len(),
         cases.len()
     );
     (cases.len(), worst)

@@ -23,7 +23,8 @@ fn two_stage_product<S: Scheduler>(
         .filter(|case| !case["finite"].as_bool().unwrap())
         .count();
     let mut worst = 0.0f64;
-    for case in computed_cases(cases) {
+    let computed = computed_cases(cases);
+    for &case in &computed {
         let prefix = case["prefix"].as_str().unwrap();
         let steps = case["num_inference_steps"].as_u64().unwrap() as usize;
         let config = SchedulerConfig::from_json(&config_json(case, class, "init_kwargs")).unwrap();
@@ -72,7 +73,7 @@ fn two_stage_product<S: Scheduler>(
     eprintln!(
         "{class}: {} of {} cases, worst rel err {worst:e}; {nan_in_diffusers} cases NaN in \
          diffusers",
-        computed_cases(cases).len(),
+        computed.len(),
         cases.len()
     );
     (worst, nan_in_diffusers)
