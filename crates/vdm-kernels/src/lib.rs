@@ -3,7 +3,7 @@
 //! Fused `f32` kernels for Burn's flex (CPU) backend: multi-head attention straight from the
 //! projection layouts (plus a query-per-lane kernel for short sequences with small heads),
 //! the GEGLU gate, LayerNorm and GroupNorm (+ SiLU) in place, im2col and Winograd
-//! `F(2×2, 3×3)` convolutions, the frame-shift sum of ModelScope's temporal convolution, the
+//! `F(2×2, 3×3)` convolutions, nearest-neighbour upsampling, the frame-shift sum of ModelScope's temporal convolution, the
 //! token projections of channels-first images and frame layouts, and the frame gather /
 //! weighted accumulation of window fusion.
 //!
@@ -50,6 +50,8 @@
 //! - [`attention`](mod@attention): [`attention()`] from [`HeadLayout`]s, with
 //!   `attention/query_lanes.rs` (one SIMD lane per query for short sequences with small
 //!   heads);
+//! - [`resample`]: nearest-neighbour resizing ([`upsample_nearest`], PyTorch's index map
+//!   [`nearest_indices`]);
 //! - [`frames`]: frame gather / weighted accumulation over `[tokens, frames, channels]`;
 //! - [`pointwise`]: [`map_pair`], two outputs from two arrays in one pass (scheduler steps).
 
@@ -67,6 +69,7 @@ pub mod host;
 pub mod linear;
 pub mod norm;
 pub mod pointwise;
+pub mod resample;
 pub mod threads;
 
 pub use activation::{Activation, activate_in_place, geglu_rows};
@@ -83,5 +86,6 @@ pub use linear::{
 };
 pub use norm::{GroupNormHost, LayerNormHost, group_norm, layer_norm};
 pub use pointwise::map_pair;
+pub use resample::{nearest_indices, upsample_nearest};
 pub use simd::{Isa, isa};
 pub use threads::{SharedOut, enabled, gemm_threads, parallel, threads};

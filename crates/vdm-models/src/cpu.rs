@@ -17,8 +17,8 @@ use burn::tensor::{DType, Device, Tensor};
 pub(crate) use vdm_kernels::{
     Activation, AttentionShape, ConvHost, FrameTokens, GroupNormHost, HeadLayout, InitRows,
     LayerNormHost, LinearHost, Mat, MatMut, SharedOut, TemporalConvStage, activate_in_place,
-    add_channel_bias, attention, f32s, filled, geglu_rows, gemm_threads, host, parallel, sized,
-    tensor, threads, with_scratch,
+    add_channel_bias, attention, f32s, filled, geglu_rows, gemm_threads, host, nearest_indices,
+    parallel, sized, tensor, threads, upsample_nearest, with_scratch,
 };
 
 /// Whether the fused kernels apply to tensors of `dtype` on `device`

@@ -79,9 +79,28 @@ fn fused_layers_match_the_burn_path() {
         );
     }
     let up = Upsample2DConfig::new(8).try_init(&d).unwrap();
+    for size in [None, Some([11, 13])] {
+        close(
+            "upsample",
+            both(|| up.forward(x.clone(), size).unwrap()),
+            1e-5,
+        );
+    }
+    // The resize alone is a copy: bit-identical to Burn's two selects (doubling, odd sizes,
+    // shrinking, one axis unchanged).
+    for size in [[10, 14], [11, 15], [3, 4], [5, 9]] {
+        let (fused, burn) = both(|| crate::resnet::upsample_nearest(x.clone(), size));
+        assert_eq!(fused.dims(), [3, 8, size[0], size[1]]);
+        assert_eq!(
+            fused.into_data().as_slice::<f32>().unwrap(),
+            burn.into_data().as_slice::<f32>().unwrap(),
+            "nearest resize to {size:?}"
+        );
+    }
+    let norm = burn::nn::GroupNormConfig::new(4, 8).init(&d);
     close(
-        "upsample",
-        both(|| up.forward(x.clone(), Some([11, 13])).unwrap()),
+        "group norm + SiLU",
+        both(|| crate::resnet::norm_silu(&norm, x.clone())),
         1e-5,
     );
 

@@ -159,13 +159,6 @@ impl ResnetBlock2D {
             };
             return Ok(cpu_fused::resnet(self, x, t));
         }
-        let norm_silu = |norm: &GroupNorm, h: Tensor<4>| {
-            if fused {
-                cpu::group_norm(norm, h, 1, true)
-            } else {
-                silu(norm.forward(h))
-            }
-        };
         let mut h = self.conv1.forward(norm_silu(&self.norm1, x.clone()));
         match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
@@ -205,6 +198,16 @@ impl ResnetBlock2D {
         } else {
             out
         })
+    }
+}
+
+/// `silu(norm(x))`: one pass of the fused CPU kernel on the flex backend, else Burn's
+/// GroupNorm and SiLU.
+pub(crate) fn norm_silu(norm: &GroupNorm, x: Tensor<4>) -> Tensor<4> {
+    if cpu::enabled(&x.device(), x.dtype()) {
+        cpu::group_norm(norm, x, 1, true)
+    } else {
+        silu(norm.forward(x))
     }
 }
 
@@ -350,20 +353,27 @@ impl Upsample2D {
 }
 
 /// PyTorch `F.interpolate(x, size, mode="nearest")`: output pixel `i` reads input pixel
-/// `min(⌊i · (in/out)⌋, in − 1)` with the scale in `f32` (exact pixel repetition for ×2).
-///
-/// Burn's `interpolate` defaults to `align_corners = true`, so the index map is built here.
+/// `min(⌊i · (in/out)⌋, in − 1)` with the scale in `f32` (exact pixel repetition for ×2;
+/// [`vdm_kernels::nearest_indices`]). On the flex backend one pass of the fused kernel
+/// ([`vdm_kernels::upsample_nearest`]); elsewhere two `select`s with the same index maps
+/// (Burn's `interpolate` defaults to `align_corners = true`, so the maps are built here).
 ///
 /// # Shapes
 /// - `x`: `[N, C, H, W]`
 /// - output: `[N, C, size[0], size[1]]`
 pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let [_, _, h, w] = x.dims();
+    if size == [h, w] {
+        return x;
+    }
+    if cpu::enabled(&x.device(), x.dtype()) {
+        return cpu::upsample_nearest(x, size);
+    }
     let device = x.device();
     let index = |inp: usize, out: usize| {
-        let scale = inp as f32 / out as f32;
-        let idx: Vec<i64> = (0..out)
-            .map(|i| ((i as f32 * scale).floor() as usize).min(inp - 1) as i64)
+        let idx: Vec<i64> = cpu::nearest_indices(inp, out)
+            .into_iter()
+            .map(|i| i as i64)
             .collect();
         Tensor::<1, Int>::from_data(TensorData::new(idx, [out]), &device)
     };

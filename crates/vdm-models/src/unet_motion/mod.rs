@@ -71,7 +71,6 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use vdm_core::layout::{VideoShape, batch_to_frames, frames_to_batch};
 use vdm_core::{
@@ -85,7 +84,7 @@ use crate::chunking::{Chunking, map_chunks};
 use crate::embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, TimestepProjection};
 use crate::keymap::{DIFFUSERS_KEY_REMAP, SKIP_ENUM_VARIANTS};
 use crate::loading::{KeyRemap, LoadOptions, LoadReport, load_safetensors, load_safetensors_bytes};
-use crate::resnet::{Downsample2DConfig, ResnetBlock2DConfig, Upsample2DConfig};
+use crate::resnet::{Downsample2DConfig, ResnetBlock2DConfig, Upsample2DConfig, conv2d, norm_silu};
 use crate::temporal::TransformerTemporalModelConfig;
 use crate::transformer_2d::Transformer2DModelConfig;
 
@@ -633,7 +632,7 @@ impl UNetMotionModel {
         let frames = self.chunking.frames;
 
         let x = map_chunks(frames_to_batch(input.latents), frames, |x, _| {
-            Ok(self.conv_in.forward(x))
+            Ok(conv2d(&self.conv_in, x))
         })?;
         trace("conv_in", &x);
         let mut skips = vec![x.clone()];
@@ -672,7 +671,7 @@ impl UNetMotionModel {
         }
 
         let x = map_chunks(x, frames, |x, _| {
-            Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+            Ok(conv2d(&self.conv_out, norm_silu(&self.conv_norm_out, x)))
         })?;
         trace("conv_out", &x);
         Ok(batch_to_frames(x, f))

@@ -4,7 +4,6 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use vdm_core::Result;
 
@@ -12,6 +11,7 @@ use super::AutoencoderKLConfig;
 use super::blocks::{UNetMidBlock2D, UpDecoderBlock2D, VAE_NORM_EPS};
 use super::encoder::conv3x3;
 use crate::attention::expect_images;
+use crate::resnet::{conv2d, norm_silu};
 
 /// Latents (after `post_quant_conv`) to images:
 /// `conv_in → mid_block → up_blocks → conv_norm_out → SiLU → conv_out`.
@@ -85,10 +85,10 @@ impl Decoder {
     /// - output: `[N, out_channels, h · f, w · f]` with `f = 2^(levels − 1)`
     pub fn forward(&self, z: Tensor<4>) -> Result<Tensor<4>> {
         expect_images("latents", &z, self.latent_channels)?;
-        let mut h = self.mid_block.forward(self.conv_in.forward(z))?;
+        let mut h = self.mid_block.forward(conv2d(&self.conv_in, z))?;
         for block in &self.up_blocks {
             h = block.forward(h)?;
         }
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(h))))
+        Ok(conv2d(&self.conv_out, norm_silu(&self.conv_norm_out, h)))
     }
 }

@@ -4,13 +4,13 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 use vdm_core::Result;
 
 use super::AutoencoderKLConfig;
 use super::blocks::{DownEncoderBlock2D, UNetMidBlock2D, VAE_NORM_EPS};
 use crate::attention::expect_images;
+use crate::resnet::{conv2d, norm_silu};
 
 /// Images to the moments of the latent Gaussian:
 /// `conv_in → down_blocks → mid_block → conv_norm_out → SiLU → conv_out`, `conv_out` giving
@@ -86,11 +86,11 @@ impl Encoder {
     ///   rounded down at every level, as diffusers' bottom/right-padded stride-2 conv does)
     pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<4>> {
         expect_images("images", &images, self.in_channels)?;
-        let mut h = self.conv_in.forward(images);
+        let mut h = conv2d(&self.conv_in, images);
         for block in &self.down_blocks {
             h = block.forward(h)?;
         }
         let h = self.mid_block.forward(h)?;
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(h))))
+        Ok(conv2d(&self.conv_out, norm_silu(&self.conv_norm_out, h)))
     }
 }
