@@ -3,9 +3,9 @@
 //! Fused `f32` kernels for Burn's flex (CPU) backend: multi-head attention straight from the
 //! projection layouts (plus a query-per-lane kernel for short sequences with small heads),
 //! the GEGLU gate, LayerNorm and GroupNorm (+ SiLU) in place, im2col and Winograd
-//! `F(2×2, 3×3)` convolutions, nearest-neighbour upsampling, the frame-shift sum of ModelScope's temporal convolution, the
-//! token projections of channels-first images and frame layouts, and the frame gather /
-//! weighted accumulation of window fusion.
+//! `F(2×2, 3×3)` convolutions, nearest-neighbour upsampling, the frame-shift sum of
+//! ModelScope's temporal convolution, the token projections of channels-first images and frame
+//! layouts, and the frame gather / weighted accumulation of window fusion.
 //!
 //! Why: flex runs these as chains of single-threaded scalar element-wise ops (libm `expf` /
 //! `erff`), each allocating a fresh activation-sized buffer, and its attention packs small GEMM

@@ -30,10 +30,17 @@ pub fn nearest_indices(inp: usize, out: usize) -> Vec<usize> {
 /// kernel thread. Only call when [`enabled`](crate::enabled).
 ///
 /// # Shapes
-/// - `x`: `[N, C, H, W]`
+/// - `x`: `[N, C, H, W]` with `H, W > 0`
 /// - output: `[N, C, size[0], size[1]]`
+///
+/// # Panics
+/// When `H` or `W` is 0 (no source pixel; callers check).
 pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
+    assert!(
+        h > 0 && w > 0,
+        "upsample_nearest of an empty image [{h}, {w}]"
+    );
     let [oh, ow] = size;
     let device = x.device();
     let rows = nearest_indices(h, oh);

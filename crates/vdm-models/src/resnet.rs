@@ -366,7 +366,7 @@ pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     if size == [h, w] {
         return x;
     }
-    if cpu::enabled(&x.device(), x.dtype()) {
+    if h > 0 && w > 0 && cpu::enabled(&x.device(), x.dtype()) {
         return cpu::upsample_nearest(x, size);
     }
     let device = x.device();
