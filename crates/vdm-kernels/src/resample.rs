@@ -45,6 +45,7 @@ pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     let device = x.device();
     let rows = nearest_indices(h, oh);
     let cols = nearest_indices(w, ow);
+    let doubled = doubles(w, &cols);
     let xd = host(x);
     let xs = f32s(&xd);
     let planes = n * c;
@@ -57,7 +58,7 @@ pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
                     // SAFETY: each plane's output block is written by this thread only.
                     let dst =
                         unsafe { std::slice::from_raw_parts_mut(out.at(plane * oh * ow), oh * ow) };
-                    resize_plane(src, w, &rows, &cols, dst);
+                    resize_plane(src, w, &rows, &cols, doubled, dst);
                 }
             });
         };
@@ -67,11 +68,23 @@ pub fn upsample_nearest(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
     tensor(TensorData::new(out, [n, c, oh, ow]), &device)
 }
 
+/// Whether the column map `cols` of a row of width `w` repeats every pixel twice.
+fn doubles(w: usize, cols: &[usize]) -> bool {
+    w * 2 == cols.len() && cols.iter().enumerate().all(|(j, &s)| s == j / 2)
+}
+
 /// Writes one plane: output row `i` is source row `rows[i]` (of width `w`) read through
-/// `cols`; a row whose source row equals the previous one's is a copy of it.
-fn resize_plane(src: &[f32], w: usize, rows: &[usize], cols: &[usize], dst: &mut [f32]) {
+/// `cols` (pairwise when `doubled`, see [`doubles`]); a row whose source row equals the
+/// previous one's is a copy of it.
+fn resize_plane(
+    src: &[f32],
+    w: usize,
+    rows: &[usize],
+    cols: &[usize],
+    doubled: bool,
+    dst: &mut [f32],
+) {
     let ow = cols.len();
-    let doubled = w * 2 == ow && cols.iter().enumerate().all(|(j, &s)| s == j / 2);
     for (i, &r) in rows.iter().enumerate() {
         let (done, rest) = dst.split_at_mut(i * ow);
         let row = &mut rest[..ow];
@@ -117,7 +130,7 @@ mod tests {
         for [oh, ow] in [[10, 14], [11, 15], [5, 9], [3, 4], [1, 1], [12, 7], [5, 7]] {
             let (rows, cols) = (nearest_indices(h, oh), nearest_indices(w, ow));
             let mut dst = vec![f32::NAN; oh * ow];
-            resize_plane(&src, w, &rows, &cols, &mut dst);
+            resize_plane(&src, w, &rows, &cols, doubles(w, &cols), &mut dst);
             for i in 0..oh {
                 for j in 0..ow {
                     assert_eq!(
