@@ -54,5 +54,5 @@ pub use error::{Error, Result};
 pub use layout::VideoShape;
 pub use noise::{NoiseSource, SeededNoise};
 pub use prediction::PredictionType;
-pub use shard::{Shard, ShardedDenoiser};
+pub use shard::{Shard, ShardWatch, ShardedDenoiser};
 pub use temporal::{AllFrames, AttentionStage, TemporalHook};

@@ -14,9 +14,20 @@
 //! `to_device`. A shard that fails (its error, or a panic such as the remote backend's on a
 //! lost connection) stops the call with [`Error::Shard`] naming it; the other shards' work of
 //! that call is discarded, nothing else is touched.
+//!
+//! A shard on another machine can also stop answering without failing (its server process
+//! frozen: its connection stays open, its kernel still answers TCP keep-alive). Such a shard
+//! carries a [`ShardWatch`]: while a call waits on the shard, a watcher thread asks the watch
+//! every [`WATCH_PERIOD`] whether the server still answers, and when it does not, tells the
+//! watch to cut the shard's connection, so that the shard's blocked read fails and the call
+//! ends with [`Error::Shard`] naming it, the watch's reason in the message.
 
+use std::fmt::Debug;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use burn::tensor::{Device, Tensor};
 
@@ -32,6 +43,28 @@ pub struct Shard {
     pub device: Device,
     /// The replica, its weights on [`Shard::device`].
     pub model: Box<dyn Denoiser + Send + Sync>,
+    /// What tells whether the shard's server still answers while a call waits on it (remote
+    /// shards), or `None` (local devices: their calls end on their own).
+    pub watch: Option<Arc<dyn ShardWatch>>,
+}
+
+/// How often a call waiting on a watched shard asks its [`ShardWatch`] whether the shard's
+/// server still answers.
+pub const WATCH_PERIOD: Duration = Duration::from_secs(2);
+
+/// Watches a shard whose replica lives elsewhere (a remote server) while calls wait on it (see
+/// the [module docs](self)).
+pub trait ShardWatch: Send + Sync + Debug {
+    /// `Ok` while the shard's server answers, otherwise why not (e.g. "did not answer a probe
+    /// within 15 s"). It may block, for a bounded time of its own.
+    ///
+    /// # Errors
+    /// The reason, in words, when the server does not answer.
+    fn check(&self) -> std::result::Result<(), String>;
+
+    /// Closes the shard's connections, so that its blocked reads fail and the waiting call
+    /// returns. The shard stays unusable afterwards.
+    fn cut(&self);
 }
 
 impl Shard {
@@ -45,7 +78,14 @@ impl Shard {
             name: name.into(),
             device,
             model: Box::new(model),
+            watch: None,
         }
+    }
+
+    /// The shard, its calls watched by `watch` (a remote shard).
+    pub fn with_watch(mut self, watch: Arc<dyn ShardWatch>) -> Self {
+        self.watch = Some(watch);
+        self
     }
 }
 
@@ -54,6 +94,7 @@ impl std::fmt::Debug for Shard {
         f.debug_struct("Shard")
             .field("name", &self.name)
             .field("device", &self.device)
+            .field("watch", &self.watch)
             .finish_non_exhaustive()
     }
 }
@@ -140,7 +181,8 @@ impl Denoiser for ShardedDenoiser {
     }
 
     /// Runs each shard's part of the batch on its own thread and device, then concatenates
-    /// the outputs on the output device.
+    /// the outputs on the output device. A watched shard's call is watched meanwhile (see the
+    /// [module docs](self)).
     ///
     /// # Shapes
     /// - `input.latents`: `[B, C, F, H, W]`
@@ -149,9 +191,11 @@ impl Denoiser for ShardedDenoiser {
         let shape = input.shape()?;
         let ranges = split_batch(shape.batch, self.shards.len());
         let input = &input;
-        if let [range] = ranges.as_slice() {
-            // One part (batch 1, or one shard): no thread to spawn; a panic still becomes the
-            // shard's error.
+        if let [range] = ranges.as_slice()
+            && self.shards[0].watch.is_none()
+        {
+            // One part (batch 1, or one shard) on an unwatched shard: no thread to spawn; a
+            // panic still becomes the shard's error.
             let shard = &self.shards[0];
             return catch_unwind(AssertUnwindSafe(|| {
                 run_shard(shard, input, range.clone(), &self.output_device)
@@ -165,7 +209,17 @@ impl Denoiser for ShardedDenoiser {
                 .zip(&ranges)
                 .map(|(shard, range)| {
                     let range = range.clone();
-                    scope.spawn(move || run_shard(shard, input, range, &self.output_device))
+                    // The shard's thread holds `running` until it ends: the watcher stops then.
+                    let (running, ended) = mpsc::channel::<()>();
+                    let watcher = shard
+                        .watch
+                        .as_deref()
+                        .map(|watch| scope.spawn(move || watch_until_ended(watch, &ended)));
+                    let work = scope.spawn(move || {
+                        let _running = running;
+                        run_shard(shard, input, range, &self.output_device)
+                    });
+                    (work, watcher)
                 })
                 .collect();
             // Every handle is joined here, so a shard's panic comes back as its `Err` payload
@@ -173,15 +227,44 @@ impl Denoiser for ShardedDenoiser {
             handles
                 .into_iter()
                 .zip(&self.shards)
-                .map(|(handle, shard)| {
-                    handle
+                .map(|((work, watcher), shard)| {
+                    let result = work
                         .join()
-                        .unwrap_or_else(|panic| Err(shard_error(shard, panic_message(&*panic))))
+                        .unwrap_or_else(|panic| Err(shard_error(shard, panic_message(&*panic))));
+                    let stopped = watcher.and_then(|w| w.join().ok().flatten());
+                    match (result, stopped) {
+                        // Cut by its watch: the watch's reason says more than the failed read.
+                        (Err(e), Some(reason)) => Err(Error::Shard {
+                            shard: shard.name.clone(),
+                            reason: format!("stopped answering ({reason}); its connection was cut"),
+                            source: Some(Box::new(e)),
+                        }),
+                        (result, _) => result,
+                    }
                 })
                 .collect()
         });
         let outputs = results.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(outputs, 0))
+    }
+}
+
+/// Asks `watch` every [`WATCH_PERIOD`] until `ended` disconnects (the shard's call returned);
+/// when the shard's server does not answer, cuts its connection and gives the reason.
+fn watch_until_ended(watch: &dyn ShardWatch, ended: &mpsc::Receiver<()>) -> Option<String> {
+    loop {
+        match ended.recv_timeout(WATCH_PERIOD) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return None,
+        }
+        if let Err(reason) = watch.check() {
+            // The call may have ended while the check waited: nothing to cut then.
+            if !matches!(ended.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                return None;
+            }
+            watch.cut();
+            return Some(reason);
+        }
     }
 }
 
@@ -389,6 +472,127 @@ mod tests {
         ];
         let err = ShardedDenoiser::new(shards, Device::flex()).unwrap_err();
         assert!(err.to_string().contains("`b` predicts"), "{err}");
+    }
+
+    /// A remote shard's connection as the tests see it: `cut` by its watch, counting checks.
+    #[derive(Debug, Default)]
+    struct Line {
+        cut: std::sync::Mutex<bool>,
+        changed: std::sync::Condvar,
+        checks: std::sync::atomic::AtomicUsize,
+    }
+
+    /// A replica whose server froze: its call waits until the connection is cut, then fails
+    /// as Burn's remote client does on a closed connection (a panic).
+    struct Frozen(Arc<Line>);
+
+    impl Denoiser for Frozen {
+        fn prediction_type(&self) -> PredictionType {
+            PredictionType::Epsilon
+        }
+        fn predict(&self, _: DenoiserInput<'_>) -> Result<Tensor<5>> {
+            let cut = self.0.cut.lock().unwrap();
+            let (cut, _) = self
+                .0
+                .changed
+                .wait_timeout_while(cut, Duration::from_secs(60), |cut| !*cut)
+                .unwrap();
+            assert!(*cut, "never cut: the watch was not asked");
+            panic!("connection closed")
+        }
+    }
+
+    /// A replica that works for a while (long enough to be checked twice) and then answers.
+    struct Slow;
+
+    impl Denoiser for Slow {
+        fn prediction_type(&self) -> PredictionType {
+            PredictionType::Epsilon
+        }
+        fn predict(&self, input: DenoiserInput<'_>) -> Result<Tensor<5>> {
+            std::thread::sleep(WATCH_PERIOD * 2 + Duration::from_millis(300));
+            Mix { fail: None }.predict(input)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Watch {
+        line: Arc<Line>,
+        answers: bool,
+    }
+
+    impl ShardWatch for Watch {
+        fn check(&self) -> std::result::Result<(), String> {
+            self.line
+                .checks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.answers {
+                true => Ok(()),
+                false => Err("did not answer a probe".into()),
+            }
+        }
+        fn cut(&self) {
+            *self.line.cut.lock().unwrap() = true;
+            self.line.changed.notify_all();
+        }
+    }
+
+    #[test]
+    fn a_watched_shard_that_stops_answering_is_cut_and_named() {
+        // Two shards (the frozen one on its own thread beside a working one), and the frozen
+        // one alone (batch 1: watched shards never run on the caller's thread).
+        for batch in [2, 1] {
+            let line = Arc::new(Line::default());
+            let watch = Arc::new(Watch {
+                line: line.clone(),
+                answers: false,
+            });
+            let frozen = Shard::new("the frozen one", Device::flex(), Frozen(line.clone()))
+                .with_watch(watch);
+            let shards = match batch {
+                2 => vec![Shard::new("a", Device::flex(), Mix { fail: None }), frozen],
+                _ => vec![frozen],
+            };
+            let (x, cond, ts) = input_parts(batch);
+            let started = std::time::Instant::now();
+            let err = ShardedDenoiser::new(shards, Device::flex())
+                .unwrap()
+                .predict(DenoiserInput::new(x, ts, cond))
+                .unwrap_err();
+            let (message, waited) = (err.to_string(), started.elapsed());
+            println!("batch {batch}: {message} (after {waited:?})");
+            assert!(matches!(err, Error::Shard { .. }), "{message}");
+            assert!(message.contains("the frozen one"), "{message}");
+            assert!(message.contains("did not answer a probe"), "{message}");
+            // Cut at the first check, one period in (the model would wait 60 s uncut).
+            assert_eq!(line.checks.load(std::sync::atomic::Ordering::SeqCst), 1);
+            assert!(waited < WATCH_PERIOD * 5, "{waited:?}");
+        }
+    }
+
+    #[test]
+    fn a_watched_shard_that_answers_is_left_alone() {
+        let line = Arc::new(Line::default());
+        let watch = Arc::new(Watch {
+            line: line.clone(),
+            answers: true,
+        });
+        let (x, cond, ts) = input_parts(2);
+        let one = Mix { fail: None }
+            .predict(DenoiserInput::new(x.clone(), ts.clone(), cond.clone()))
+            .unwrap();
+        let shards = vec![
+            Shard::new("a", Device::flex(), Mix { fail: None }),
+            Shard::new("slow", Device::flex(), Slow).with_watch(watch),
+        ];
+        let split = ShardedDenoiser::new(shards, Device::flex())
+            .unwrap()
+            .predict(DenoiserInput::new(x, ts, cond))
+            .unwrap();
+        one.into_data().assert_eq(&split.into_data(), true);
+        // Checked at least once while it worked (twice when the machine is idle).
+        assert!(line.checks.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(!*line.cut.lock().unwrap(), "cut although it answered");
     }
 
     proptest! {

@@ -105,6 +105,7 @@ pub mod embedded;
 pub mod pipeline;
 #[cfg(feature = "remote")]
 pub mod remote;
+pub mod server_watch;
 pub mod shapes;
 pub mod training;
 pub mod video;

@@ -7,26 +7,38 @@
 //! several.
 //!
 //! WebSocket is unencrypted and this module sets no credential: serve on a trusted network
-//! only. When a server goes away mid-run, the client's pending reads fail with a panic of
-//! Burn's remote backend, which the sharded denoiser turns into
+//! only.
+//!
+//! A device from [`connect`] reaches its server through a [`ServerWatch`]: a local relay
+//! whose connections vdm can close, and an HTTP probe of the server. A sharded denoiser (the
+//! pipeline's `with_devices`) watches every remote shard with it ([`watch`]) while a call waits
+//! on the shard. When a server goes away mid-run, the run ends with
 //! [`Error::Shard`](vdm_core::Error::Shard) naming the server: at once when the server's
-//! process ends (its connection closes; tested), within about 30 s when its machine vanishes
-//! (Burn's WebSocket transport sets TCP keep-alive: probes after 10 s idle, every 5 s, 4
-//! unanswered drop the connection). A server process that stays alive but stops working is
-//! not detected.
+//! process ends (its connection closes, the client's pending read fails with a panic of
+//! Burn's remote backend; tested); when its process stays alive but stops working (frozen,
+//! stopped) or its machine vanishes, once a probe goes unanswered: within
+//! [`WATCH_PERIOD`](vdm_core::shard::WATCH_PERIOD) + [`PROBE_TIMEOUT`] (17 s), the relay then
+//! cut (tested with a stopped server).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use burn::remote::RemoteHost;
 use burn::server::{RemoteServer, WebSocketTransport};
 use burn::tensor::Device;
 use vdm_core::error::panic_message;
+use vdm_core::shard::ShardWatch;
 use vdm_core::{Error, Result};
+
+use crate::server_watch::{PROBE_TIMEOUT, ServerWatch, probe};
+
+/// The watch of every device [`connect`] gave, for [`watch`]: each keeps its relay (and so its
+/// device's connection) for the life of the process, as Burn's client keeps its own.
+static WATCHES: Mutex<Vec<(Device, Arc<ServerWatch>)>> = Mutex::new(Vec::new());
 
 /// Whether Burn's fusion wraps the remote client in this build (see [`connect`]).
 const FUSION: bool = cfg!(any(feature = "wgpu", feature = "cuda"));
@@ -35,11 +47,13 @@ const FUSION: bool = cfg!(any(feature = "wgpu", feature = "cuda"));
 const HINT: &str = "start `cargo run --release --features remote --example vdm-serve -- --port \
                     PORT` on that machine, and check the host, the port and the firewall";
 
-/// A device served at `url` (`ws://host:port`), connected within `timeout`.
+/// A device served at `url` (`ws://host:port`), connected within `timeout` through a
+/// [`ServerWatch`] (see the [module docs](self); [`watch`] gives it).
 ///
 /// # Errors
 /// [`Error::Device`] (backend `remote`) naming `url` when it is not a `ws://` address, when
-/// the server refuses or does not answer within `timeout`, or when the connection fails; and
+/// its host does not resolve, when the server refuses or does not answer within `timeout`, or
+/// when the connection fails; and
 /// in a build with the `wgpu` or `cuda` feature, whose Burn fusion breaks the remote client
 /// (Burn 0.22: the server replays the client's cached operation graphs with mismatched tensor
 /// kinds and panics), before connecting: such a client would fail on its first read.
@@ -66,8 +80,14 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Device> {
                 .into(),
         });
     }
+    let target = resolve(url).map_err(|reason| error(format!("{url}: {reason}")))?;
+    // The server answers HTTP before Burn's handshake is tried: a clear error for a port where
+    // nothing (or something else) listens.
+    probe(target, timeout).map_err(|reason| error(format!("{url}: {reason}")))?;
+    let watch = ServerWatch::start(target, PROBE_TIMEOUT)
+        .map_err(|e| error(format!("{url}: no local relay: {e}")))?;
     let (tx, rx) = mpsc::channel();
-    let host = RemoteHost::websocket(url);
+    let host = RemoteHost::websocket(&format!("ws://{}", watch.local_address()));
     // On its own thread, so that a server that never answers costs `timeout`, not a hang;
     // the thread ends when the connection attempt does.
     std::thread::spawn(move || {
@@ -75,12 +95,38 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Device> {
             .map_err(|panic| panic_message(&*panic));
         let _ = tx.send(outcome);
     });
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(Ok(device))) => Ok(device),
-        Ok(Ok(Err(e))) => Err(error(format!("{url}: {e}"))),
-        Ok(Err(panic)) => Err(error(format!("{url}: {panic}"))),
-        Err(_) => Err(error(format!("{url} did not answer within {timeout:?}"))),
-    }
+    let device = match rx.recv_timeout(timeout) {
+        Ok(Ok(Ok(device))) => device,
+        Ok(Ok(Err(e))) => return Err(error(format!("{url}: {e}"))),
+        Ok(Err(panic)) => return Err(error(format!("{url}: {panic}"))),
+        Err(_) => return Err(error(format!("{url} did not answer within {timeout:?}"))),
+    };
+    WATCHES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((device.clone(), Arc::new(watch)));
+    Ok(device)
+}
+
+/// The watch of a device [`connect`] gave (its relay and probe), for
+/// [`Shard::with_watch`](vdm_core::Shard::with_watch); `None` for any other device.
+pub fn watch(device: &Device) -> Option<Arc<dyn ShardWatch>> {
+    WATCHES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(d, _)| d == device)
+        .map(|(_, w)| w.clone() as Arc<dyn ShardWatch>)
+}
+
+/// The socket address of `url`'s `host:port` (its first, when the host has several).
+fn resolve(url: &str) -> std::result::Result<SocketAddr, String> {
+    let authority = url["ws://".len()..].split('/').next().unwrap_or_default();
+    authority
+        .to_socket_addrs()
+        .map_err(|e| format!("`{authority}` is not a reachable host:port ({e})"))?
+        .next()
+        .ok_or_else(|| format!("`{authority}` resolves to no address"))
 }
 
 /// Serves `device` to remote clients on `listener` (bound by the caller, e.g. on port 0 to

@@ -200,13 +200,39 @@ mod remote {
     /// error naming it after handing over the clip's 16 frames.
     #[test]
     fn a_server_killed_mid_run_is_an_error_naming_it() {
+        // SIGKILL: the server dies without a word; its connections close.
+        let (err, victim) = run_with_a_server_signalled("-KILL");
+        assert!(err.to_string().contains(&victim), "{err}");
+    }
+
+    /// A server that stays alive but stops working (SIGSTOP: its connections stay open and
+    /// its kernel answers TCP keep-alive) is noticed by the shard's watch (an unanswered
+    /// probe) and cut off: the same typed error naming it, the same frames kept.
+    #[test]
+    fn a_server_stopped_mid_run_is_cut_off_and_named() {
+        let started = Instant::now();
+        let (err, victim) = run_with_a_server_signalled("-STOP");
+        let message = err.to_string();
+        println!("noticed after {:?} in all", started.elapsed());
+        assert!(message.contains(&victim), "{message}");
+        assert!(message.contains("stopped answering"), "{message}");
+        assert!(
+            message.contains("did not answer an HTTP probe"),
+            "{message}"
+        );
+    }
+
+    /// Streams an extended video over two servers, sends `signal` to the second in the first
+    /// window after the 16-frame clip, and checks that the run fails with [`Error::Shard`]
+    /// after handing over the clip's frames; gives the error and the victim's address.
+    fn run_with_a_server_signalled(signal: &'static str) -> (Error, String) {
         let servers = [start_server(), start_server()];
         let devices: Vec<(String, Device)> = servers.iter().map(device).collect();
         let victim = servers[1].address().to_string();
         let [first, second] = servers;
         let pid = second.id();
         const STEPS: usize = 4;
-        let outcome = bounded("the run with a killed server", move || {
+        let outcome = bounded("the run with a signalled server", move || {
             let pipe = pipeline().with_devices(&devices).unwrap();
             // Weight 0: the replacement method (no gradient through the remote replicas).
             let settings = vdm::embedded::generation("a red circle moving right")
@@ -223,8 +249,9 @@ mod remote {
                     if let PipelineProgress::Denoise(_) = p {
                         steps += 1;
                         if steps == STEPS + 2 {
-                            // SIGKILL: the server dies without a word, in the second window.
-                            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                            let _ = Command::new("kill")
+                                .args([signal, &pid.to_string()])
+                                .status();
                         }
                     }
                     Control::Continue
@@ -236,20 +263,19 @@ mod remote {
             );
             (result, kept)
         });
-        // Killed here too (and reaped) in case the run ended before it could kill it: this wait
-        // must not depend on the run having reached the window.
+        // Killed here too (and reaped) in case the run ended before it could signal it: this
+        // wait must not depend on the run having reached the window.
         drop(second);
         let (result, kept) = outcome;
-        let err = result.expect_err("a run whose server died must fail");
-        let message = err.to_string();
-        println!("{message}; frames handed over: {kept:?}");
-        assert!(matches!(err, Error::Shard { .. }), "{message}");
-        assert!(message.contains(&victim), "{message}");
+        let err = result.expect_err("a run whose server stopped must fail");
+        println!("{err}; frames handed over: {kept:?}");
+        assert!(matches!(err, Error::Shard { .. }), "{err}");
         assert_eq!(
             kept,
             [(0, 16)],
             "the first clip's frames, decoded before the failure"
         );
         drop(first);
+        (err, victim)
     }
 }

@@ -116,7 +116,7 @@ impl TextToVideoPipeline {
     /// guidance's two halves run on two devices at once). The text encoder and the decoder
     /// stay on [`device`](Self::device), where the sampler's latents and the outputs live.
     /// Devices are local (`Device::cuda(1)`, ...) or remote (`vdm::remote::connect`, with the
-    /// `remote` feature).
+    /// `remote` feature; a server that stops answering ends the run with an error naming it).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] (`devices`) for an empty list.
@@ -136,7 +136,13 @@ impl TextToVideoPipeline {
         let shards = devices
             .iter()
             .map(|(name, device)| {
-                Shard::new(name.clone(), device.clone(), self.unet.to_device(device))
+                let shard = Shard::new(name.clone(), device.clone(), self.unet.to_device(device));
+                // A remote device from `vdm::remote::connect` is watched while calls wait on it.
+                #[cfg(feature = "remote")]
+                if let Some(watch) = crate::remote::watch(device) {
+                    return shard.with_watch(watch);
+                }
+                shard
             })
             .collect();
         ShardedDenoiser::new(shards, self.device.clone())
