@@ -2,7 +2,8 @@
 //! one device, on two local shards, and on one and two `vdm-serve` servers on the loopback
 //! address (child processes of the `vdm-serve` example built beside this one), rounds
 //! alternating, medians and ratios against one device in one table; plus the bytes that cross
-//! to the shards per step.
+//! to the shards per step. One server is also reached without vdm's relay (Burn's own
+//! connection, unwatched), to show what the watch's relay costs.
 //!
 //! ```sh
 //! cargo build --release --features remote --example vdm-serve --example bench_sharding
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vdm::burn::remote::RemoteHost;
 use vdm::burn::tensor::Device;
 use vdm::longvideo::freenoise::FreeNoiseConfig;
 use vdm::pipeline::{Generation, TextToVideoPipeline};
@@ -60,11 +62,21 @@ fn main() -> Result<(), String> {
         Ok((s.address().to_string(), device))
     };
     let remote = [connect(&servers[0])?, connect(&servers[1])?];
+    // The first server again, reached by Burn's own connection: no vdm relay, so no watch (what
+    // the relay's extra loopback hop costs).
+    let direct = RemoteHost::websocket(servers[0].address());
+    let direct = Device::remote_options(&direct)
+        .init()
+        .map_err(|e| format!("{}: {e}", servers[0].address()))?;
     let flex = |name: &str| (name.to_string(), Device::flex());
     let configs: Vec<(&str, Vec<(String, Device)>)> = vec![
         ("one device (flex)", Vec::new()),
         ("2 local shards (flex, flex)", vec![flex("a"), flex("b")]),
         ("1 server (loopback)", vec![remote[0].clone()]),
+        (
+            "1 server, unwatched (no relay)",
+            vec![("direct".to_string(), direct)],
+        ),
         ("2 servers (loopback)", remote.to_vec()),
     ];
     let mut pipes = Vec::new();
