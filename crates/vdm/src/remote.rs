@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::remote::RemoteHost;
 use burn::server::{RemoteServer, WebSocketTransport};
@@ -52,11 +52,11 @@ const HINT: &str = "start `cargo run --release --features remote --example vdm-s
 ///
 /// # Errors
 /// [`Error::Device`] (backend `remote`) naming `url` when it is not a `ws://` address, when
-/// its host does not resolve, when the server refuses or does not answer within `timeout`, or
-/// when the connection fails; and
-/// in a build with the `wgpu` or `cuda` feature, whose Burn fusion breaks the remote client
-/// (Burn 0.22: the server replays the client's cached operation graphs with mismatched tensor
-/// kinds and panics), before connecting: such a client would fail on its first read.
+/// its host does not resolve, when the server refuses or does not answer within `timeout`
+/// (its probe and Burn's handshake together), or when the connection fails; and in a build
+/// with the `wgpu` or `cuda` feature, whose Burn fusion breaks the remote client (Burn 0.22:
+/// the server replays the client's cached operation graphs with mismatched tensor kinds and
+/// panics), before connecting: such a client would fail on its first read.
 pub fn connect(url: &str, timeout: Duration) -> Result<Device> {
     let error = |reason: String| Error::Device {
         backend: "remote".into(),
@@ -80,6 +80,7 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Device> {
                 .into(),
         });
     }
+    let started = Instant::now();
     let target = resolve(url).map_err(|reason| error(format!("{url}: {reason}")))?;
     // The server answers HTTP before Burn's handshake is tried: a clear error for a port where
     // nothing (or something else) listens.
@@ -95,7 +96,8 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Device> {
             .map_err(|panic| panic_message(&*panic));
         let _ = tx.send(outcome);
     });
-    let device = match rx.recv_timeout(timeout) {
+    // The handshake has what the probe left of `timeout`.
+    let device = match rx.recv_timeout(timeout.saturating_sub(started.elapsed())) {
         Ok(Ok(Ok(device))) => device,
         Ok(Ok(Err(e))) => return Err(error(format!("{url}: {e}"))),
         Ok(Err(panic)) => return Err(error(format!("{url}: {panic}"))),

@@ -21,7 +21,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vdm_core::shard::ShardWatch;
 
@@ -37,8 +37,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why not, in words: no connection, a connection closed without an answer, or no answer
 /// within `timeout`.
 pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&target, timeout)
         .map_err(|e| format!("no connection to {target}: {e}"))?;
+    // What the connection left of `timeout` bounds the request and its answer (at least 1 ms:
+    // a zero socket timeout is refused).
+    let left = timeout
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_millis(1));
     let silent = |e: io::Error| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             format!("did not answer an HTTP probe within {timeout:?}")
@@ -46,8 +52,8 @@ pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
         _ => format!("the probe's connection failed: {e}"),
     };
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .set_read_timeout(Some(left))
+        .and_then(|()| stream.set_write_timeout(Some(left)))
         .map_err(silent)?;
     let request =
         format!("GET /vdm-liveness-probe HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
@@ -211,7 +217,6 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, lines: &Lines) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// A server echoing every connection's bytes back, on a thread of its own.
     fn echo_server() -> SocketAddr {
