@@ -111,10 +111,20 @@ fn ctrl_c_stops_at_a_step_boundary_and_writes_nothing() {
 fn ctrl_c_with_keep_partial_writes_the_finished_frames() {
     let dir = scratch("partial");
     let out = dir.join("partial.gif");
-    // FIFO-Diffusion over 128 frames: each frame leaves the queue finished, a few model calls
-    // apart, and the whole run takes minutes.
+    // FIFO-Diffusion over 128 frames: each frame leaves the queue finished. One partition
+    // (a 16-level queue) makes the first frame leave after the 16-step start instead of 48
+    // more iterations of 8 model calls (the default 4 partitions drop those re-noised copies),
+    // and the rest of the run, two model calls per frame, outlasts the interrupt by far.
     let (mut child, lines) = start(
-        &["--frames", "128", "--long", "fifo", "--keep-partial"],
+        &[
+            "--frames",
+            "128",
+            "--long",
+            "fifo",
+            "--fifo-partitions",
+            "1",
+            "--keep-partial",
+        ],
         &out,
     );
     wait_for(&lines, "writes the frames finished so far", 120);

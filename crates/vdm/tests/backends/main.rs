@@ -1,18 +1,18 @@
 //! The GPU code path, tested: the parity suites of the schedulers, the models (UNet3D,
 //! UNetMotion, the VAE decoder and encoder, CLIP) and the long-video methods (FreeNoise,
 //! FreeInit) run again on Burn's `wgpu` backend, against the same diffusers 0.42.1 / transformers
-//! vectors and the same tolerances as on flex; and one seed gives the same video on flex, ndarray
-//! and wgpu within a stated tolerance ([`cross_backend`]); and a wgpu device on a machine
-//! without any graphics driver ([`driverless`]) and a tensor the device cannot hold
-//! ([`readback`]) are typed errors, not panics.
+//! vectors and the same tolerances as on flex; and one seed gives the same video on ndarray and
+//! wgpu as flex's committed frames within a stated tolerance ([`cross_backend`]); and a wgpu
+//! device on a machine without any graphics driver ([`driverless`]) and a tensor the device
+//! cannot hold ([`readback`]) are typed errors, not panics.
 //!
 //! The parity modules are the crates' own test files, mounted here with `#[path]`, so one copy of
 //! each check serves every backend: they take their device from [`test_device`]. Not mounted:
 //! `vdm-models`' `saving` (it checks file round trips on flex, not a backend's numbers).
 //!
 //! Built only with both features, as `.ci/run` does after installing Mesa's software Vulkan
-//! driver lavapipe (`mesa-vulkan-drivers libvulkan1`):
-//! `cargo test --release -p vdm --features wgpu,ndarray --test backends`.
+//! driver lavapipe (`mesa-vulkan-drivers libvulkan1`), without flex (nothing here needs it):
+//! `cargo test --release -p vdm --no-default-features --features wgpu,ndarray --test backends`.
 
 #![cfg(all(feature = "wgpu", feature = "ndarray"))]
 
@@ -21,6 +21,8 @@ mod child;
 mod cross_backend;
 mod driverless;
 mod readback;
+#[path = "../common/reference_frames.rs"]
+mod reference_frames;
 
 /// The device of the mounted parity modules: Burn's wgpu backend on the first adapter (lavapipe
 /// in CI, the GPU where there is one).
