@@ -2,7 +2,8 @@
 //! (`fixtures/backends/embedded_frames_flex.safetensors`), which the wgpu build holds ndarray
 //! and wgpu to (`tests/backends/cross_backend.rs`); see `common/reference_frames.rs`.
 //!
-//! With `VDM_BLESS=1` the test writes the file from flex's frames instead of comparing.
+//! With `VDM_BLESS=1` the test first writes the file from flex's frames, then compares as
+//! always (so a blessed run passes unless the reseed check fails).
 
 #![cfg(feature = "flex")]
 

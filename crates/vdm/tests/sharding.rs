@@ -7,67 +7,38 @@
 //! test `child_serves_until_killed`, which serves only where the variable `CHILD` names is set);
 //! then one server is killed mid-run and the run must stop with a typed error naming it,
 //! having handed over the frames it finished before. Every wait on a child or a run is bounded.
+//!
+//! The single-device video is flex's, as committed for the cross-backend tests (the cases and
+//! the file of `common/reference_frames.rs`), so no test here samples it again.
+
+#[path = "common/reference_frames.rs"]
+mod reference_frames;
 
 use burn::tensor::Device;
-use vdm::longvideo::freenoise::FreeNoiseConfig;
-use vdm::pipeline::{Generation, TextToVideoPipeline};
-
-fn pipeline() -> TextToVideoPipeline {
-    TextToVideoPipeline::from_dir(vdm::embedded::moving_shapes_dir(), &Device::flex()).unwrap()
-}
-
-/// Short runs of the embedded model with guidance (batch 2): direct sampling of 16 frames, and
-/// FreeNoise over 24.
-fn cases() -> [Generation; 2] {
-    [
-        vdm::embedded::generation("a red circle moving right")
-            .steps(3)
-            .seed(21),
-        vdm::embedded::generation("a green triangle moving down")
-            .frames(24)
-            .steps(3)
-            .seed(22)
-            .freenoise(FreeNoiseConfig::new(16, 4)),
-    ]
-}
-
-/// The largest absolute difference of two equally long value lists.
-fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// The frames (values in `[0, 1]`) of every case on `pipe`.
-fn frames(pipe: &TextToVideoPipeline) -> Vec<Vec<f32>> {
-    cases()
-        .iter()
-        .map(|s| pipe.generate(s).unwrap().to_values().unwrap())
-        .collect()
-}
+use reference_frames::{all_frames, cases, max_abs_diff, pipeline, read_reference};
 
 #[test]
 fn two_local_shards_make_the_single_device_video() {
-    let one = frames(&pipeline());
+    // The single-device frames: flex's committed reference (`tests/reference_frames.rs` holds
+    // flex to it within 2e-6).
+    let one = read_reference();
     let devices = [
         ("flex-a".to_string(), Device::flex()),
         ("flex-b".to_string(), Device::flex()),
     ];
-    let sharded = pipeline().with_devices(&devices).unwrap();
-    for (case, (a, b)) in one.iter().zip(frames(&sharded)).enumerate() {
-        let diff = max_difference(a, &b);
-        println!("case {case}: max |sharded - single| = {diff:e}");
+    let sharded = pipeline(&Device::flex()).with_devices(&devices).unwrap();
+    for ((name, _), (a, b)) in cases().iter().zip(one.iter().zip(all_frames(&sharded))) {
+        let diff = max_abs_diff(a, &b);
+        println!("{name}: max |sharded - single| = {diff:e}");
         // The same kernels on the same device, each batch item computed alone: only the
         // GEMM's blocking over the smaller batch may round differently.
-        assert!(diff <= 1e-5, "case {case}: frames differ by {diff}");
+        assert!(diff <= 1e-5, "{name}: frames differ by {diff}");
     }
 }
 
 #[test]
 fn an_empty_device_list_is_refused() {
-    let err = pipeline().with_devices(&[]).unwrap_err();
+    let err = pipeline(&Device::flex()).with_devices(&[]).unwrap_err();
     assert!(err.to_string().contains("devices"), "{err}");
 }
 
@@ -180,16 +151,16 @@ mod remote {
     fn two_remote_servers_make_the_single_device_video() {
         let servers = [start_server(), start_server()];
         let devices: Vec<(String, Device)> = servers.iter().map(device).collect();
-        let one = frames(&pipeline());
+        let one = read_reference();
         let sharded = bounded("the sharded runs", move || {
-            frames(&pipeline().with_devices(&devices).unwrap())
+            all_frames(&pipeline(&Device::flex()).with_devices(&devices).unwrap())
         });
-        for (case, (a, b)) in one.iter().zip(&sharded).enumerate() {
-            let diff = max_difference(a, b);
-            println!("case {case}: max |remote shards - local| = {diff:e}");
+        for ((name, _), (a, b)) in cases().iter().zip(one.iter().zip(&sharded)) {
+            let diff = max_abs_diff(a, b);
+            println!("{name}: max |remote shards - local| = {diff:e}");
             // The servers run flex's tensor ops where the local run uses vdm's fused CPU
             // kernels (flex only): float rounding, over 3 steps.
-            assert!(diff <= 2e-4, "case {case}: frames differ by {diff}");
+            assert!(diff <= 2e-4, "{name}: frames differ by {diff}");
         }
         drop(servers);
     }
@@ -233,7 +204,7 @@ mod remote {
         let pid = second.id();
         const STEPS: usize = 4;
         let outcome = bounded("the run with a signalled server", move || {
-            let pipe = pipeline().with_devices(&devices).unwrap();
+            let pipe = pipeline(&Device::flex()).with_devices(&devices).unwrap();
             // Weight 0: the replacement method (no gradient through the remote replicas).
             let settings = vdm::embedded::generation("a red circle moving right")
                 .frames(32)

@@ -6,7 +6,8 @@
 //! ordinary test run), so the file cannot fall behind the code; the wgpu build checks ndarray
 //! and wgpu against it (`tests/backends/cross_backend.rs`) without building flex at all, which
 //! keeps Burn's flex backend (about 4.5 minutes of its 2 cores' compile time) out of CI's wgpu
-//! build.
+//! build. The sharding tests (`tests/sharding.rs`) hold sharded runs, local and remote, to
+//! the same frames.
 //!
 //! The noise is drawn on the host from the seed (`vdm_core::noise`), so every backend starts
 //! from the same latents; what differs is the order of floating-point sums in the kernels,
