@@ -7,8 +7,8 @@
 //! cargo run --release --example bench -- --list
 //! ```
 //!
-//! Every case (UNet3D tiny and bench at F = 16, 32, 64; AnimateDiff's motion model direct and
-//! with FreeNoise up to 128 frames; FreeInit's filter and mix; 50 DDIM steps; VAE decode; the
+//! Every case (UNet3D tiny at F = 8 to 64 and bench at F = 16, 32, 64; AnimateDiff's motion
+//! model direct and with FreeNoise up to 128 frames; FreeInit's filter and mix; 50 DDIM steps; VAE decode; the
 //! text encoder; one pipeline step with classifier-free guidance; a 1024² matmul) runs on each
 //! side in a fresh process per round (so peak memory is per case and side), the two sides
 //! alternating which goes first, with the same thread count (`RAYON_NUM_THREADS` for vdm,
