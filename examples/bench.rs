@@ -34,6 +34,12 @@ use vdm_examples::harness::report::{CaseRounds, Round, failures, gemm_rate, tabl
 use vdm_examples::harness::{Case, Measured, cases, vdm_side};
 use vdm_examples::measure::load_average;
 
+/// vdm's programs run on mimalloc (docs/benchmarks.md, "The allocator"), and so does vdm's side
+/// of this harness (its child processes are this binary); PyTorch's side runs on glibc's
+/// `malloc`, as pip's torch does, unless the run's environment preloads another.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// vdm against diffusers / PyTorch, side by side.
 #[derive(Debug, Parser)]
 #[command(name = "bench", version)]

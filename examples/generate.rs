@@ -44,6 +44,12 @@ use vdm::pipeline::{Generation, PipelineProgress, SchedulerChoice, TextToVideoPi
 use vdm::video::{GifOptions, GifPalette, Video, WriteOptions, check_output};
 use vdm_examples::interrupt;
 
+/// vdm's programs run on mimalloc: it keeps freed activation buffers for the next step where
+/// glibc's `malloc` hands them back to the kernel and page-faults them in again (a VAE decode
+/// about a third faster; docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Text to video with vdm: load a diffusers text-to-video folder, sample, write a video file.
 #[derive(Debug, Parser)]
 #[command(name = "generate", version)]
