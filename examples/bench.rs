@@ -7,17 +7,17 @@
 //! cargo run --release --example bench -- --list
 //! ```
 //!
-//! Every case (UNet3D tiny at F = 8 to 64 and bench at F = 16, 32, 64; AnimateDiff's motion
-//! model direct and with FreeNoise up to 128 frames; FreeInit's filter and mix; 50 DDIM steps; VAE decode; the
-//! text encoder; one pipeline step with classifier-free guidance; a 1024² matmul) runs on each
-//! side in a fresh process per round (so peak memory is per case and side), the two sides
+//! Every case (UNet3D tiny at F = 8 to 64 and bench at F = 16, 32, 64; AnimateDiff's motion model
+//! direct and with FreeNoise up to 128 frames; FreeInit's filter and mix; 50 DDIM steps; VAE
+//! decode; the text encoder; one pipeline step with classifier-free guidance; a 1024² matmul) runs
+//! on each side in a fresh process per round (so peak memory is per case and side), the two sides
 //! alternating which goes first, with the same thread count (`RAYON_NUM_THREADS` for vdm,
 //! `torch.set_num_threads` for PyTorch). The table gives each side's median time per round, the
 //! per-round ratios vdm / PyTorch (below 1: vdm is faster), peak RSS, and the achieved GFLOP/s
-//! (work counted by torch's `FlopCounterMode`) against the fastest matmul measured in the same
-//! run and the CPU's theoretical peak. Without the PyTorch side (no `.venv-bench`, or
-//! `--no-python`) it prints vdm's figures alone and says so, taking the FLOP counts from
-//! `bench/gflop.json` (written by the last run that had the PyTorch side).
+//! (work counted by torch's `FlopCounterMode`) against the fastest matmul measured in the same run
+//! and the CPU's theoretical peak. Without the PyTorch side (no `.venv-bench`, or `--no-python`) it
+//! prints vdm's figures alone and says so, taking the FLOP counts from `bench/gflop.json` (written
+//! by the last run that had the PyTorch side).
 //!
 //! Every child process has a time limit (`--case-timeout`); a side that fails or runs out of
 //! time is reported in the table's notes, and the other cases go on.
