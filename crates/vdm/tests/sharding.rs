@@ -15,25 +15,19 @@
 mod reference_frames;
 
 use burn::tensor::Device;
-use reference_frames::{all_frames, cases, max_abs_diff, pipeline, read_reference};
+use reference_frames::{all_frames, assert_near_reference, pipeline};
 
 #[test]
 fn two_local_shards_make_the_single_device_video() {
-    // The single-device frames: flex's committed reference (`tests/reference_frames.rs` holds
-    // flex to it within 2e-6).
-    let one = read_reference();
     let devices = [
         ("flex-a".to_string(), Device::flex()),
         ("flex-b".to_string(), Device::flex()),
     ];
     let sharded = pipeline(&Device::flex()).with_devices(&devices).unwrap();
-    for ((name, _), (a, b)) in cases().iter().zip(one.iter().zip(all_frames(&sharded))) {
-        let diff = max_abs_diff(a, &b);
-        println!("{name}: max |sharded - single| = {diff:e}");
-        // The same kernels on the same device, each batch item computed alone: only the
-        // GEMM's blocking over the smaller batch may round differently.
-        assert!(diff <= 1e-5, "{name}: frames differ by {diff}");
-    }
+    // Against the single-device frames, flex's committed reference (`tests/reference_frames.rs`
+    // holds flex to it within 2e-6). The same kernels on the same device, each batch item
+    // computed alone: only the GEMM's blocking over the smaller batch may round differently.
+    assert_near_reference("two local flex shards", &all_frames(&sharded), 1e-5);
 }
 
 #[test]
@@ -151,17 +145,12 @@ mod remote {
     fn two_remote_servers_make_the_single_device_video() {
         let servers = [start_server(), start_server()];
         let devices: Vec<(String, Device)> = servers.iter().map(device).collect();
-        let one = read_reference();
         let sharded = bounded("the sharded runs", move || {
             all_frames(&pipeline(&Device::flex()).with_devices(&devices).unwrap())
         });
-        for ((name, _), (a, b)) in cases().iter().zip(one.iter().zip(&sharded)) {
-            let diff = max_abs_diff(a, b);
-            println!("{name}: max |remote shards - local| = {diff:e}");
-            // The servers run flex's tensor ops where the local run uses vdm's fused CPU
-            // kernels (flex only): float rounding, over 3 steps.
-            assert!(diff <= 2e-4, "{name}: frames differ by {diff}");
-        }
+        // The servers run flex's tensor ops where the reference's local run used vdm's fused
+        // CPU kernels (flex only): float rounding, over 3 steps.
+        assert_near_reference("two remote flex servers", &sharded, 2e-4);
         drop(servers);
     }
 
